@@ -1,0 +1,153 @@
+// swift-tools-version:6.2
+// Aqueduct: one binary that is a durable log, Kafka-compatible pub/sub and a stream
+// processing engine. Targets are layered; each depends only on those above it in
+// this list (see docs/ARCHITECTURE.md).
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+    name: "aqueduct",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "aqueduct", targets: ["aqueduct"]),
+        .executable(name: "aqueduct-bench", targets: ["aqueduct-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-configuration.git", from: "1.4.0", traits: [.defaults, "YAML"]),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
+    ],
+    targets: [
+        // CRC-32C with the SSE4.2 instruction when the CPU has it (checked at run time
+        // with cpuid), a slicing-by-8 table otherwise. C because Swift has no intrinsic
+        // for it and a Swift table loop is ~4x slower.
+        .target(name: "CCRC32C"),
+
+        // Shared primitives: checksums, clocks, file I/O, limits.
+        .target(
+            name: "AqueductCommon",
+            dependencies: [
+                "CCRC32C",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: strict),
+
+        // Kafka RecordBatch v2: the one record format on disk, on the wire and in the log.
+        .target(name: "AqueductRecords", dependencies: ["AqueductCommon"], swiftSettings: strict),
+
+        // Versioned keys with compare-and-set and watches; embedded durable store.
+        .target(
+            name: "AqueductMetadata",
+            dependencies: [
+                "AqueductCommon",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+
+        // The storage node (BookKeeper's bookie): journal + entry storage + recovery.
+        .target(
+            name: "AqueductStorage",
+            dependencies: [
+                "AqueductCommon",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ],
+            swiftSettings: strict),
+
+        // The log (DistributedLog): segments, epochs and fencing, offsets, retention.
+        .target(
+            name: "AqueductLog",
+            dependencies: [
+                "AqueductStorage", "AqueductMetadata", "AqueductRecords",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
+            swiftSettings: strict),
+
+        // Topics and partitions on logs: the model every front end (HTTP, Kafka) shares.
+        .target(
+            name: "AqueductBroker",
+            dependencies: [
+                "AqueductLog",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+
+        // The HTTP/JSON API (Hummingbird).
+        .target(
+            name: "AqueductHTTP",
+            dependencies: [
+                "AqueductBroker",
+                .product(name: "Hummingbird", package: "hummingbird"),
+            ],
+            swiftSettings: strict),
+
+        // Configuration, wiring and lifecycle of `aqueduct server`.
+        .target(
+            name: "AqueductServer",
+            dependencies: [
+                "AqueductHTTP",
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+            ],
+            swiftSettings: strict),
+
+        // The client side of the HTTP API, used by the CLI.
+        .target(
+            name: "AqueductClient",
+            dependencies: [
+                "AqueductRecords",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ],
+            swiftSettings: strict),
+
+        // The one binary: flag parsing and subcommands only.
+        .executableTarget(
+            name: "aqueduct",
+            dependencies: [
+                "AqueductServer", "AqueductClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict),
+
+        // Benchmarks: programs that print ratios against references measured in the same run.
+        .executableTarget(
+            name: "aqueduct-bench",
+            dependencies: [
+                "AqueductLog",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            swiftSettings: strict),
+
+        .testTarget(name: "AqueductCommonTests", dependencies: ["AqueductCommon"], swiftSettings: strict),
+        .testTarget(name: "AqueductRecordsTests", dependencies: ["AqueductRecords"], swiftSettings: strict),
+        .testTarget(name: "AqueductMetadataTests", dependencies: ["AqueductMetadata"], swiftSettings: strict),
+        .testTarget(name: "AqueductStorageTests", dependencies: ["AqueductStorage"], swiftSettings: strict),
+        .testTarget(name: "AqueductLogTests", dependencies: ["AqueductLog"], swiftSettings: strict),
+        .testTarget(name: "AqueductBrokerTests", dependencies: ["AqueductBroker"], swiftSettings: strict),
+        .testTarget(
+            name: "AqueductHTTPTests",
+            dependencies: [
+                "AqueductHTTP", "AqueductServer",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ],
+            swiftSettings: strict),
+        .testTarget(name: "IntegrationTests", dependencies: ["AqueductClient"], swiftSettings: strict),
+    ]
+)

@@ -1,0 +1,4 @@
+import Configuration
+import Hummingbird
+import Prometheus
+import ServiceLifecycle

@@ -1,0 +1,18 @@
+#ifndef AQUEDUCT_CRC32C_H
+#define AQUEDUCT_CRC32C_H
+#include <stddef.h>
+#include <stdint.h>
+
+/// Extends `crc` (the finished CRC-32C of the bytes before, 0 for none) over
+/// `length` bytes at `data` and returns the finished CRC-32C of all of them.
+/// Castagnoli polynomial (0x1EDC6F41, reflected 0x82F63B78), as in Kafka's
+/// RecordBatch v2, iSCSI and ext4.
+uint32_t aq_crc32c_extend(uint32_t crc, const void *data, size_t length);
+
+/// 1 when the hardware instruction (SSE4.2 crc32) is used, 0 for the table.
+int aq_crc32c_is_hardware(void);
+
+/// The portable table implementation, exposed so tests can compare both paths.
+uint32_t aq_crc32c_extend_portable(uint32_t crc, const void *data, size_t length);
+
+#endif

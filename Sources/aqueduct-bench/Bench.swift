@@ -1,0 +1,3 @@
+import ArgumentParser
+import Histogram
+@main struct Bench: AsyncParsableCommand { func run() async throws {} }

@@ -1,0 +1,2 @@
+import ArgumentParser
+@main struct Aqueduct: AsyncParsableCommand { func run() async throws {} }
