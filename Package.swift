@@ -41,6 +41,7 @@ let package = Package(
             dependencies: [
                 "CCRC32C",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "DequeModule", package: "swift-collections"),
             ],
             swiftSettings: strict),
 
@@ -60,7 +61,8 @@ let package = Package(
         .target(
             name: "AqueductStorage",
             dependencies: [
-                "AqueductCommon",
+                "AqueductCommon", "AqueductRecords",
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "DequeModule", package: "swift-collections"),

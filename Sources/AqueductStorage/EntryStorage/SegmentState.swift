@@ -1,0 +1,147 @@
+import AqueductRecords
+import DequeModule
+import NIOCore
+import Synchronization
+
+/// How a wait for new entries ended.
+public enum WaitOutcome: Equatable, Sendable {
+    /// Entries past the requested offset can be read now.
+    case available
+    case timedOut
+    /// The segment takes no more entries: go on with the next segment.
+    case sealed
+    case deleted
+}
+
+/// A segment's live state on the storage node: offsets accepted, acknowledged and
+/// flushed, the in-memory entries (not yet flushed, and recent ones kept for tailing
+/// readers), fencing, and readers waiting at the tail.
+final class SegmentState: Sendable {
+    struct CachedEntry {
+        var header: RecordBatchHeader
+        var bytes: ByteBuffer
+        var baseOffset: Int64 { header.baseOffset }
+        var lastOffset: Int64 { header.lastOffset }
+    }
+
+    struct Waiter {
+        var id: UInt64
+        var offset: Int64
+        var continuation: CheckedContinuation<WaitOutcome, Never>
+    }
+
+    struct Guarded {
+        /// One past the last offset accepted (journaled or on its way).
+        var nextOffset: Int64
+        /// One past the last acknowledged offset: readers see offsets below it.
+        var acknowledgedEnd: Int64
+        /// One past the last offset in the segment file.
+        var flushedEnd: Int64
+        /// Bytes accepted so far (file + waiting to be flushed): what rolling looks at.
+        var acceptedBytes: Int64
+        /// Contiguous entries ending at `nextOffset`: everything not yet flushed, and
+        /// the most recent flushed ones for tailing readers.
+        var cache = Deque<CachedEntry>()
+        var unflushedBytes = 0
+        var cleanCachedBytes = 0
+        var fencedEpoch: UInt64
+        var sealed: Bool
+        var deleted = false
+        var maxTimestamp: Int64
+        /// Offsets known lost (a damaged journal block); reads there fail.
+        var damaged: [Range<Int64>] = []
+        var waiters: [Waiter] = []
+        var nextWaiterID: UInt64 = 0
+    }
+
+    let id: SegmentID
+    let baseOffset: Int64
+    let file: SegmentFile
+    let guarded: Mutex<Guarded>
+
+    init(id: SegmentID, file: SegmentFile, endOffset: Int64, sizeBytes: Int64, fencedEpoch: UInt64, sealed: Bool, maxTimestamp: Int64) {
+        self.id = id
+        self.baseOffset = file.baseOffset
+        self.file = file
+        self.guarded = Mutex(Guarded(
+            nextOffset: endOffset, acknowledgedEnd: endOffset, flushedEnd: endOffset, acceptedBytes: sizeBytes,
+            fencedEpoch: fencedEpoch, sealed: sealed, maxTimestamp: maxTimestamp))
+    }
+
+    func info() -> SegmentInfo {
+        guarded.withLock { state in
+            SegmentInfo(
+                id: id, baseOffset: baseOffset, endOffset: state.acknowledgedEnd, sizeBytes: state.acceptedBytes,
+                maxTimestamp: state.maxTimestamp, sealed: state.sealed, fencedEpoch: state.fencedEpoch, damaged: state.damaged)
+        }
+    }
+
+    /// Marks offsets below `end` acknowledged and wakes the readers waiting for them.
+    /// Called on the journal thread, in offset order.
+    func acknowledge(upTo end: Int64, maxTimestamp: Int64) {
+        let ready = guarded.withLock { state -> [CheckedContinuation<WaitOutcome, Never>] in
+            precondition(end > state.acknowledgedEnd, "acknowledgements must move forward")
+            state.acknowledgedEnd = end
+            state.maxTimestamp = max(state.maxTimestamp, maxTimestamp)
+            guard !state.waiters.isEmpty else { return [] }
+            var ready: [CheckedContinuation<WaitOutcome, Never>] = []
+            state.waiters.removeAll { waiter in
+                if waiter.offset < end {
+                    ready.append(waiter.continuation)
+                    return true
+                }
+                return false
+            }
+            return ready
+        }
+        for continuation in ready { continuation.resume(returning: .available) }
+    }
+
+    /// Wakes every waiter with `outcome` (the segment was sealed or deleted).
+    func wakeAll(_ outcome: WaitOutcome) {
+        let all = guarded.withLock { state -> [Waiter] in
+            defer { state.waiters.removeAll() }
+            return state.waiters
+        }
+        for waiter in all { waiter.continuation.resume(returning: outcome) }
+    }
+
+    /// Waits until `offset` is acknowledged (readable), the segment is sealed or
+    /// deleted, or `timeoutNanoseconds` pass.
+    func waitForEntries(at offset: Int64, timeoutNanoseconds: UInt64) async -> WaitOutcome {
+        let waiterID = guarded.withLock { state -> UInt64 in
+            defer { state.nextWaiterID += 1 }
+            return state.nextWaiterID
+        }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<WaitOutcome, Never>) in
+                let immediate = guarded.withLock { state -> WaitOutcome? in
+                    if state.deleted { return .deleted }
+                    if state.acknowledgedEnd > offset { return .available }
+                    if state.sealed { return .sealed }
+                    if Task.isCancelled { return .timedOut }
+                    state.waiters.append(Waiter(id: waiterID, offset: offset, continuation: continuation))
+                    return nil
+                }
+                if let immediate {
+                    continuation.resume(returning: immediate)
+                    return
+                }
+                Task { [self] in
+                    try? await Task.sleep(nanoseconds: timeoutNanoseconds)
+                    self.resumeWaiter(waiterID, with: .timedOut)
+                }
+            }
+        } onCancel: {
+            self.resumeWaiter(waiterID, with: .timedOut)
+        }
+    }
+
+    private func resumeWaiter(_ waiterID: UInt64, with outcome: WaitOutcome) {
+        let waiter = guarded.withLock { state -> Waiter? in
+            guard let index = state.waiters.firstIndex(where: { $0.id == waiterID }) else { return nil }
+            return state.waiters.remove(at: index)
+        }
+        waiter?.continuation.resume(returning: outcome)
+    }
+}

@@ -1,0 +1,65 @@
+import AqueductCommon
+import AqueductRecords
+import Foundation
+import NIOCore
+
+@testable import AqueductStorage
+
+func temporaryDirectory(_ name: String = #function) -> String {
+    let path = NSTemporaryDirectory() + "aqueduct-tests/" + name.filter { $0.isLetter || $0.isNumber } + "-" + UUID().uuidString
+    try! FileSystem.createDirectory(path)
+    return path
+}
+
+/// A batch of `records` records of `valueBytes` bytes each, at `baseOffset`; values
+/// carry their offset so reads can be checked.
+func makeBatch(baseOffset: Int64, records: Int = 1, valueBytes: Int = 100, timestamp: Int64 = 1_700_000_000_000) -> ByteBuffer {
+    var builder = RecordBatchBuilder()
+    for index in 0..<records {
+        let offset = baseOffset + Int64(index)
+        var value = Array("offset-\(offset)-".utf8)
+        value += [UInt8](repeating: UInt8(truncatingIfNeeded: offset), count: max(0, valueBytes - value.count))
+        builder.append(timestamp: timestamp + Int64(index), key: nil, value: value)
+    }
+    return builder.build(baseOffset: baseOffset)
+}
+
+/// Offsets of every record in the batches, checking each batch's CRC.
+func recordOffsets(_ batches: [ByteBuffer]) throws -> [Int64] {
+    var offsets: [Int64] = []
+    for batch in batches {
+        _ = try RecordBatch.validate(batch, maxBytes: .max)
+        for record in try RecordBatch.records(of: batch) {
+            offsets.append(record.offset)
+        }
+    }
+    return offsets
+}
+
+/// Everything readable in a segment from `offset`, following `nextOffset`.
+func readAll(_ node: StorageNode, _ id: SegmentID, from offset: Int64, maxBytes: Int = 64 << 10) async throws -> [Int64] {
+    var offsets: [Int64] = []
+    var next = offset
+    while true {
+        let read = try await node.read(id, from: next, maxBytes: maxBytes)
+        if read.batches.isEmpty { break }
+        offsets += try recordOffsets(read.batches).filter { $0 >= next }
+        next = read.nextOffset
+    }
+    return offsets
+}
+
+/// A copy of a node's directory as it is now: what the disk would hold if the
+/// process died at this moment (every write so far reached the page cache).
+func crashCopy(of directory: String) throws -> String {
+    let copy = directory + "-crash-" + UUID().uuidString.prefix(8)
+    try FileManager.default.copyItem(atPath: directory, toPath: copy)
+    return copy
+}
+
+func testConfiguration(_ directory: String) -> StorageConfiguration {
+    var configuration = StorageConfiguration(directory: directory)
+    configuration.flushIntervalMilliseconds = 60_000  // tests flush explicitly
+    configuration.indexIntervalBytes = 512
+    return configuration
+}
