@@ -1,0 +1,496 @@
+import AqueductCommon
+import AqueductMetadata
+import AqueductRecords
+import AqueductStorage
+import Logging
+import Metrics
+import NIOCore
+import Synchronization
+
+/// A log (DistributedLog's model): a sequence of segments on the storage node, listed
+/// in the metadata store, with dense 64-bit offsets across them.
+///
+/// One writer at a time: `openWriter()` takes a higher epoch, fences the segment the
+/// previous writer was appending to, seals it at its last acknowledged entry and starts
+/// a new segment. The previous writer's appends then fail with `fenced`, in this
+/// process and at the storage node, and none of them reaches disk.
+///
+/// Appends are sequenced under a lock (assign offsets, queue on the journal) and wait
+/// for acknowledgement outside it, so many appends share each fdatasync. Changes to
+/// the segment list (roll, truncation, retention, a new writer) are serialized by
+/// `control` and written to metadata with compare-and-set.
+public final class Log: Sendable {
+    public let id: UInt64
+    let storage: StorageNode
+    let metadata: any MetadataStore
+    let clock: any WallClock
+    let logger: Logger
+    /// Serializes changes to the segment list.
+    let control = WeightedSemaphore(capacity: 1)
+
+    struct Active {
+        var segment: SegmentID
+        var baseOffset: Int64
+        var createdAtMilliseconds: Int64
+        var bytes: Int64
+    }
+
+    struct State {
+        var record: LogRecord
+        var version: UInt64
+        /// The epoch of the writer open in this process, if any.
+        var writerEpoch: UInt64?
+        var active: Active?
+        /// The offset the next append gets.
+        var nextOffset: Int64
+        var rolling = false
+        var rollWaiters: [CheckedContinuation<Void, Never>] = []
+        var deleted = false
+    }
+
+    let state: Mutex<State>
+    private let appendedRecords: Counter
+    private let appendedBytes: Counter
+
+    init(record: LogRecord, version: UInt64, storage: StorageNode, metadata: any MetadataStore, clock: any WallClock, logger: Logger) {
+        self.id = record.id
+        self.storage = storage
+        self.metadata = metadata
+        self.clock = clock
+        var logger = logger
+        logger[metadataKey: "log"] = "\(record.name)"
+        self.logger = logger
+        let next = record.segments.last.map { $0.endOffset ?? $0.baseOffset } ?? record.startOffset
+        self.state = Mutex(State(record: record, version: version, nextOffset: next))
+        self.appendedRecords = Counter(label: "aqueduct_log_appended_records_total")
+        self.appendedBytes = Counter(label: "aqueduct_log_appended_bytes_total")
+    }
+
+    public var name: String { state.withLock { $0.record.name } }
+    public var configuration: LogConfiguration { state.withLock { $0.record.configuration } }
+
+    /// The first readable offset.
+    public var startOffset: Int64 { state.withLock { $0.record.startOffset } }
+
+    /// One past the last acknowledged offset.
+    public var endOffset: Int64 {
+        let (last, start) = state.withLock { ($0.record.segments.last, $0.record.startOffset) }
+        guard let last else { return start }
+        if let end = last.endOffset { return end }
+        return storage.segmentInfo(SegmentID(logID: id, number: last.number))?.endOffset ?? last.baseOffset
+    }
+
+    // MARK: - Writers
+
+    /// Opens this process's writer with the next epoch, fencing any earlier writer.
+    public func openWriter() async throws(LogError) -> LogWriter {
+        await control.acquire(1)
+        defer { control.release(1) }
+        var (record, version) = state.withLock { ($0.record, $0.version) }
+        let epoch = record.writerEpoch + 1
+        let now = clock.nowMilliseconds()
+        var retired: [SegmentID] = []
+        if let last = record.segments.last, last.state == .open {
+            let segment = SegmentID(logID: id, number: last.number)
+            var info: SegmentInfo?
+            do throws(StorageError) {
+                try await storage.fence(segment, epoch: epoch)
+                info = try await storage.seal(segment)
+            } catch {
+                // Not found: created in metadata, never in storage (a crash in between).
+                guard case .segmentNotFound = error else { throw .storage(error) }
+                info = nil
+            }
+            if let info, info.endOffset > info.baseOffset {
+                record.segments[record.segments.count - 1].state = .sealed
+                record.segments[record.segments.count - 1].endOffset = info.endOffset
+                record.segments[record.segments.count - 1].sizeBytes = info.sizeBytes
+                record.segments[record.segments.count - 1].maxTimestamp = info.maxTimestamp
+                record.segments[record.segments.count - 1].sealedAtMilliseconds = now
+            } else {
+                record.segments.removeLast()
+                if info != nil { retired.append(segment) }
+            }
+        }
+        let number = (record.segments.last?.number ?? 0) + 1 + UInt64(retired.count)
+        let baseOffset = record.segments.last.map { $0.endOffset ?? $0.baseOffset } ?? record.startOffset
+        record.writerEpoch = epoch
+        record.segments.append(LogRecord.Segment(
+            number: number, baseOffset: baseOffset, state: .open, createdAtMilliseconds: now))
+        version = try await save(record, expecting: version)
+        let segment = SegmentID(logID: id, number: number)
+        do throws(StorageError) {
+            try await storage.createSegment(segment, baseOffset: baseOffset, epoch: epoch)
+            for old in retired { try await storage.deleteSegment(old) }
+        } catch {
+            throw .storage(error)
+        }
+        let finalVersion = version
+        let finalRecord = record
+        state.withLock { state in
+            state.record = finalRecord
+            state.version = finalVersion
+            state.writerEpoch = epoch
+            state.active = Active(segment: segment, baseOffset: baseOffset, createdAtMilliseconds: now, bytes: 0)
+            state.nextOffset = baseOffset
+        }
+        logger.debug("writer opened", metadata: ["epoch": "\(epoch)", "segment": "\(segment)", "baseOffset": "\(baseOffset)"])
+        return LogWriter(log: self, epoch: epoch)
+    }
+
+    // MARK: - Appends
+
+    /// Appends one record batch (validated: size, magic, CRC-32C; the log assigns its
+    /// base offset) for the writer with `epoch`. Returns once the batch is durable.
+    func append(_ batch: ByteBuffer, epoch: UInt64) async throws(LogError) -> AppendResult {
+        let limit = state.withLock { $0.record.configuration.batchBytesMax }
+        let header: RecordBatchHeader
+        do { header = try RecordBatch.validate(batch, maxBytes: limit) } catch { throw .invalidBatch(error) }
+        guard header.recordsCount > 0 else { throw .emptyBatch }
+        let size = batch.readableBytes
+        let reserved = await storage.reserveWriteBudget(size)
+        var batch = batch
+        enum Step {
+            /// Queued on the journal; the storage node owns the write budget now.
+            case done(Result<AppendResult, LogError>)
+            /// Refused before anything was queued; the budget is still ours.
+            case rejected(LogError)
+            case roll
+            case waitForRoll
+        }
+        while true {
+            let step: Step = await withCheckedContinuation { continuation in
+                let immediate = state.withLock { (state: inout State) -> Step? in
+                    if state.deleted { return .rejected(.logNotFound(id)) }
+                    guard let writerEpoch = state.writerEpoch, let active = state.active else {
+                        return .rejected(.noWriter(id))
+                    }
+                    guard epoch == writerEpoch else {
+                        return .rejected(.fenced(logID: id, writerEpoch: epoch, currentEpoch: max(writerEpoch, state.record.writerEpoch)))
+                    }
+                    if state.rolling { return .waitForRoll }
+                    let configuration = state.record.configuration
+                    if active.bytes > 0
+                        && (active.bytes + Int64(size) > configuration.segmentBytes
+                            || clock.nowMilliseconds() - active.createdAtMilliseconds >= configuration.segmentMilliseconds)
+                    {
+                        state.rolling = true
+                        return .roll
+                    }
+                    let baseOffset = state.nextOffset
+                    RecordBatch.setBaseOffset(baseOffset, in: &batch, at: batch.readerIndex)
+                    let result = AppendResult(baseOffset: baseOffset, lastOffset: baseOffset + Int64(header.lastOffsetDelta), segment: active.segment)
+                    do throws(StorageError) {
+                        try storage.submitAppend(active.segment, epoch: epoch, batch: batch, reservedBytes: reserved) { outcome in
+                            continuation.resume(returning: .done(outcome.map { result }.mapError { .storage($0) }))
+                        }
+                    } catch {
+                        return .rejected(Self.translate(error, epoch: epoch, state: state))
+                    }
+                    state.nextOffset = result.lastOffset + 1
+                    state.active?.bytes += Int64(size)
+                    return nil
+                }
+                if let immediate { continuation.resume(returning: immediate) }
+            }
+            switch step {
+            case .done(let result):
+                switch result {
+                case .success(let appended):
+                    appendedRecords.increment(by: Int(header.recordsCount))
+                    appendedBytes.increment(by: size)
+                    return appended
+                case .failure(let error):
+                    throw error
+                }
+            case .rejected(let error):
+                storage.releaseWriteBudget(reserved)
+                throw error
+            case .waitForRoll:
+                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                    let resumeNow = state.withLock { state -> Bool in
+                        if !state.rolling { return true }
+                        state.rollWaiters.append(continuation)
+                        return false
+                    }
+                    if resumeNow { continuation.resume() }
+                }
+            case .roll:
+                do {
+                    try await roll(epoch: epoch)
+                } catch {
+                    storage.releaseWriteBudget(reserved)
+                    throw error
+                }
+            }
+        }
+    }
+
+    private static func translate(_ error: StorageError, epoch: UInt64, state: State) -> LogError {
+        if case .fenced(_, _, let fencedEpoch) = error {
+            return .fenced(logID: state.record.id, writerEpoch: epoch, currentEpoch: fencedEpoch)
+        }
+        return .storage(error)
+    }
+
+    /// Seals the active segment once every queued append is acknowledged and starts the
+    /// next one at the following offset.
+    private func roll(epoch: UInt64) async throws(LogError) {
+        await control.acquire(1)
+        defer {
+            control.release(1)
+            let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+                state.rolling = false
+                defer { state.rollWaiters.removeAll() }
+                return state.rollWaiters
+            }
+            for waiter in waiters { waiter.resume() }
+        }
+        let (activeSegment, currentEpoch) = state.withLock { ($0.active?.segment, $0.writerEpoch) }
+        guard let activeSegment, currentEpoch == epoch else {
+            throw .fenced(logID: id, writerEpoch: epoch, currentEpoch: currentEpoch ?? 0)
+        }
+        let info: SegmentInfo
+        do throws(StorageError) { info = try await storage.seal(activeSegment) } catch { throw .storage(error) }
+        let now = clock.nowMilliseconds()
+        var (record, version) = state.withLock { ($0.record, $0.version) }
+        guard let index = record.segments.firstIndex(where: { $0.number == activeSegment.number }) else {
+            throw .metadata("active segment \(activeSegment) is missing from the log's metadata")
+        }
+        record.segments[index].state = .sealed
+        record.segments[index].endOffset = info.endOffset
+        record.segments[index].sizeBytes = info.sizeBytes
+        record.segments[index].maxTimestamp = info.maxTimestamp
+        record.segments[index].sealedAtMilliseconds = now
+        let next = SegmentID(logID: id, number: activeSegment.number + 1)
+        record.segments.append(LogRecord.Segment(number: next.number, baseOffset: info.endOffset, state: .open, createdAtMilliseconds: now))
+        version = try await save(record, expecting: version)
+        do throws(StorageError) {
+            try await storage.createSegment(next, baseOffset: info.endOffset, epoch: epoch)
+        } catch {
+            throw .storage(error)
+        }
+        let savedRecord = record
+        let savedVersion = version
+        state.withLock { state in
+            state.record = savedRecord
+            state.version = savedVersion
+            state.active = Active(segment: next, baseOffset: info.endOffset, createdAtMilliseconds: now, bytes: 0)
+        }
+        logger.debug("segment rolled", metadata: ["sealed": "\(activeSegment)", "endOffset": "\(info.endOffset)"])
+    }
+
+    private func save(_ record: LogRecord, expecting version: UInt64) async throws(LogError) -> UInt64 {
+        do {
+            let bytes = try EmbeddedMetadataStore.encodeJSON(record)
+            return try await metadata.put(LogRecord.key(id), bytes, expect: .version(version))
+        } catch {
+            throw .metadata("\(error)")
+        }
+    }
+
+    // MARK: - Reads
+
+    /// Reads whole batches from `offset`, about `maxBytes` (at least one batch when any
+    /// is there). At the end of the log, waits up to `maxWaitNanoseconds` for new
+    /// entries. Offsets below the start or past the end are out of range.
+    public func read(from offset: Int64, maxBytes: Int, maxWaitNanoseconds: UInt64 = 0) async throws(LogError) -> LogRead {
+        let deadline = monotonicNanoseconds() + maxWaitNanoseconds
+        while true {
+            let snapshot = readSnapshot()
+            let record = snapshot.record
+            let active = snapshot.active
+            if snapshot.deleted { throw .logNotFound(id) }
+            let end = endOffset
+            guard offset >= record.startOffset, offset <= end else {
+                throw .offsetOutOfRange(offset: offset, startOffset: record.startOffset, endOffset: end)
+            }
+            if offset == end {
+                let now = monotonicNanoseconds()
+                guard now < deadline else {
+                    return LogRead(batches: [], nextOffset: offset, startOffset: record.startOffset, endOffset: end)
+                }
+                let waitOn = active?.segment ?? record.segments.last.map { SegmentID(logID: id, number: $0.number) }
+                guard let waitOn else {
+                    return LogRead(batches: [], nextOffset: offset, startOffset: record.startOffset, endOffset: end)
+                }
+                let outcome = await storage.waitForEntries(waitOn, at: offset, timeoutNanoseconds: deadline - now)
+                if outcome == .timedOut || Task.isCancelled {
+                    return LogRead(batches: [], nextOffset: offset, startOffset: record.startOffset, endOffset: endOffset)
+                }
+                if outcome == .sealed || outcome == .deleted {
+                    // A roll: wait until the new segment is in place rather than spin.
+                    await control.acquire(1)
+                    control.release(1)
+                }
+                continue
+            }
+            guard let segment = Self.segmentRecord(containing: offset, in: record.segments) else {
+                throw .offsetOutOfRange(offset: offset, startOffset: record.startOffset, endOffset: end)
+            }
+            let segmentID = SegmentID(logID: id, number: segment.number)
+            let read: SegmentRead
+            switch await readSegment(segmentID, from: offset, maxBytes: maxBytes) {
+            case .success(let segmentRead):
+                read = segmentRead
+            case .failure(.segmentNotFound):
+                continue  // deleted by retention or truncation meanwhile: look again
+            case .failure(let error):
+                throw .storage(error)
+            }
+            if read.batches.isEmpty && (segment.state == .sealed || segmentID != active?.segment) {
+                continue  // at the end of a sealed segment: the offset starts the next one
+            }
+            return LogRead(batches: read.batches, nextOffset: read.nextOffset, startOffset: record.startOffset, endOffset: endOffset)
+        }
+    }
+
+    private struct ReadSnapshot {
+        var record: LogRecord
+        var active: Active?
+        var deleted: Bool
+    }
+
+    private func readSnapshot() -> ReadSnapshot {
+        state.withLock { ReadSnapshot(record: $0.record, active: $0.active, deleted: $0.deleted) }
+    }
+
+    /// The last segment starting at or before `offset`.
+    static func segmentRecord(containing offset: Int64, in segments: [LogRecord.Segment]) -> LogRecord.Segment? {
+        var found: LogRecord.Segment?
+        for segment in segments where segment.baseOffset <= offset { found = segment }
+        return found
+    }
+
+    private func readSegment(_ id: SegmentID, from offset: Int64, maxBytes: Int) async -> Result<SegmentRead, StorageError> {
+        do throws(StorageError) {
+            return .success(try await storage.read(id, from: offset, maxBytes: maxBytes))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    // MARK: - Truncation, retention, deletion
+
+    /// Makes `offset` the first readable offset: reads below it fail, and segments
+    /// wholly below it are deleted. `offset` may not pass the end.
+    public func truncate(before offset: Int64) async throws(LogError) {
+        await control.acquire(1)
+        defer { control.release(1) }
+        let end = endOffset
+        var (record, version) = state.withLock { ($0.record, $0.version) }
+        guard offset <= end else { throw .offsetOutOfRange(offset: offset, startOffset: record.startOffset, endOffset: end) }
+        guard offset > record.startOffset else { return }
+        record.startOffset = offset
+        let removed = record.segments.filter { $0.state == .sealed && ($0.endOffset ?? .max) <= offset }
+        record.segments.removeAll { segment in removed.contains { $0.number == segment.number } }
+        try await commitRemoval(record, version: version, removed: removed)
+    }
+
+    /// Deletes sealed segments past the retention limits: newest record older than
+    /// `retentionMilliseconds`, and oldest first while the log exceeds `retentionBytes`.
+    /// An active segment whose records have all expired is rolled first, so an idle
+    /// log does not keep expired data forever. Returns the number of segments deleted.
+    @discardableResult
+    public func enforceRetention() async throws(LogError) -> Int {
+        let now = clock.nowMilliseconds()
+        let (configuration, activeSegment, writerEpoch) = state.withLock { ($0.record.configuration, $0.active, $0.writerEpoch) }
+        if let retention = configuration.retentionMilliseconds, let activeSegment, let writerEpoch,
+            let info = storage.segmentInfo(activeSegment.segment), info.endOffset > info.baseOffset,
+            info.maxTimestamp >= 0, now - info.maxTimestamp > retention
+        {
+            let rollNow = state.withLock { state -> Bool in
+                guard !state.rolling, state.active?.segment == activeSegment.segment else { return false }
+                state.rolling = true
+                return true
+            }
+            if rollNow { try await roll(epoch: writerEpoch) }
+        }
+        await control.acquire(1)
+        defer { control.release(1) }
+        var (record, version) = state.withLock { ($0.record, $0.version) }
+        var removed: [LogRecord.Segment] = []
+        var total = record.segments.reduce(Int64(0)) { $0 + ($1.sizeBytes ?? 0) }
+        if let active = state.withLock({ $0.active }), let info = storage.segmentInfo(active.segment) {
+            total += info.sizeBytes
+        }
+        for segment in record.segments where segment.state == .sealed {
+            let expired = configuration.retentionMilliseconds.map { retention in
+                (segment.maxTimestamp ?? -1) >= 0 && now - (segment.maxTimestamp ?? 0) > retention
+            } ?? false
+            let oversize = configuration.retentionBytes.map { total > $0 } ?? false
+            // Empty sealed segments carry no timestamp; they go with what follows them.
+            guard expired || oversize || (segment.endOffset == segment.baseOffset && !removed.isEmpty) else { break }
+            removed.append(segment)
+            total -= segment.sizeBytes ?? 0
+        }
+        guard !removed.isEmpty else { return 0 }
+        record.segments.removeFirst(removed.count)
+        record.startOffset = max(record.startOffset, removed.last!.endOffset ?? record.startOffset)
+        try await commitRemoval(record, version: version, removed: removed)
+        logger.info("retention deleted segments", metadata: [
+            "segments": "\(removed.count)", "startOffset": "\(record.startOffset)",
+        ])
+        return removed.count
+    }
+
+    private func commitRemoval(_ record: LogRecord, version: UInt64, removed: [LogRecord.Segment]) async throws(LogError) {
+        let newVersion = try await save(record, expecting: version)
+        state.withLock { state in
+            state.record = record
+            state.version = newVersion
+        }
+        for segment in removed { try await deleteFromStorage(segment.number) }
+    }
+
+    /// Marks the log deleted and removes its segments (the caller removes its metadata).
+    func deleteSegments() async throws(LogError) {
+        await control.acquire(1)
+        defer { control.release(1) }
+        let record = state.withLock { state -> LogRecord in
+            state.deleted = true
+            state.writerEpoch = nil
+            return state.record
+        }
+        for segment in record.segments { try await deleteFromStorage(segment.number) }
+    }
+
+    private func deleteFromStorage(_ number: UInt64) async throws(LogError) {
+        do throws(StorageError) {
+            try await storage.deleteSegment(SegmentID(logID: id, number: number))
+        } catch {
+            if case .segmentNotFound = error { return }
+            throw .storage(error)
+        }
+    }
+
+    public func info() -> LogInfo {
+        let (record, active) = state.withLock { ($0.record, $0.active) }
+        var summaries: [SegmentSummary] = []
+        for segment in record.segments {
+            let live = storage.segmentInfo(SegmentID(logID: id, number: segment.number))
+            summaries.append(SegmentSummary(
+                number: segment.number, baseOffset: segment.baseOffset,
+                endOffset: segment.endOffset ?? live?.endOffset ?? segment.baseOffset,
+                sizeBytes: segment.sizeBytes ?? live?.sizeBytes ?? 0,
+                sealed: segment.state == .sealed, createdAtMilliseconds: segment.createdAtMilliseconds,
+                maxTimestamp: segment.maxTimestamp ?? live?.maxTimestamp ?? -1))
+        }
+        _ = active
+        return LogInfo(
+            id: id, name: record.name, startOffset: record.startOffset, endOffset: endOffset,
+            sizeBytes: summaries.reduce(0) { $0 + $1.sizeBytes }, writerEpoch: record.writerEpoch,
+            segments: summaries, configuration: record.configuration)
+    }
+}
+
+/// The right to append to a log, valid until a writer with a higher epoch opens.
+public struct LogWriter: Sendable {
+    public let log: Log
+    public let epoch: UInt64
+
+    /// Appends one record batch; returns its offsets once it is durable.
+    public func append(_ batch: ByteBuffer) async throws(LogError) -> AppendResult {
+        try await log.append(batch, epoch: epoch)
+    }
+}
