@@ -1,0 +1,392 @@
+import AqueductCommon
+import AqueductLog
+import AqueductMetadata
+import AqueductRecords
+import Foundation
+import Logging
+import Metrics
+import NIOCore
+import Synchronization
+
+/// A topic as recorded at `/topics/<name>`: its partitions and the log behind each.
+public struct TopicRecord: Codable, Equatable, Sendable {
+    public var name: String
+    /// A stable identity (Kafka's topic id), so a re-created topic is a different topic.
+    public var id: String
+    public var partitionLogIDs: [UInt64]
+    public var createdAtMilliseconds: Int64
+    public var configuration: LogConfiguration
+
+    static func key(_ name: String) -> String { "/topics/\(name)" }
+    static let prefix = "/topics/"
+}
+
+/// Settings a topic may override; nil keeps the server's default.
+public struct TopicSettings: Codable, Equatable, Sendable {
+    public var retentionMs: Int64?
+    public var retentionBytes: Int64?
+    public var segmentBytes: Int64?
+    public var segmentMs: Int64?
+    public var maxMessageBytes: Int?
+
+    public init(retentionMs: Int64? = nil, retentionBytes: Int64? = nil, segmentBytes: Int64? = nil, segmentMs: Int64? = nil, maxMessageBytes: Int? = nil) {
+        self.retentionMs = retentionMs
+        self.retentionBytes = retentionBytes
+        self.segmentBytes = segmentBytes
+        self.segmentMs = segmentMs
+        self.maxMessageBytes = maxMessageBytes
+    }
+
+    /// `defaults` with these settings applied. A negative retention means unlimited.
+    public func applied(to defaults: LogConfiguration) -> LogConfiguration {
+        var configuration = defaults
+        if let retentionMs { configuration.retentionMilliseconds = retentionMs < 0 ? nil : retentionMs }
+        if let retentionBytes { configuration.retentionBytes = retentionBytes < 0 ? nil : retentionBytes }
+        if let segmentBytes { configuration.segmentBytes = segmentBytes }
+        if let segmentMs { configuration.segmentMilliseconds = segmentMs }
+        if let maxMessageBytes { configuration.batchBytesMax = maxMessageBytes }
+        return configuration
+    }
+}
+
+/// One record to produce.
+public struct ProduceRecord: Sendable, Equatable {
+    public var key: [UInt8]?
+    public var value: [UInt8]?
+    public var headers: [RecordHeader]
+    /// Milliseconds since the epoch; the server's clock when nil.
+    public var timestamp: Int64?
+    /// The target partition; chosen from the key (murmur2, as Kafka clients do) or
+    /// round-robin per request when nil.
+    public var partition: Int?
+
+    public init(key: [UInt8]? = nil, value: [UInt8]?, headers: [RecordHeader] = [], timestamp: Int64? = nil, partition: Int? = nil) {
+        self.key = key
+        self.value = value
+        self.headers = headers
+        self.timestamp = timestamp
+        self.partition = partition
+    }
+}
+
+public struct ProducedRecord: Sendable, Equatable, Codable {
+    public var partition: Int
+    public var offset: Int64
+}
+
+public struct PartitionDescription: Sendable, Equatable, Codable {
+    public var partition: Int
+    public var startOffset: Int64
+    public var endOffset: Int64
+    public var sizeBytes: Int64
+    public var segments: Int
+}
+
+public struct TopicDescription: Sendable, Equatable, Codable {
+    public var name: String
+    public var id: String
+    public var partitions: [PartitionDescription]
+    public var createdAtMilliseconds: Int64
+    public var configuration: LogConfiguration
+}
+
+/// Topics and partitions over logs: the model the HTTP API and the Kafka protocol
+/// share. A produce or a fetch is a call here, whichever protocol it came in by.
+public final class Broker: Sendable {
+    /// Most partitions one topic may have.
+    public static let partitionsPerTopicMax = 1_024
+    /// Longest topic name, as in Kafka.
+    public static let topicNameBytesMax = 249
+    /// Most records one produce call may carry.
+    public static let recordsPerProduceMax = 100_000
+
+    struct Topic {
+        var record: TopicRecord
+        var logs: [Log]
+        var writers: [LogWriter]
+    }
+
+    public let logs: LogStore
+    let metadata: any MetadataStore
+    let clock: any WallClock
+    let logger: Logger
+    public let defaults: LogConfiguration
+    private let topics = Mutex<[String: Topic]>([:])
+    /// Serializes topic creation and deletion.
+    private let adminLock = WeightedSemaphore(capacity: 1)
+    private let roundRobin = Atomic<Int>(0)
+
+    public init(logs: LogStore, defaults: LogConfiguration, clock: any WallClock = SystemWallClock(), logger: Logger = Logger(label: "aqueduct.broker")) {
+        self.logs = logs
+        self.metadata = logs.metadata
+        self.defaults = defaults
+        self.clock = clock
+        self.logger = logger
+    }
+
+    /// Loads topics and opens a writer on each partition (fencing any earlier one).
+    public func start() async throws {
+        for (key, value) in try await metadata.list(prefix: TopicRecord.prefix) {
+            let record: TopicRecord
+            do { record = try JSONDecoder().decode(TopicRecord.self, from: Data(value.value)) } catch {
+                throw BrokerError(.storageError, "topic record \(key) is undecodable: \(error)")
+            }
+            var partitionLogs: [Log] = []
+            var writers: [LogWriter] = []
+            for logID in record.partitionLogIDs {
+                guard let log = logs.log(logID) else {
+                    throw BrokerError(.storageError, "topic \(record.name) lists log \(logID), which does not exist")
+                }
+                partitionLogs.append(log)
+                writers.append(try await log.openWriter())
+            }
+            topics.withLock { $0[record.name] = Topic(record: record, logs: partitionLogs, writers: writers) }
+        }
+    }
+
+    // MARK: - Admin
+
+    /// Kafka's rules: 1 to 249 of [a-zA-Z0-9._-], not "." or "..". Names starting
+    /// with "__" are kept for internal topics.
+    public static func validateTopicName(_ name: String) throws(BrokerError) {
+        let hint = "use 1 to \(topicNameBytesMax) characters from a-z, A-Z, 0-9, '.', '_' and '-'"
+        if name.isEmpty { throw BrokerError(.invalidTopicName, "the topic name is empty", hint: hint) }
+        if name.utf8.count > topicNameBytesMax {
+            throw BrokerError(.invalidTopicName, "the topic name is \(name.utf8.count) characters long", hint: hint)
+        }
+        if name == "." || name == ".." { throw BrokerError(.invalidTopicName, "'\(name)' is not a valid topic name", hint: hint) }
+        for byte in name.utf8 {
+            let ok = (byte >= 0x61 && byte <= 0x7a) || (byte >= 0x41 && byte <= 0x5a) || (byte >= 0x30 && byte <= 0x39)
+                || byte == 0x2e || byte == 0x5f || byte == 0x2d
+            if !ok {
+                throw BrokerError(.invalidTopicName, "the topic name '\(name)' contains '\(Character(Unicode.Scalar(byte)))'", hint: hint)
+            }
+        }
+    }
+
+    public func createTopic(_ name: String, partitions: Int, settings: TopicSettings = TopicSettings()) async throws(BrokerError) -> TopicDescription {
+        try Self.validateTopicName(name)
+        if name.hasPrefix("__") {
+            throw BrokerError(.invalidTopicName, "names starting with '__' are reserved for internal topics", hint: "choose another name")
+        }
+        guard partitions >= 1, partitions <= Self.partitionsPerTopicMax else {
+            throw BrokerError(.invalidPartitions, "a topic needs 1 to \(Self.partitionsPerTopicMax) partitions, not \(partitions)")
+        }
+        let configuration = settings.applied(to: defaults)
+        if let problem = configuration.problem() { throw BrokerError(.invalidConfig, problem) }
+        await adminLock.acquire(1)
+        defer { adminLock.release(1) }
+        if topics.withLock({ $0[name] != nil }) {
+            throw BrokerError(.topicExists, "topic '\(name)' already exists", hint: "describe it, or delete it first")
+        }
+        do {
+            let ids = try await logs.allocateIDs(partitions)
+            let record = TopicRecord(
+                name: name, id: UUID().uuidString.lowercased(), partitionLogIDs: ids,
+                createdAtMilliseconds: clock.nowMilliseconds(), configuration: configuration)
+            var operations: [MetadataOperation] = [
+                .put(key: TopicRecord.key(name), value: try EmbeddedMetadataStore.encodeJSON(record), expect: .absent)
+            ]
+            for (partition, id) in ids.enumerated() {
+                operations.append(try logs.newLogRecordOperation(id: id, name: "\(name)-\(partition)", configuration: configuration))
+            }
+            try await metadata.commit(operations)
+            let partitionLogs = try await logs.adopt(ids: ids)
+            var writers: [LogWriter] = []
+            for log in partitionLogs { writers.append(try await log.openWriter()) }
+            topics.withLock { $0[name] = Topic(record: record, logs: partitionLogs, writers: writers) }
+            logger.info("topic created", metadata: ["topic": "\(name)", "partitions": "\(partitions)"])
+            return try describeTopic(name)
+        } catch MetadataError.conflict {
+            throw BrokerError(.topicExists, "topic '\(name)' already exists")
+        } catch {
+            throw BrokerError.from(error)
+        }
+    }
+
+    public func deleteTopic(_ name: String) async throws(BrokerError) {
+        await adminLock.acquire(1)
+        defer { adminLock.release(1) }
+        guard let topic = topics.withLock({ $0[name] }) else { throw Self.unknownTopic(name) }
+        do {
+            var operations: [MetadataOperation] = [.delete(key: TopicRecord.key(name), expect: .any)]
+            for log in topic.logs { operations.append(logs.deleteRecordOperation(log.id)) }
+            try await metadata.commit(operations)
+            topics.withLock { $0[name] = nil }
+            for log in topic.logs { try await logs.forget(log.id) }
+            logger.info("topic deleted", metadata: ["topic": "\(name)"])
+        } catch {
+            throw BrokerError.from(error)
+        }
+    }
+
+    public func topicNames() -> [String] {
+        topics.withLock { Array($0.keys) }.sorted()
+    }
+
+    public func describeTopic(_ name: String) throws(BrokerError) -> TopicDescription {
+        guard let topic = topics.withLock({ $0[name] }) else { throw Self.unknownTopic(name) }
+        let partitions = topic.logs.enumerated().map { index, log in
+            let info = log.info()
+            return PartitionDescription(
+                partition: index, startOffset: info.startOffset, endOffset: info.endOffset,
+                sizeBytes: info.sizeBytes, segments: info.segments.count)
+        }
+        return TopicDescription(
+            name: name, id: topic.record.id, partitions: partitions,
+            createdAtMilliseconds: topic.record.createdAtMilliseconds, configuration: topic.record.configuration)
+    }
+
+    static func unknownTopic(_ name: String) -> BrokerError {
+        BrokerError(.topicNotFound, "topic '\(name)' does not exist", hint: "create it first, or list topics to check the name")
+    }
+
+    private func partition(_ name: String, _ partition: Int) throws(BrokerError) -> (log: Log, writer: LogWriter) {
+        guard let topic = topics.withLock({ $0[name] }) else { throw Self.unknownTopic(name) }
+        guard partition >= 0, partition < topic.logs.count else {
+            throw BrokerError(.partitionNotFound, "topic '\(name)' has partitions 0 to \(topic.logs.count - 1), not \(partition)")
+        }
+        return (topic.logs[partition], topic.writers[partition])
+    }
+
+    public func partitionCount(_ name: String) throws(BrokerError) -> Int {
+        guard let topic = topics.withLock({ $0[name] }) else { throw Self.unknownTopic(name) }
+        return topic.logs.count
+    }
+
+    // MARK: - Produce and fetch
+
+    /// Appends a client's record batch as it is (the Kafka path): validated, given
+    /// offsets, stored byte for byte.
+    public func appendBatch(topic: String, partition: Int, batch: ByteBuffer) async throws(BrokerError) -> AppendResult {
+        let target = try self.partition(topic, partition)
+        do {
+            let result = try await target.writer.append(batch)
+            recordProduced(topic: topic, partition: partition, bytes: batch.readableBytes, endOffset: result.lastOffset + 1)
+            return result
+        } catch {
+            throw BrokerError.from(log: error)
+        }
+    }
+
+    /// Produces records: groups them by partition (explicit, by key, or round-robin),
+    /// builds one batch per partition (more if one would exceed the topic's limit) and
+    /// appends them all concurrently. Returns each record's partition and offset, in
+    /// input order.
+    public func produce(topic: String, records: [ProduceRecord]) async throws(BrokerError) -> [ProducedRecord] {
+        guard !records.isEmpty else { throw BrokerError(.invalidRequest, "no records to produce") }
+        guard records.count <= Self.recordsPerProduceMax else {
+            throw BrokerError(.invalidRequest, "\(records.count) records in one request; the limit is \(Self.recordsPerProduceMax)",
+                hint: "split the request")
+        }
+        guard let entry = topics.withLock({ $0[topic] }) else { throw Self.unknownTopic(topic) }
+        let partitions = entry.logs.count
+        let limit = entry.record.configuration.batchBytesMax
+        let now = clock.nowMilliseconds()
+        let unkeyedPartition = roundRobin.wrappingAdd(1, ordering: .relaxed).oldValue % partitions
+        var byPartition: [Int: [(index: Int, record: Record)]] = [:]
+        for (index, record) in records.enumerated() {
+            let target: Int
+            if let explicit = record.partition {
+                guard explicit >= 0, explicit < partitions else {
+                    throw BrokerError(.partitionNotFound, "topic '\(topic)' has partitions 0 to \(partitions - 1), not \(explicit)")
+                }
+                target = explicit
+            } else if let key = record.key {
+                target = Partitioner.partition(forKey: key, partitions: partitions)
+            } else {
+                target = unkeyedPartition
+            }
+            byPartition[target, default: []].append((index, Record(
+                timestamp: record.timestamp ?? now, key: record.key, value: record.value, headers: record.headers)))
+        }
+        // Split each partition's records into batches under the size limit.
+        var jobs: [(partition: Int, indexes: [Int], batch: ByteBuffer)] = []
+        for (partition, items) in byPartition.sorted(by: { $0.key < $1.key }) {
+            var builder = RecordBatchBuilder()
+            var indexes: [Int] = []
+            for item in items {
+                var single = RecordBatchBuilder()
+                single.append(item.record)
+                if single.estimatedSize > limit {
+                    throw BrokerError(.recordTooLarge, "record \(item.index) takes \(single.estimatedSize) bytes; the topic's limit is \(limit) bytes",
+                        hint: "send smaller records or raise the topic's maxMessageBytes")
+                }
+                var candidate = builder
+                candidate.append(item.record)
+                if !builder.isEmpty && candidate.estimatedSize > limit {
+                    jobs.append((partition, indexes, builder.build()))
+                    builder = RecordBatchBuilder()
+                    indexes = []
+                    builder.append(item.record)
+                } else {
+                    builder = candidate
+                }
+                indexes.append(item.index)
+            }
+            if !builder.isEmpty { jobs.append((partition, indexes, builder.build())) }
+        }
+        var results = [ProducedRecord](repeating: ProducedRecord(partition: 0, offset: 0), count: records.count)
+        do {
+            // Batches of one partition go in order; partitions proceed concurrently.
+            let grouped = Dictionary(grouping: jobs, by: \.partition)
+            try await withThrowingTaskGroup(of: [(Int, ProducedRecord)].self) { group in
+                for (partition, partitionJobs) in grouped {
+                    group.addTask {
+                        var placed: [(Int, ProducedRecord)] = []
+                        for job in partitionJobs {
+                            let appended = try await self.appendBatch(topic: topic, partition: partition, batch: job.batch)
+                            for (position, index) in job.indexes.enumerated() {
+                                placed.append((index, ProducedRecord(partition: partition, offset: appended.baseOffset + Int64(position))))
+                            }
+                        }
+                        return placed
+                    }
+                }
+                for try await placed in group {
+                    for (index, produced) in placed { results[index] = produced }
+                }
+            }
+        } catch {
+            throw BrokerError.from(error)
+        }
+        return results
+    }
+
+    /// Reads whole batches from `offset` of a partition, waiting up to
+    /// `maxWaitMilliseconds` at the end for new ones.
+    public func fetch(topic: String, partition: Int, offset: Int64, maxBytes: Int, maxWaitMilliseconds: Int) async throws(BrokerError) -> LogRead {
+        let target = try self.partition(topic, partition)
+        do {
+            let read = try await target.log.read(
+                from: offset, maxBytes: max(1, maxBytes), maxWaitNanoseconds: UInt64(max(0, maxWaitMilliseconds)) * 1_000_000)
+            Counter(label: "aqueduct_topic_bytes_out_total", dimensions: [("topic", topic)]).increment(by: read.bytes)
+            return read
+        } catch {
+            throw BrokerError.from(log: error)
+        }
+    }
+
+    /// The first and one-past-last offsets of a partition.
+    public func offsets(topic: String, partition: Int) throws(BrokerError) -> (start: Int64, end: Int64) {
+        let target = try self.partition(topic, partition)
+        return (target.log.startOffset, target.log.endOffset)
+    }
+
+    public func truncate(topic: String, partition: Int, before offset: Int64) async throws(BrokerError) {
+        let target = try self.partition(topic, partition)
+        do { try await target.log.truncate(before: offset) } catch { throw BrokerError.from(log: error) }
+    }
+
+    /// Applies retention to every partition; returns the number of segments deleted.
+    @discardableResult
+    public func enforceRetention() async -> Int {
+        await logs.enforceRetention()
+    }
+
+    private func recordProduced(topic: String, partition: Int, bytes: Int, endOffset: Int64) {
+        Counter(label: "aqueduct_topic_bytes_in_total", dimensions: [("topic", topic)]).increment(by: bytes)
+        Gauge(label: "aqueduct_partition_end_offset", dimensions: [("topic", topic), ("partition", String(partition))])
+            .record(endOffset)
+    }
+}
