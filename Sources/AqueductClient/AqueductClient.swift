@@ -1,0 +1,124 @@
+import AqueductBroker
+import AqueductHTTP
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+
+/// Why a call to the server failed, said so the user knows what to do next.
+public enum ClientError: Error, CustomStringConvertible {
+    /// The server answered with an error body.
+    case server(status: Int, code: String, message: String, hint: String?)
+    /// No server answered at the address.
+    case unreachable(url: String, underlying: String)
+    /// The server answered something that is not the API's JSON.
+    case unexpectedResponse(status: Int, body: String)
+
+    public var description: String {
+        switch self {
+        case .server(_, let code, let message, let hint):
+            "error \(code): \(message)" + (hint.map { "\n  hint: \($0)" } ?? "")
+        case .unreachable(let url, let underlying):
+            "cannot reach the Aqueduct server at \(url) (\(underlying))\n"
+                + "  hint: start one with `aqueduct server`, or point --server / AQUEDUCT_SERVER at a running one"
+        case .unexpectedResponse(let status, let body):
+            "unexpected response (HTTP \(status)): \(body.prefix(300))"
+        }
+    }
+
+    /// The documented error code, when the server gave one.
+    public var code: String? {
+        if case .server(_, let code, _, _) = self { return code }
+        return nil
+    }
+}
+
+/// The HTTP API from the client side (the CLI uses it).
+public struct AqueductClient: Sendable {
+    public let baseURL: String
+    /// Largest response body read, in bytes.
+    public static let responseBytesMax = 64 << 20
+    private let http: HTTPClient
+
+    public init(baseURL: String, http: HTTPClient = .shared) {
+        self.baseURL = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
+        self.http = http
+    }
+
+    public func health() async throws -> Bool {
+        struct Health: Decodable { var status: String }
+        let health: Health = try await call(.GET, "/health")
+        return health.status == "ok"
+    }
+
+    public func createTopic(_ name: String, partitions: Int, settings: TopicSettings = TopicSettings()) async throws -> TopicDescription {
+        try await call(.POST, "/v1/topics", body: CreateTopicRequest(name: name, partitions: partitions, config: settings))
+    }
+
+    public func listTopics() async throws -> TopicList {
+        try await call(.GET, "/v1/topics")
+    }
+
+    public func describeTopic(_ name: String) async throws -> TopicDescription {
+        try await call(.GET, "/v1/topics/\(escape(name))")
+    }
+
+    public func deleteTopic(_ name: String) async throws {
+        let _: Empty = try await call(.DELETE, "/v1/topics/\(escape(name))")
+    }
+
+    public func produce(_ topic: String, records: [ProduceRecordJSON], encoding: PayloadEncoding = .utf8) async throws -> ProduceResponse {
+        try await call(.POST, "/v1/topics/\(escape(topic))/records", body: ProduceRequest(records: records, encoding: encoding))
+    }
+
+    public func fetch(
+        _ topic: String, partition: Int, offset: String, maxWaitMilliseconds: Int = 0, maxRecords: Int = 1_000,
+        maxBytes: Int = 1 << 20, encoding: PayloadEncoding = .utf8
+    ) async throws -> FetchResponse {
+        try await call(.GET, "/v1/topics/\(escape(topic))/partitions/\(partition)/records?offset=\(offset)&maxWaitMs=\(maxWaitMilliseconds)&maxRecords=\(maxRecords)&maxBytes=\(maxBytes)&encoding=\(encoding.rawValue)")
+    }
+
+    public func offsets(_ topic: String, partition: Int) async throws -> OffsetsResponse {
+        try await call(.GET, "/v1/topics/\(escape(topic))/partitions/\(partition)/offsets")
+    }
+
+    private struct Empty: Decodable {}
+    private struct NoBody: Encodable {}
+
+    private func escape(_ segment: String) -> String {
+        segment.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/"))) ?? segment
+    }
+
+    private func call<Response: Decodable>(_ method: HTTPMethod, _ path: String) async throws -> Response {
+        try await call(method, path, body: Optional<NoBody>.none)
+    }
+
+    private func call<Body: Encodable, Response: Decodable>(_ method: HTTPMethod, _ path: String, body: Body?) async throws -> Response {
+        var request = HTTPClientRequest(url: baseURL + path)
+        request.method = method
+        if let body {
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.body = .bytes(ByteBuffer(bytes: try JSONEncoder().encode(body)))
+        }
+        let response: HTTPClientResponse
+        do {
+            response = try await http.execute(request, timeout: .seconds(120))
+        } catch {
+            throw ClientError.unreachable(url: baseURL, underlying: "\(error)")
+        }
+        let bytes = try await response.body.collect(upTo: Self.responseBytesMax)
+        let data = Data(bytes.readableBytesView)
+        guard (200..<300).contains(response.status.code) else {
+            if let error = try? JSONDecoder().decode(ErrorBody.self, from: data) {
+                throw ClientError.server(status: Int(response.status.code), code: error.error.code, message: error.error.message, hint: error.error.hint)
+            }
+            throw ClientError.unexpectedResponse(status: Int(response.status.code), body: String(decoding: data, as: UTF8.self))
+        }
+        if Response.self == Empty.self { return Empty() as! Response }
+        do {
+            return try JSONDecoder().decode(Response.self, from: data)
+        } catch {
+            throw ClientError.unexpectedResponse(status: Int(response.status.code), body: String(decoding: data, as: UTF8.self))
+        }
+    }
+}

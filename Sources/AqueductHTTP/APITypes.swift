@@ -1,0 +1,158 @@
+import AqueductBroker
+import AqueductLog
+import AqueductRecords
+import Foundation
+
+/// JSON bodies of the HTTP API (docs/HTTP-API.md). Keys, values and header values are
+/// UTF-8 text unless the request says `"encoding": "base64"`.
+public enum PayloadEncoding: String, Codable, Sendable {
+    case utf8
+    case base64
+
+    func decode(_ text: String?, field: String) throws(BrokerError) -> [UInt8]? {
+        guard let text else { return nil }
+        switch self {
+        case .utf8: return Array(text.utf8)
+        case .base64:
+            guard let data = Data(base64Encoded: text) else {
+                throw BrokerError(.invalidRequest, "\(field) is not valid base64", hint: "encode it, or send \"encoding\": \"utf8\"")
+            }
+            return Array(data)
+        }
+    }
+
+    func encode(_ bytes: [UInt8]?) -> String? {
+        guard let bytes else { return nil }
+        switch self {
+        case .utf8: return String(decoding: bytes, as: UTF8.self)
+        case .base64: return Data(bytes).base64EncodedString()
+        }
+    }
+}
+
+public struct CreateTopicRequest: Codable, Sendable {
+    public var name: String
+    public var partitions: Int?
+    public var config: TopicSettings?
+
+    public init(name: String, partitions: Int? = nil, config: TopicSettings? = nil) {
+        self.name = name
+        self.partitions = partitions
+        self.config = config
+    }
+}
+
+public struct TopicList: Codable, Sendable {
+    public struct Entry: Codable, Sendable {
+        public var name: String
+        public var partitions: Int
+        public var endOffsets: [Int64]
+    }
+    public var topics: [Entry]
+}
+
+public struct HeaderJSON: Codable, Sendable, Equatable {
+    public var key: String
+    public var value: String?
+
+    public init(key: String, value: String?) {
+        self.key = key
+        self.value = value
+    }
+}
+
+/// A record in a produce request. Headers are a list of {key, value} (duplicates and
+/// order kept, as in Kafka) or, for convenience, an object.
+public struct ProduceRecordJSON: Codable, Sendable {
+    public var key: String?
+    public var value: String?
+    public var headers: [HeaderJSON]?
+    public var partition: Int?
+    public var timestamp: Int64?
+
+    public init(key: String? = nil, value: String?, headers: [HeaderJSON]? = nil, partition: Int? = nil, timestamp: Int64? = nil) {
+        self.key = key
+        self.value = value
+        self.headers = headers
+        self.partition = partition
+        self.timestamp = timestamp
+    }
+
+    enum CodingKeys: String, CodingKey { case key, value, headers, partition, timestamp }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        key = try container.decodeIfPresent(String.self, forKey: .key)
+        value = try container.decodeIfPresent(String.self, forKey: .value)
+        partition = try container.decodeIfPresent(Int.self, forKey: .partition)
+        timestamp = try container.decodeIfPresent(Int64.self, forKey: .timestamp)
+        if let list = try? container.decodeIfPresent([HeaderJSON].self, forKey: .headers) {
+            headers = list
+        } else if let object = try container.decodeIfPresent([String: String?].self, forKey: .headers) {
+            headers = object.sorted { $0.key < $1.key }.map { HeaderJSON(key: $0.key, value: $0.value) }
+        } else {
+            headers = nil
+        }
+    }
+}
+
+/// A produce request: `{"records": [...]}`, or one record's fields at the top level.
+public struct ProduceRequest: Codable, Sendable {
+    public var records: [ProduceRecordJSON]
+    public var encoding: PayloadEncoding?
+
+    public init(records: [ProduceRecordJSON], encoding: PayloadEncoding? = nil) {
+        self.records = records
+        self.encoding = encoding
+    }
+
+    enum CodingKeys: String, CodingKey { case records, encoding }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        encoding = try container.decodeIfPresent(PayloadEncoding.self, forKey: .encoding)
+        if container.contains(.records) {
+            records = try container.decode([ProduceRecordJSON].self, forKey: .records)
+        } else {
+            records = [try ProduceRecordJSON(from: decoder)]
+        }
+    }
+}
+
+public struct ProduceResponse: Codable, Sendable {
+    public var offsets: [ProducedRecord]
+}
+
+public struct FetchedRecordJSON: Codable, Sendable, Equatable {
+    public var partition: Int
+    public var offset: Int64
+    public var timestamp: Int64
+    public var key: String?
+    public var value: String?
+    public var headers: [HeaderJSON]
+}
+
+public struct FetchResponse: Codable, Sendable {
+    public var records: [FetchedRecordJSON]
+    /// The offset to fetch next.
+    public var nextOffset: Int64
+    public var startOffset: Int64
+    /// One past the last acknowledged offset (Kafka's high watermark).
+    public var endOffset: Int64
+}
+
+public struct OffsetsResponse: Codable, Sendable {
+    public var partition: Int
+    public var startOffset: Int64
+    public var endOffset: Int64
+}
+
+/// `{"error": {"code", "message", "hint"}}`, the body of every failed request.
+public struct ErrorBody: Codable, Sendable {
+    public struct Detail: Codable, Sendable {
+        public var code: String
+        public var message: String
+        public var hint: String?
+    }
+    public var error: Detail
+}

@@ -1,0 +1,246 @@
+import AqueductBroker
+import AqueductLog
+import AqueductRecords
+import Foundation
+import Hummingbird
+import NIOCore
+
+/// A `BrokerError` as an HTTP response: status from its code, JSON body with code,
+/// message and hint.
+struct APIError: HTTPResponseError {
+    let error: BrokerError
+
+    init(_ error: BrokerError) { self.error = error }
+
+    var status: HTTPResponse.Status {
+        switch error.code {
+        case .topicNotFound, .partitionNotFound: .notFound
+        case .topicExists: .conflict
+        case .recordTooLarge: .contentTooLarge
+        case .offsetOutOfRange: .rangeNotSatisfiable
+        case .invalidTopicName, .invalidPartitions, .invalidConfig, .invalidRecord, .invalidRequest: .badRequest
+        case .notWritable, .unavailable: .serviceUnavailable
+        case .corruptData, .storageError, .internalError: .internalServerError
+        }
+    }
+
+    func response(from request: Request, context: some RequestContext) throws -> Response {
+        let body = ErrorBody(error: .init(code: error.code.rawValue, message: error.message, hint: error.hint))
+        return try HTTPAPI.json(body, status: status)
+    }
+}
+
+/// The HTTP/JSON API: topics, produce, fetch with long-poll, health and metrics.
+/// Routes are listed in docs/HTTP-API.md.
+public enum HTTPAPI {
+    /// Largest request body accepted, in bytes.
+    public static let requestBytesMax = 16 << 20
+    /// Longest a fetch may wait for new records, in milliseconds.
+    public static let fetchWaitMillisecondsMax = 60_000
+    /// Most bytes of batches one fetch reads.
+    public static let fetchBytesMax = 16 << 20
+    /// Most records one fetch returns.
+    public static let fetchRecordsMax = 10_000
+
+    public static func router(broker: Broker, metricsText: @escaping @Sendable () -> String) -> Router<BasicRequestContext> {
+        let router = Router()
+        router.middlewares.add(ErrorTranslation())
+
+        router.get("/health") { _, _ in
+            try json(["status": "ok"])
+        }
+        router.get("/metrics") { _, _ in
+            var headers = HTTPFields()
+            headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
+            return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: metricsText())))
+        }
+
+        router.get("/v1/topics") { _, _ in
+            var entries: [TopicList.Entry] = []
+            for name in broker.topicNames() {
+                guard let description = try? broker.describeTopic(name) else { continue }
+                entries.append(.init(name: name, partitions: description.partitions.count, endOffsets: description.partitions.map(\.endOffset)))
+            }
+            return try json(TopicList(topics: entries))
+        }
+        router.post("/v1/topics") { request, context in
+            let body: CreateTopicRequest = try await decodeBody(request, context: context)
+            let created = try await broker.createTopic(body.name, partitions: body.partitions ?? 1, settings: body.config ?? TopicSettings())
+            return try json(created, status: .created)
+        }
+        router.get("/v1/topics/:topic") { _, context in
+            try json(try broker.describeTopic(try topicParameter(context)))
+        }
+        router.delete("/v1/topics/:topic") { _, context in
+            try await broker.deleteTopic(try topicParameter(context))
+            return Response(status: .noContent)
+        }
+
+        router.post("/v1/topics/:topic/records") { request, context in
+            try await produce(broker: broker, request: request, context: context, partition: nil)
+        }
+        router.post("/v1/topics/:topic/partitions/:partition/records") { request, context in
+            try await produce(broker: broker, request: request, context: context, partition: try partitionParameter(context))
+        }
+        router.get("/v1/topics/:topic/partitions/:partition/records") { request, context in
+            try await fetch(broker: broker, request: request, context: context)
+        }
+        router.get("/v1/topics/:topic/partitions/:partition/offsets") { _, context in
+            let partition = try partitionParameter(context)
+            let offsets = try broker.offsets(topic: try topicParameter(context), partition: partition)
+            return try json(OffsetsResponse(partition: partition, startOffset: offsets.start, endOffset: offsets.end))
+        }
+        return router
+    }
+
+    static func produce(broker: Broker, request: Request, context: BasicRequestContext, partition: Int?) async throws -> Response {
+        let topic = try topicParameter(context)
+        let body: ProduceRequest = try await decodeBody(request, context: context)
+        let encoding = body.encoding ?? .utf8
+        var records: [ProduceRecord] = []
+        records.reserveCapacity(body.records.count)
+        for (index, record) in body.records.enumerated() {
+            if let partition, let own = record.partition, own != partition {
+                throw BrokerError(.invalidRequest, "record \(index) names partition \(own) but the URL names \(partition)")
+            }
+            var headers: [RecordHeader] = []
+            for header in record.headers ?? [] {
+                headers.append(RecordHeader(key: header.key, value: try encoding.decode(header.value, field: "records[\(index)].headers.\(header.key)")))
+            }
+            records.append(ProduceRecord(
+                key: try encoding.decode(record.key, field: "records[\(index)].key"),
+                value: try encoding.decode(record.value, field: "records[\(index)].value"),
+                headers: headers, timestamp: record.timestamp, partition: partition ?? record.partition))
+        }
+        let produced = try await broker.produce(topic: topic, records: records)
+        return try json(ProduceResponse(offsets: produced))
+    }
+
+    static func fetch(broker: Broker, request: Request, context: BasicRequestContext) async throws -> Response {
+        let topic = try topicParameter(context)
+        let partition = try partitionParameter(context)
+        let query = request.uri.queryParameters
+        let encoding = try query["encoding"].map { text throws(BrokerError) -> PayloadEncoding in
+            guard let encoding = PayloadEncoding(rawValue: String(text)) else {
+                throw BrokerError(.invalidRequest, "encoding must be utf8 or base64, not '\(text)'")
+            }
+            return encoding
+        } ?? .utf8
+        let bounds = try broker.offsets(topic: topic, partition: partition)
+        let offset: Int64
+        switch query["offset"].map(String.init) {
+        case nil, "earliest", "beginning": offset = bounds.start
+        case "latest", "end": offset = bounds.end
+        case let text?:
+            guard let number = Int64(text) else {
+                throw BrokerError(.invalidRequest, "offset must be a number, 'earliest' or 'latest', not '\(text)'")
+            }
+            offset = number
+        }
+        let maxBytes = try integer(query, "maxBytes", default: 1 << 20, range: 1...fetchBytesMax)
+        let maxWait = try integer(query, "maxWaitMs", default: 0, range: 0...fetchWaitMillisecondsMax)
+        let maxRecords = try integer(query, "maxRecords", default: 1_000, range: 1...fetchRecordsMax)
+        let read = try await broker.fetch(topic: topic, partition: partition, offset: offset, maxBytes: maxBytes, maxWaitMilliseconds: maxWait)
+        var records: [FetchedRecordJSON] = []
+        var next = offset
+        decoding: for batch in read.batches {
+            let decoded: [Record]
+            do { decoded = try RecordBatch.records(of: batch) } catch {
+                if case .compressedRecords(let codec) = error {
+                    throw BrokerError(.invalidRequest, "records at offset \(next) are compressed with \(codec), which the HTTP API cannot decode yet",
+                        hint: "read this partition with a Kafka client")
+                }
+                throw BrokerError(.corruptData, "record batch at offset \(next): \(error)")
+            }
+            let header = RecordBatchHeader(from: batch)!
+            for record in decoded where record.offset >= next {
+                if records.count == maxRecords { break decoding }
+                records.append(FetchedRecordJSON(
+                    partition: partition, offset: record.offset, timestamp: record.timestamp,
+                    key: encoding.encode(record.key), value: encoding.encode(record.value),
+                    headers: record.headers.map { HeaderJSON(key: $0.key, value: encoding.encode($0.value)) }))
+                next = record.offset + 1
+            }
+            next = max(next, header.lastOffset + 1)
+        }
+        if records.count == maxRecords, let last = records.last { next = last.offset + 1 }
+        return try json(FetchResponse(records: records, nextOffset: max(next, offset), startOffset: read.startOffset, endOffset: read.endOffset))
+    }
+
+    static func integer(_ query: Parameters, _ name: String, default value: Int, range: ClosedRange<Int>) throws(BrokerError) -> Int {
+        guard let text = query[Substring(name)] else { return value }
+        guard let number = Int(text), range.contains(number) else {
+            throw BrokerError(.invalidRequest, "\(name) must be a number from \(range.lowerBound) to \(range.upperBound), not '\(text)'")
+        }
+        return number
+    }
+
+    static func topicParameter(_ context: BasicRequestContext) throws(BrokerError) -> String {
+        guard let topic = context.parameters.get("topic") else { throw BrokerError(.invalidRequest, "missing topic in the path") }
+        return topic
+    }
+
+    static func partitionParameter(_ context: BasicRequestContext) throws(BrokerError) -> Int {
+        guard let text = context.parameters.get("partition"), let partition = Int(text) else {
+            throw BrokerError(.partitionNotFound, "partition must be a number, not '\(context.parameters.get("partition") ?? "")'")
+        }
+        return partition
+    }
+
+    static func decodeBody<T: Decodable>(_ request: Request, context: BasicRequestContext) async throws -> T {
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.body.collect(upTo: requestBytesMax)
+        } catch {
+            throw BrokerError(.recordTooLarge, "the request body exceeds \(requestBytesMax) bytes", hint: "send fewer records per request")
+        }
+        guard buffer.readableBytes > 0 else { throw BrokerError(.invalidRequest, "the request body is empty; JSON was expected") }
+        do {
+            return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView))
+        } catch let error as DecodingError {
+            throw BrokerError(.invalidRequest, "malformed JSON: \(describe(error))", hint: "see docs/HTTP-API.md for the request format")
+        } catch {
+            throw BrokerError(.invalidRequest, "malformed JSON: \(error)")
+        }
+    }
+
+    static func describe(_ error: DecodingError) -> String {
+        func path(_ context: DecodingError.Context) -> String {
+            let joined = context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? ".\($0.stringValue)" }.joined()
+            return joined.isEmpty ? "the body" : String(joined.drop { $0 == "." })
+        }
+        switch error {
+        case .dataCorrupted(let context): return "\(path(context)): \(context.debugDescription)"
+        case .keyNotFound(let key, let context): return "\(path(context)).\(key.stringValue) is missing".replacingOccurrences(of: "the body.", with: "")
+        case .typeMismatch(let type, let context): return "\(path(context)) should be \(type)"
+        case .valueNotFound(let type, let context): return "\(path(context)) should be \(type), not null"
+        @unknown default: return "\(error)"
+        }
+    }
+
+    static func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) throws -> Response {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        var headers = HTTPFields()
+        headers[.contentType] = "application/json"
+        return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: try encoder.encode(value))))
+    }
+}
+
+/// Turns `BrokerError`s thrown by handlers into JSON error responses, and anything
+/// else into INTERNAL_ERROR (never a dropped connection).
+struct ErrorTranslation: RouterMiddleware {
+    typealias Context = BasicRequestContext
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as BrokerError {
+            throw APIError(error)
+        } catch let error as any HTTPResponseError {
+            throw error
+        } catch {
+            throw APIError(BrokerError.from(error))
+        }
+    }
+}

@@ -1,4 +1,0 @@
-import Configuration
-import Hummingbird
-import Prometheus
-import ServiceLifecycle

@@ -1,0 +1,146 @@
+import AqueductBroker
+import AqueductCommon
+import AqueductHTTP
+import AqueductLog
+import AqueductMetadata
+import AqueductStorage
+import Foundation
+import Hummingbird
+import Logging
+import Metrics
+import Prometheus
+import ServiceLifecycle
+import Synchronization
+import UnixSignals
+
+/// `aqueduct server`: opens storage, metadata, logs and topics from the data
+/// directory, serves the HTTP API, runs retention, and on SIGINT/SIGTERM stops taking
+/// requests, finishes those in flight, flushes entry storage and closes cleanly.
+public enum Server {
+    private static let metricsRegistry = Mutex<PrometheusCollectorRegistry?>(nil)
+
+    /// Installs the Prometheus metrics backend once per process and returns its registry.
+    public static func bootstrapMetrics() -> PrometheusCollectorRegistry {
+        metricsRegistry.withLock { registry in
+            if let registry { return registry }
+            let created = PrometheusCollectorRegistry()
+            var factory = PrometheusMetricsFactory(registry: created)
+            factory.durationHistogramBuckets["aqueduct_journal_fsync_seconds"] = [
+                .microseconds(50), .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1),
+                .milliseconds(2), .milliseconds(4), .milliseconds(8), .milliseconds(16), .milliseconds(32),
+                .milliseconds(64), .milliseconds(128), .milliseconds(256), .seconds(1),
+            ]
+            factory.valueHistogramBuckets["aqueduct_journal_block_bytes"] = [
+                1_024, 4_096, 16_384, 65_536, 262_144, 1_048_576, 4_194_304,
+            ]
+            factory.valueHistogramBuckets["aqueduct_journal_block_entries"] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1_024]
+            MetricsSystem.bootstrap(factory)
+            registry = created
+            return created
+        }
+    }
+
+    /// The running pieces, for tests that drive a server in-process.
+    public struct Components: Sendable {
+        public let storage: StorageNode
+        public let metadata: EmbeddedMetadataStore
+        public let logs: LogStore
+        public let broker: Broker
+        public let registry: PrometheusCollectorRegistry
+
+        public func metricsText() -> String {
+            // End offsets are refreshed at scrape time so they are right after a restart too.
+            for topic in broker.topicNames() {
+                guard let description = try? broker.describeTopic(topic) else { continue }
+                for partition in description.partitions {
+                    Gauge(label: "aqueduct_partition_end_offset", dimensions: [("topic", topic), ("partition", String(partition.partition))])
+                        .record(partition.endOffset)
+                }
+            }
+            return registry.emitToString()
+        }
+
+        public func close() async {
+            await storage.close()
+            try? await metadata.close()
+        }
+    }
+
+    /// Opens everything under the data directory (running recovery).
+    public static func open(_ configuration: ServerConfiguration, logger: Logger) async throws -> Components {
+        let registry = bootstrapMetrics()
+        try FileSystem.createDirectory(configuration.dataDirectory)
+        let storage = try StorageNode(configuration: configuration.storageConfiguration, logger: logger)
+        let report = storage.recoveryReport
+        if report.corruptJournalBlocks > 0 || !report.damagedSegments.isEmpty {
+            logger.critical("storage recovered with damage: affected offsets are refused to readers", metadata: ["report": "\(report)"])
+        } else {
+            logger.info("storage recovered", metadata: ["report": "\(report)"])
+        }
+        let metadata = try EmbeddedMetadataStore(directory: configuration.metadataDirectory, logger: logger)
+        let logs = LogStore(storage: storage, metadata: metadata, logger: logger)
+        try await logs.open()
+        let broker = Broker(logs: logs, defaults: configuration.topicDefaults, logger: logger)
+        try await broker.start()
+        return Components(storage: storage, metadata: metadata, logs: logs, broker: broker, registry: registry)
+    }
+
+    /// Runs until SIGINT or SIGTERM. `onListening` gets the bound HTTP port.
+    public static func run(_ configuration: ServerConfiguration, logger: Logger, onListening: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
+        let components = try await open(configuration, logger: logger)
+        let router = HTTPAPI.router(broker: components.broker, metricsText: { components.metricsText() })
+        let application = Application(
+            router: router,
+            configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "aqueduct"),
+            onServerRunning: { channel in
+                let port = channel.localAddress?.port ?? configuration.httpPort
+                logger.info("aqueduct is serving", metadata: [
+                    "http": "\(configuration.httpHost):\(port)", "data": "\(configuration.dataDirectory)",
+                    "durability": "\(configuration.durability)",
+                ])
+                await onListening(port)
+            },
+            logger: logger)
+        let retention = RetentionService(broker: components.broker, intervalMilliseconds: configuration.retentionCheckIntervalMilliseconds, logger: logger)
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: application), .init(service: retention)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        do {
+            try await group.run()
+        } catch {
+            logger.error("server stopped with an error", metadata: ["error": "\(error)"])
+            await components.close()
+            throw error
+        }
+        logger.info("shutting down: flushing entry storage and closing")
+        await components.close()
+        logger.info("aqueduct stopped cleanly")
+    }
+}
+
+/// Applies retention to every partition at a fixed interval until shutdown.
+struct RetentionService: Service {
+    let broker: Broker
+    let intervalMilliseconds: Int
+    let logger: Logger
+
+    func run() async throws {
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            do {
+                try await gracefulShutdownAwareSleep(milliseconds: intervalMilliseconds)
+            } catch {
+                return
+            }
+            let deleted = await broker.enforceRetention()
+            if deleted > 0 { logger.info("retention pass", metadata: ["segmentsDeleted": "\(deleted)"]) }
+        }
+    }
+
+    private func gracefulShutdownAwareSleep(milliseconds: Int) async throws {
+        try await cancelWhenGracefulShutdown {
+            try await Task.sleep(for: .milliseconds(milliseconds))
+        }
+    }
+}

@@ -1,0 +1,137 @@
+import AqueductBroker
+import AqueductLog
+import AqueductStorage
+import Configuration
+import Foundation
+import Logging
+import SystemPackage
+
+/// Everything `aqueduct server` can be told. Each setting comes from, in order of
+/// precedence: a command-line flag, an `AQUEDUCT_*` environment variable, the config
+/// file (YAML or JSON, `--config`), the default here. Keys are listed in
+/// docs/CONFIGURATION.md; `topic.retentionMs` is `AQUEDUCT_TOPIC_RETENTION_MS` and
+/// `topic: {retentionMs: ...}` in the file.
+public struct ServerConfiguration: Sendable {
+    public var dataDirectory = "./aqueduct-data"
+    public var httpHost = "127.0.0.1"
+    public var httpPort = 8092
+    public var durability: DurabilityMode = .fsync
+    public var logLevel: Logger.Level = .info
+    public var storage = StorageConfiguration(directory: "")
+    public var topicDefaults = LogConfiguration()
+    /// How often retention runs, in milliseconds.
+    public var retentionCheckIntervalMilliseconds = 60_000
+
+    public init() {}
+
+    /// The storage node's configuration, placed under the data directory.
+    public var storageConfiguration: StorageConfiguration {
+        var configuration = storage
+        configuration.directory = dataDirectory + "/storage"
+        configuration.durability = durability
+        return configuration
+    }
+
+    public var metadataDirectory: String { dataDirectory + "/metadata" }
+}
+
+/// A configuration problem, said so that the user knows what to change.
+public struct ConfigurationError: Error, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+}
+
+extension ServerConfiguration {
+    /// Environment variables with this prefix configure the server.
+    public static let environmentPrefix = "AQUEDUCT_"
+
+    /// Builds the configuration from flags (`overrides`, keyed like the file), the
+    /// environment and an optional file.
+    public static func load(
+        overrides: [String: String], environment: [String: String] = ProcessInfo.processInfo.environment, file: String?
+    ) async throws -> ServerConfiguration {
+        var stripped: [String: String] = [:]
+        for (name, value) in environment where name.hasPrefix(environmentPrefix) {
+            stripped[String(name.dropFirst(environmentPrefix.count))] = value
+        }
+        var providers: [any ConfigProvider] = [
+            InMemoryProvider(
+                name: "flags",
+                values: Dictionary(uniqueKeysWithValues: overrides.map { key, value in
+                    (AbsoluteConfigKey(key.split(separator: ".").map(String.init), context: [:]), ConfigValue(.string(value), isSecret: false))
+                })),
+            EnvironmentVariablesProvider(environmentVariables: stripped),
+        ]
+        if let file {
+            guard FileManager.default.fileExists(atPath: file) else {
+                throw ConfigurationError(message: "config file \(file) does not exist; check the --config path")
+            }
+            do {
+                if file.hasSuffix(".json") {
+                    providers.append(try await FileProvider<JSONSnapshot>(filePath: FilePath(file)))
+                } else {
+                    providers.append(try await FileProvider<YAMLSnapshot>(filePath: FilePath(file)))
+                }
+            } catch {
+                throw ConfigurationError(message: "config file \(file) could not be read: \(error)")
+            }
+        }
+        let reader = ConfigReader(providers: providers)
+        return try from(reader)
+    }
+
+    static func from(_ config: ConfigReader) throws -> ServerConfiguration {
+        var result = ServerConfiguration()
+        result.dataDirectory = config.string(forKey: "data.directory", default: result.dataDirectory)
+        let listen = config.string(forKey: "http.listen", default: "\(result.httpHost):\(result.httpPort)")
+        guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65_535).contains(port) else {
+            throw ConfigurationError(message: "http.listen must be HOST:PORT (for example 127.0.0.1:8092), not '\(listen)'")
+        }
+        result.httpHost = String(listen[..<colon])
+        result.httpPort = port
+        let durability = config.string(forKey: "durability", default: "fsync")
+        guard let mode = DurabilityMode(parsing: durability) else {
+            throw ConfigurationError(message: "durability must be 'fsync' or 'interval:<milliseconds>' (1 to 60000), not '\(durability)'")
+        }
+        result.durability = mode
+        let level = config.string(forKey: "log.level", default: "info")
+        guard let logLevel = Logger.Level(rawValue: level) else {
+            throw ConfigurationError(message: "log.level must be one of trace, debug, info, notice, warning, error, critical; not '\(level)'")
+        }
+        result.logLevel = logLevel
+
+        func integer(_ key: String, _ value: Int, range: ClosedRange<Int>) throws -> Int {
+            guard let text = config.string(forKey: ConfigKey(key)) else { return value }
+            guard let number = Int(text), range.contains(number) else {
+                throw ConfigurationError(message: "\(key) must be a whole number from \(range.lowerBound) to \(range.upperBound), not '\(text)'")
+            }
+            return number
+        }
+        var storage = result.storage
+        storage.journalBatchBytesMax = try integer("journal.batchBytesMax", storage.journalBatchBytesMax, range: 4_096...(64 << 20))
+        storage.journalBatchWaitMicroseconds = try integer("journal.batchWaitMicroseconds", storage.journalBatchWaitMicroseconds, range: 0...100_000)
+        storage.journalFileBytesMax = Int64(try integer("journal.fileBytesMax", Int(storage.journalFileBytesMax), range: (1 << 20)...(1 << 32)))
+        storage.writeCacheBytesMax = try integer("storage.writeCacheBytesMax", storage.writeCacheBytesMax, range: (1 << 20)...(1 << 34))
+        storage.flushIntervalMilliseconds = try integer("storage.flushIntervalMilliseconds", storage.flushIntervalMilliseconds, range: 10...600_000)
+        storage.tailCacheBytesMax = try integer("storage.tailCacheBytesMax", storage.tailCacheBytesMax, range: 0...(1 << 36))
+        storage.readThreads = try integer("storage.readThreads", storage.readThreads, range: 1...64)
+        storage.readsInFlightMax = try integer("storage.readsInFlightMax", storage.readsInFlightMax, range: 1...1_024)
+        result.storage = storage
+
+        var topic = result.topicDefaults
+        topic.segmentBytes = Int64(try integer("topic.segmentBytes", Int(topic.segmentBytes), range: 1_024...Int(StorageConfiguration.segmentBytesLimit)))
+        topic.segmentMilliseconds = Int64(try integer("topic.segmentMs", Int(topic.segmentMilliseconds), range: 1...Int.max))
+        let retentionMs = try integer("topic.retentionMs", Int(topic.retentionMilliseconds ?? -1), range: -1...Int.max)
+        topic.retentionMilliseconds = retentionMs < 0 ? nil : Int64(retentionMs)
+        let retentionBytes = try integer("topic.retentionBytes", Int(topic.retentionBytes ?? -1), range: -1...Int.max)
+        topic.retentionBytes = retentionBytes < 0 ? nil : Int64(retentionBytes)
+        topic.batchBytesMax = try integer("topic.maxMessageBytes", topic.batchBytesMax, range: 1_024...(64 << 20))
+        result.topicDefaults = topic
+        result.storage.entryBytesMax = max(result.storage.entryBytesMax, topic.batchBytesMax)
+        if result.storage.writeCacheBytesMax < 2 * result.storage.entryBytesMax {
+            throw ConfigurationError(message: "storage.writeCacheBytesMax must be at least twice topic.maxMessageBytes")
+        }
+        result.retentionCheckIntervalMilliseconds = try integer("retention.checkIntervalMs", result.retentionCheckIntervalMilliseconds, range: 100...86_400_000)
+        return result
+    }
+}

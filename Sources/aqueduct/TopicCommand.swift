@@ -1,0 +1,95 @@
+import AqueductBroker
+import AqueductClient
+import AqueductHTTP
+import AqueductLog
+import ArgumentParser
+import Foundation
+
+struct TopicCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "topic",
+        abstract: "Create, list, describe and delete topics.",
+        subcommands: [Create.self, List.self, Describe.self, Delete.self])
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create a topic.")
+        @OptionGroup var address: ServerAddress
+        @Argument(help: "Topic name: 1 to 249 of a-z A-Z 0-9 . _ -") var name: String
+        @Option(name: .long, help: "Number of partitions.") var partitions = 1
+        @Option(name: .long, help: "Delete data older than this (ms; -1 keeps it forever).") var retentionMs: Int64?
+        @Option(name: .long, help: "Keep each partition under this many bytes (-1: no limit).") var retentionBytes: Int64?
+        @Option(name: .long, help: "Roll segments at this size in bytes.") var segmentBytes: Int64?
+        @Option(name: .long, help: "Largest record batch accepted, in bytes.") var maxMessageBytes: Int?
+
+        func run() async throws {
+            try await reportingErrors {
+                let settings = TopicSettings(
+                    retentionMs: retentionMs, retentionBytes: retentionBytes, segmentBytes: segmentBytes, maxMessageBytes: maxMessageBytes)
+                let created = try await address.client.createTopic(name, partitions: partitions, settings: settings)
+                print("created topic \(created.name) with \(created.partitions.count) partition\(created.partitions.count == 1 ? "" : "s")")
+            }
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List topics with their partitions and end offsets.")
+        @OptionGroup var address: ServerAddress
+
+        func run() async throws {
+            try await reportingErrors {
+                let list = try await address.client.listTopics()
+                if list.topics.isEmpty {
+                    printError("no topics yet; create one with `aqueduct topic create NAME`")
+                    return
+                }
+                let width = max(5, list.topics.map(\.name.count).max() ?? 5)
+                print("TOPIC".padding(toLength: width, withPad: " ", startingAt: 0) + "  PARTITIONS  RECORDS")
+                for topic in list.topics {
+                    print(topic.name.padding(toLength: width, withPad: " ", startingAt: 0) + "  "
+                        + String(topic.partitions).padding(toLength: 10, withPad: " ", startingAt: 0) + "  "
+                        + String(topic.endOffsets.reduce(0, +)))
+                }
+            }
+        }
+    }
+
+    struct Describe: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show a topic's partitions, offsets, sizes and settings.")
+        @OptionGroup var address: ServerAddress
+        @Argument var name: String
+
+        func run() async throws {
+            try await reportingErrors {
+                let topic = try await address.client.describeTopic(name)
+                print("topic \(topic.name) (id \(topic.id))")
+                let configuration = topic.configuration
+                print("  retention: \(configuration.retentionMilliseconds.map { "\($0) ms" } ?? "forever"), "
+                    + "\(configuration.retentionBytes.map { "\($0) bytes" } ?? "no size limit"); "
+                    + "segments of \(configuration.segmentBytes) bytes; batches up to \(configuration.batchBytesMax) bytes")
+                print("  PARTITION  START OFFSET  END OFFSET  BYTES       SEGMENTS")
+                for partition in topic.partitions {
+                    print("  " + [
+                        String(partition.partition).padding(toLength: 9, withPad: " ", startingAt: 0),
+                        String(partition.startOffset).padding(toLength: 12, withPad: " ", startingAt: 0),
+                        String(partition.endOffset).padding(toLength: 10, withPad: " ", startingAt: 0),
+                        String(partition.sizeBytes).padding(toLength: 10, withPad: " ", startingAt: 0),
+                        String(partition.segments),
+                    ].joined(separator: "  "))
+                }
+            }
+        }
+    }
+
+    struct Delete: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete a topic and all its records.")
+        @OptionGroup var address: ServerAddress
+        @Argument var name: String
+
+        func run() async throws {
+            try await reportingErrors {
+                try await address.client.deleteTopic(name)
+                print("deleted topic \(name)")
+            }
+        }
+    }
+}
