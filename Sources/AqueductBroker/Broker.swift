@@ -72,6 +72,11 @@ public struct ProduceRecord: Sendable, Equatable {
 public struct ProducedRecord: Sendable, Equatable, Codable {
     public var partition: Int
     public var offset: Int64
+
+    public init(partition: Int, offset: Int64) {
+        self.partition = partition
+        self.offset = offset
+    }
 }
 
 public struct PartitionDescription: Sendable, Equatable, Codable {
