@@ -153,6 +153,7 @@ let package = Package(
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ],
             swiftSettings: strict),
+        // Runs the real `aqueduct` binary (built by `swift build`) as a child process.
         .testTarget(name: "IntegrationTests", dependencies: ["AqueductClient"], swiftSettings: strict),
     ]
 )

@@ -104,7 +104,11 @@ public enum Server {
         let retention = RetentionService(broker: components.broker, intervalMilliseconds: configuration.retentionCheckIntervalMilliseconds, logger: logger)
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: application), .init(service: retention)],
+                services: [
+                    .init(service: application),
+                    .init(service: retention),
+                    .init(service: DrainOnShutdown(storage: components.storage), successTerminationBehavior: .ignore),
+                ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         do {
@@ -117,6 +121,17 @@ public enum Server {
         logger.info("shutting down: flushing entry storage and closing")
         await components.close()
         logger.info("aqueduct stopped cleanly")
+    }
+}
+
+/// When shutdown begins, ends long-polling fetches at once (they answer with what they
+/// have), so the HTTP server can finish its requests without waiting out their timeouts.
+struct DrainOnShutdown: Service {
+    let storage: StorageNode
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        storage.interruptWaits()
     }
 }
 

@@ -32,6 +32,8 @@ public final class StorageNode: Sendable {
     let flusher: Flusher
     let failure = Mutex<StorageError?>(nil)
     let closed = Atomic<Bool>(false)
+    /// Set when the server begins shutting down: tailing readers stop waiting.
+    let waitsInterrupted = Atomic<Bool>(false)
     /// What recovery found, for operators and tests.
     public let recoveryReport: RecoveryReport
 
@@ -324,7 +326,15 @@ public final class StorageNode: Sendable {
     /// deleted, or the timeout passes.
     public func waitForEntries(_ id: SegmentID, at offset: Int64, timeoutNanoseconds: UInt64) async -> WaitOutcome {
         guard let state = segments.withLock({ $0[id] }) else { return .deleted }
+        if waitsInterrupted.load(ordering: .relaxed) { return .timedOut }
         return await state.waitForEntries(at: offset, timeoutNanoseconds: timeoutNanoseconds)
+    }
+
+    /// Ends every wait for new entries now, and makes later waits return at once, so
+    /// that long-polling readers do not hold up a shutdown.
+    public func interruptWaits() {
+        waitsInterrupted.store(true, ordering: .relaxed)
+        for state in segments.withLock({ Array($0.values) }) { state.wakeAll(.timedOut) }
     }
 
     // MARK: - Lifecycle
