@@ -337,6 +337,19 @@ public final class StorageNode: Sendable {
         for state in segments.withLock({ Array($0.values) }) { state.wakeAll(.timedOut) }
     }
 
+    /// Journal totals since the node started: group-commit blocks, bytes, and time in fdatasync.
+    public struct JournalStatistics: Sendable {
+        public var blocks: Int
+        public var bytes: Int
+        public var syncNanoseconds: Int
+    }
+
+    public var journalStatistics: JournalStatistics {
+        JournalStatistics(
+            blocks: journal.blocksWritten.load(ordering: .relaxed), bytes: journal.bytesWritten.load(ordering: .relaxed),
+            syncNanoseconds: journal.syncNanoseconds.load(ordering: .relaxed))
+    }
+
     // MARK: - Lifecycle
 
     /// Writes every acknowledged entry to segment files, syncs them and checkpoints.

@@ -49,6 +49,10 @@ final class JournalWriter: @unchecked Sendable {
     /// Where the acknowledged part of the journal ends, and the next block's sequence.
     private let acknowledged: Mutex<(position: JournalPosition, nextSequence: UInt64)>
     private let finished = DispatchSemaphore(value: 0)
+    /// Totals since start, for benchmarks and diagnostics.
+    let blocksWritten = Atomic<Int>(0)
+    let bytesWritten = Atomic<Int>(0)
+    let syncNanoseconds = Atomic<Int>(0)
 
     private let syncTimer = Metrics.Timer(label: "aqueduct_journal_fsync_seconds")
     private let blockBytes = Recorder(label: "aqueduct_journal_block_bytes")
@@ -205,6 +209,7 @@ final class JournalWriter: @unchecked Sendable {
                 try file.syncData()
                 let ended = monotonicNanoseconds()
                 syncTimer.recordNanoseconds(Int64(ended - began))
+                syncNanoseconds.add(Int(ended - began), ordering: .relaxed)
                 unsyncedBytes = 0
                 lastSyncNanoseconds = ended
             } else {
@@ -216,6 +221,8 @@ final class JournalWriter: @unchecked Sendable {
         }
         fileOffset += Int64(writeBuffer.readableBytes)
         nextSequence += 1
+        blocksWritten.add(1, ordering: .relaxed)
+        bytesWritten.add(writeBuffer.readableBytes, ordering: .relaxed)
         blockBytes.record(writeBuffer.readableBytes)
         blockEntries.record(items.count)
         appendedEntries.increment(by: items.count)
