@@ -31,16 +31,16 @@ let package = Package(
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
     ],
     targets: [
-        // CRC-32C with the SSE4.2 instruction when the CPU has it (checked at run time
-        // with cpuid), a slicing-by-8 table otherwise. C because Swift has no intrinsic
-        // for it and a Swift table loop is ~4x slower.
-        .target(name: "CCRC32C"),
+        // C helpers: CRC-32C with the SSE4.2 instruction when the CPU has it (checked at
+        // run time with cpuid), a slicing-by-8 table otherwise (Swift has no intrinsic
+        // for it and a Swift table loop is ~4x slower); memmem for recovery's scans.
+        .target(name: "CAqueduct"),
 
         // Shared primitives: checksums, clocks, file I/O, limits.
         .target(
             name: "AqueductCommon",
             dependencies: [
-                "CCRC32C",
+                "CAqueduct",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "DequeModule", package: "swift-collections"),
             ],

@@ -40,7 +40,17 @@ public struct AqueductClient: Sendable {
     public static let responseBytesMax = 64 << 20
     private let http: HTTPClient
 
-    public init(baseURL: String, http: HTTPClient = .shared) {
+    /// A client that fails at once when nothing listens (the shared client retries a
+    /// refused connection until its 90 s connect timeout: a CLI run against a stopped
+    /// server would hang). Process-wide, never shut down.
+    public static let defaultHTTPClient: HTTPClient = {
+        var configuration = HTTPClient.Configuration()
+        configuration.timeout.connect = .seconds(5)
+        configuration.connectionPool.retryConnectionEstablishment = false
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+    }()
+
+    public init(baseURL: String, http: HTTPClient = AqueductClient.defaultHTTPClient) {
         self.baseURL = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
         self.http = http
     }

@@ -1,4 +1,4 @@
-import CCRC32C
+import CAqueduct
 import NIOCore
 
 /// CRC-32C (Castagnoli), the checksum of Kafka's RecordBatch v2 and of every

@@ -29,7 +29,8 @@ public final class Log: Sendable {
     let control = WeightedSemaphore(capacity: 1)
 
     struct Active {
-        var segment: SegmentID
+        var handle: StorageNode.SegmentHandle
+        var segment: SegmentID { handle.id }
         var baseOffset: Int64
         var createdAtMilliseconds: Int64
         var bytes: Int64
@@ -119,8 +120,10 @@ public final class Log: Sendable {
             number: number, baseOffset: baseOffset, state: .open, createdAtMilliseconds: now))
         version = try await save(record, expecting: version)
         let segment = SegmentID(logID: id, number: number)
+        let handle: StorageNode.SegmentHandle
         do throws(StorageError) {
             try await storage.createSegment(segment, baseOffset: baseOffset, epoch: epoch)
+            handle = try storage.handle(segment)
             for old in retired { try await storage.deleteSegment(old) }
         } catch {
             throw .storage(error)
@@ -131,7 +134,7 @@ public final class Log: Sendable {
             state.record = finalRecord
             state.version = finalVersion
             state.writerEpoch = epoch
-            state.active = Active(segment: segment, baseOffset: baseOffset, createdAtMilliseconds: now, bytes: 0)
+            state.active = Active(handle: handle, baseOffset: baseOffset, createdAtMilliseconds: now, bytes: 0)
             state.nextOffset = baseOffset
         }
         logger.debug("writer opened", metadata: ["epoch": "\(epoch)", "segment": "\(segment)", "baseOffset": "\(baseOffset)"])
@@ -143,9 +146,9 @@ public final class Log: Sendable {
     /// Appends one record batch (validated: size, magic, CRC-32C; the log assigns its
     /// base offset) for the writer with `epoch`. Returns once the batch is durable.
     func append(_ batch: ByteBuffer, epoch: UInt64) async throws(LogError) -> AppendResult {
-        let limit = state.withLock { $0.record.configuration.batchBytesMax }
+        // Checked outside the lock; the size limit, which can change, inside it.
         let header: RecordBatchHeader
-        do { header = try RecordBatch.validate(batch, maxBytes: limit) } catch { throw .invalidBatch(error) }
+        do { header = try RecordBatch.validate(batch, maxBytes: .max) } catch { throw .invalidBatch(error) }
         guard header.recordsCount > 0 else { throw .emptyBatch }
         let size = batch.readableBytes
         let reserved = await storage.reserveWriteBudget(size)
@@ -159,7 +162,7 @@ public final class Log: Sendable {
             case waitForRoll
         }
         while true {
-            let step: Step = await withCheckedContinuation { continuation in
+            let step: Step = await withUnsafeContinuation { continuation in
                 let immediate = state.withLock { (state: inout State) -> Step? in
                     if state.deleted { return .rejected(.logNotFound(id)) }
                     guard let writerEpoch = state.writerEpoch, let active = state.active else {
@@ -168,8 +171,11 @@ public final class Log: Sendable {
                     guard epoch == writerEpoch else {
                         return .rejected(.fenced(logID: id, writerEpoch: epoch, currentEpoch: max(writerEpoch, state.record.writerEpoch)))
                     }
-                    if state.rolling { return .waitForRoll }
                     let configuration = state.record.configuration
+                    guard size <= configuration.batchBytesMax else {
+                        return .rejected(.invalidBatch(.tooLarge(bytes: size, limitBytes: configuration.batchBytesMax)))
+                    }
+                    if state.rolling { return .waitForRoll }
                     if active.bytes > 0
                         && (active.bytes + Int64(size) > configuration.segmentBytes
                             || clock.nowMilliseconds() - active.createdAtMilliseconds >= configuration.segmentMilliseconds)
@@ -179,10 +185,15 @@ public final class Log: Sendable {
                     }
                     let baseOffset = state.nextOffset
                     RecordBatch.setBaseOffset(baseOffset, in: &batch, at: batch.readerIndex)
-                    let result = AppendResult(baseOffset: baseOffset, lastOffset: baseOffset + Int64(header.lastOffsetDelta), segment: active.segment)
+                    var assigned = header
+                    assigned.baseOffset = baseOffset
+                    let result = AppendResult(baseOffset: baseOffset, lastOffset: assigned.lastOffset, segment: active.segment)
                     do throws(StorageError) {
-                        try storage.submitAppend(active.segment, epoch: epoch, batch: batch, reservedBytes: reserved) { outcome in
-                            continuation.resume(returning: .done(outcome.map { result }.mapError { .storage($0) }))
+                        try storage.submitAppend(active.handle, epoch: epoch, batch: batch, header: assigned, reservedBytes: reserved) { outcome in
+                            switch outcome {
+                            case .success: continuation.resume(returning: .done(.success(result)))
+                            case .failure(let error): continuation.resume(returning: .done(.failure(.storage(error))))
+                            }
                         }
                     } catch {
                         return .rejected(Self.translate(error, epoch: epoch, state: state))
@@ -195,6 +206,7 @@ public final class Log: Sendable {
             }
             switch step {
             case .done(let result):
+                storage.settleBudget(reservedBytes: reserved, batchBytes: size)
                 switch result {
                 case .success(let appended):
                     appendedRecords.increment(by: Int(header.recordsCount))
@@ -265,8 +277,10 @@ public final class Log: Sendable {
         let next = SegmentID(logID: id, number: activeSegment.number + 1)
         record.segments.append(LogRecord.Segment(number: next.number, baseOffset: info.endOffset, state: .open, createdAtMilliseconds: now))
         version = try await save(record, expecting: version)
+        let handle: StorageNode.SegmentHandle
         do throws(StorageError) {
             try await storage.createSegment(next, baseOffset: info.endOffset, epoch: epoch)
+            handle = try storage.handle(next)
         } catch {
             throw .storage(error)
         }
@@ -275,7 +289,7 @@ public final class Log: Sendable {
         state.withLock { state in
             state.record = savedRecord
             state.version = savedVersion
-            state.active = Active(segment: next, baseOffset: info.endOffset, createdAtMilliseconds: now, bytes: 0)
+            state.active = Active(handle: handle, baseOffset: info.endOffset, createdAtMilliseconds: now, bytes: 0)
         }
         logger.debug("segment rolled", metadata: ["sealed": "\(activeSegment)", "endOffset": "\(info.endOffset)"])
     }

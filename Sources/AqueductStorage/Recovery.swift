@@ -64,7 +64,7 @@ enum Recovery {
         var damaged: [Range<Int64>]
     }
 
-    static func run(configuration: StorageConfiguration, logger: Logger) throws -> Result {
+    static func run(configuration: StorageConfiguration, journalFiles: JournalFiles, logger: Logger) throws -> Result {
         let began = monotonicNanoseconds()
         let directory = configuration.directory
         let journalDirectory = directory + "/journal"
@@ -121,6 +121,8 @@ enum Recovery {
                 }
             case .seal:
                 segments[record.segment]?.sealed = true
+            case .fileEnd:
+                return
             case .delete:
                 if let removed = segments.removeValue(forKey: record.segment) {
                     removed.file.removeFiles()
@@ -149,8 +151,11 @@ enum Recovery {
             }
         }
 
-        for (position, number) in files.enumerated() {
+        // Past the journal's end (a torn or stale block), later files hold only stale data.
+        var ended = false
+        fileLoop: for (position, number) in files.enumerated() {
             lastFile = number
+            if ended { continue }
             let path = journalDirectory + "/" + JournalFormat.fileName(number: number)
             let file = try DataFile.open(path, create: false)
             let contents = try file.read(count: Int(try file.size()), at: 0)
@@ -161,6 +166,11 @@ enum Recovery {
                 case .end:
                     break scan
                 case .block(let sequence, let records, let size):
+                    if sequence < expectedSequence && !resumingAfterDamage {
+                        // Left from the file's previous life (it was recycled): the journal ends here.
+                        ended = true
+                        break scan
+                    }
                     if sequence != expectedSequence && !resumingAfterDamage {
                         logger.critical("journal block sequence gap", metadata: [
                             "file": "\(path)", "expected": "\(expectedSequence)", "found": "\(sequence)",
@@ -168,13 +178,13 @@ enum Recovery {
                         report.corruptJournalBlocks += 1
                     }
                     resumingAfterDamage = false
-                    for record in records { try apply(record) }
                     report.journalBlocksReplayed += 1
                     expectedSequence = sequence + 1
+                    if records.contains(where: { $0.kind == .fileEnd }) { continue fileLoop }
+                    for record in records { try apply(record) }
                     index += size
                 case .invalid(let reason):
-                    let isLastFile = position == files.count - 1
-                    if let (resumeAt, resumeFileOffset) = findNextValidBlock(
+                    if let (resumeAt, resumeFile) = findNextValidBlock(
                         after: index, in: contents, laterFiles: Array(files[(position + 1)...]),
                         journalDirectory: journalDirectory, sequenceAbove: expectedSequence)
                     {
@@ -184,21 +194,20 @@ enum Recovery {
                             "file": "\(path)", "offset": "\(index)", "reason": "\(reason)",
                         ])
                         resumingAfterDamage = true
-                        if resumeFileOffset == nil {
+                        if resumeFile == nil {
                             index = resumeAt
                             continue scan
                         }
-                        break scan  // the next valid block is in a later file
+                        continue fileLoop  // the next valid block starts a later file
                     }
-                    if !isLastFile {
-                        logger.critical("journal file ends in a damaged block", metadata: ["file": "\(path)", "offset": "\(index)"])
-                        report.corruptJournalBlocks += 1
-                    } else {
-                        report.tornTailBytes = contents.writerIndex - index
+                    if reason != "zeroes" {
+                        let declared = contents.getInteger(at: index + 4, as: UInt32.self).map { Int($0) + JournalFormat.blockHeaderBytes }
+                        report.tornTailBytes = min(contents.writerIndex - index, declared ?? Int.max)
                         logger.warning("journal ends with a torn block; cutting it off (never acknowledged)", metadata: [
                             "file": "\(path)", "offset": "\(index)", "bytes": "\(report.tornTailBytes)",
                         ])
                     }
+                    ended = true
                     break scan
                 }
             }
@@ -230,7 +239,7 @@ enum Recovery {
                     fencedEpoch: segment.fencedEpoch, sealed: segment.sealed, maxTimestamp: segment.maxTimestamp)
             })
         try FileSystem.atomicReplace(checkpointPath, contents: fresh.encode())
-        for number in files { try FileSystem.removeFile(journalDirectory + "/" + JournalFormat.fileName(number: number)) }
+        journalFiles.recycle(before: journalStart.file)
 
         var states: [SegmentID: SegmentState] = [:]
         for (id, segment) in segments {
@@ -244,20 +253,26 @@ enum Recovery {
         return Result(segments: states, journalStart: journalStart, nextSequence: expectedSequence, report: report)
     }
 
-    /// Looks for a valid block with a sequence above `sequenceAbove` after a damaged
-    /// one: in the rest of this file (returns its index) or in a later file. Finding
-    /// one means the damage is not a torn tail.
+    /// Looks for a valid block with a sequence at or above `sequenceAbove` after a
+    /// damaged one: in the rest of this file (returns its index) or at the start of a
+    /// later file. Finding one means the damage is not the journal's end.
     private static func findNextValidBlock(
         after index: Int, in contents: ByteBuffer, laterFiles: [UInt64], journalDirectory: String, sequenceAbove: UInt64
     ) -> (Int, UInt64?)? {
+        let magic: [UInt8] = [0x41, 0x51, 0x4A, 0x42]  // "AQJB"
         var candidate = index + 1
         while candidate + JournalFormat.blockHeaderBytes <= contents.writerIndex {
-            if contents.getInteger(at: candidate, as: UInt32.self) == JournalFormat.blockMagic,
-                case .block(let sequence, _, _) = JournalFormat.parseBlock(contents, at: candidate), sequence >= sequenceAbove
-            {
-                return (candidate, nil)
+            // Jump to the next occurrence of the magic bytes.
+            let found: Int? = contents.withUnsafeReadableBytes { raw in
+                ByteSearch.firstIndex(of: magic, in: raw, from: candidate - contents.readerIndex).map { $0 + contents.readerIndex }
             }
-            candidate += 1
+            guard let at = found else { break }
+            if let sequence = contents.getInteger(at: at + 8, as: UInt64.self), sequence >= sequenceAbove,
+                case .block = JournalFormat.parseBlock(contents, at: at)
+            {
+                return (at, nil)
+            }
+            candidate = at + 1
         }
         for number in laterFiles {
             let path = journalDirectory + "/" + JournalFormat.fileName(number: number)
@@ -265,7 +280,9 @@ enum Recovery {
                 let size = try? file.size(), size > 0,
                 let first = try? file.read(count: Int(min(size, Int64(JournalFormat.blockBytesLimit))), at: 0)
             else { continue }
-            if case .block = JournalFormat.parseBlock(first, at: 0) { return (0, number) }
+            if case .block(let sequence, _, _) = JournalFormat.parseBlock(first, at: 0), sequence >= sequenceAbove {
+                return (0, number)
+            }
         }
         return nil
     }

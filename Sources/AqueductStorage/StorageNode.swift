@@ -31,6 +31,8 @@ public final class StorageNode: Sendable {
     let readPool: NIOThreadPool
     let flusher: Flusher
     let failure = Mutex<StorageError?>(nil)
+    /// Set together with `failure`, read on every append without a lock.
+    let failed = Atomic<Bool>(false)
     let closed = Atomic<Bool>(false)
     /// Set when the server begins shutting down: tailing readers stop waiting.
     let waitsInterrupted = Atomic<Bool>(false)
@@ -45,15 +47,21 @@ public final class StorageNode: Sendable {
     /// segment files and indexes, replays the journal, then starts the journal and
     /// flusher threads.
     public init(configuration: StorageConfiguration, logger: Logger = Logger(label: "aqueduct.storage")) throws {
+        precondition(
+            configuration.journalFileBytesMax >= 2 * Int64(configuration.journalBatchBytesMax) + (64 << 10),
+            "journalFileBytesMax must hold at least two full journal blocks")
+        precondition(configuration.writeCacheBytesMax >= 2 * configuration.entryBytesMax, "writeCacheBytesMax must hold two largest entries")
         self.configuration = configuration
         self.logger = logger
         try FileSystem.createDirectory(configuration.directory + "/segments")
         try FileSystem.createDirectory(configuration.directory + "/journal")
-        let recovered = try Recovery.run(configuration: configuration, logger: logger)
+        let journalFiles = JournalFiles(directory: configuration.directory + "/journal", fileBytes: configuration.journalFileBytesMax, logger: logger)
+        let recovered = try Recovery.run(configuration: configuration, journalFiles: journalFiles, logger: logger)
         self.recoveryReport = recovered.report
         self.segments = Mutex(recovered.segments)
         self.journal = try JournalWriter(
-            configuration: configuration, position: recovered.journalStart, nextSequence: recovered.nextSequence, logger: logger)
+            configuration: configuration, files: journalFiles, fileNumber: recovered.journalStart.file,
+            nextSequence: recovered.nextSequence, logger: logger)
         self.writeBudget = WeightedSemaphore(capacity: configuration.writeCacheBytesMax)
         self.readSlots = WeightedSemaphore(capacity: configuration.readsInFlightMax)
         self.readPool = NIOThreadPool(numberOfThreads: configuration.readThreads)
@@ -152,6 +160,17 @@ public final class StorageNode: Sendable {
         writeBudget.release(bytes)
     }
 
+    /// A reference to a segment that skips the lookup on every append (the log keeps
+    /// one for its active segment).
+    public struct SegmentHandle: Sendable {
+        let state: SegmentState
+        public var id: SegmentID { state.id }
+    }
+
+    public func handle(_ id: SegmentID) throws(StorageError) -> SegmentHandle {
+        SegmentHandle(state: try segment(id))
+    }
+
     /// Queues `batch` (one record batch whose base offset is the segment's next offset)
     /// for the journal. Ordered: entries are journaled in the order of these calls.
     /// `completion` runs once the entry is acknowledged (on the journal thread: keep it
@@ -161,14 +180,28 @@ public final class StorageNode: Sendable {
         _ id: SegmentID, epoch: UInt64, batch: ByteBuffer, reservedBytes: Int,
         completion: @escaping @Sendable (Result<Void, StorageError>) -> Void
     ) throws(StorageError) {
+        guard let header = RecordBatchHeader(from: batch) else { throw .invalidEntry("not a record batch") }
+        try submitAppend(try handle(id), epoch: epoch, batch: batch, header: header, reservedBytes: reservedBytes, completion: completion)
+        settleBudget(reservedBytes: reservedBytes, batchBytes: batch.readableBytes)
+    }
+
+    /// The hot path: `header` is the batch's parsed header. The caller settles the
+    /// budget with `settleBudget` after it (outside any lock of its own).
+    public func submitAppend(
+        _ handle: SegmentHandle, epoch: UInt64, batch: ByteBuffer, header: RecordBatchHeader, reservedBytes: Int,
+        completion: @escaping @Sendable (Result<Void, StorageError>) -> Void
+    ) throws(StorageError) {
         try checkWritable()
         guard batch.readableBytes <= configuration.entryBytesMax else {
             throw .entryTooLarge(bytes: batch.readableBytes, limitBytes: configuration.entryBytesMax)
         }
-        guard let header = RecordBatchHeader(from: batch), header.totalSize == batch.readableBytes, header.magic == 2 else {
+        guard header.totalSize == batch.readableBytes, header.magic == 2 else {
             throw .invalidEntry("not exactly one record batch")
         }
-        let state = try segment(id)
+        // The flusher frees the entry's bytes once they are in the segment file.
+        precondition(reservedBytes >= batch.readableBytes, "append of \(batch.readableBytes) bytes reserved only \(reservedBytes)")
+        let state = handle.state
+        let id = state.id
         try state.guarded.withLock { (guarded: inout SegmentState.Guarded) throws(StorageError) in
             if guarded.deleted { throw .segmentNotFound(id) }
             if guarded.sealed { throw .sealed(id) }
@@ -179,24 +212,21 @@ public final class StorageNode: Sendable {
             if guarded.acceptedBytes + Int64(batch.readableBytes) > StorageConfiguration.segmentBytesLimit {
                 throw .segmentFull(id, bytes: guarded.acceptedBytes)
             }
-            let item = JournalWriter.Item(
+            try journal.submit(JournalWriter.Item(
                 kind: .add, segment: id, epoch: epoch, value: header.baseOffset, payload: batch,
-                completion: { result in
-                    if case .success = result {
-                        state.acknowledge(upTo: header.lastOffset + 1, maxTimestamp: header.maxTimestamp)
-                    }
-                    completion(result)
-                })
-            try journal.submit(item)
+                acknowledges: JournalWriter.Acknowledgement(state: state, end: header.lastOffset + 1, maxTimestamp: header.maxTimestamp),
+                completion: completion))
             guarded.cache.append(SegmentState.CachedEntry(header: header, bytes: batch))
             guarded.nextOffset = header.lastOffset + 1
             guarded.acceptedBytes += Int64(batch.readableBytes)
             guarded.unflushedBytes += batch.readableBytes
         }
-        // The flusher frees the entry's bytes once they are in the segment file; any
-        // reservation beyond them is returned now.
-        precondition(reservedBytes >= batch.readableBytes, "append of \(batch.readableBytes) bytes reserved only \(reservedBytes)")
-        if reservedBytes > batch.readableBytes { writeBudget.release(reservedBytes - batch.readableBytes) }
+    }
+
+    /// Returns any reservation beyond the entry's bytes and wakes the flusher when
+    /// enough bytes wait. Call after a successful `submitAppend(_:epoch:batch:header:...)`.
+    public func settleBudget(reservedBytes: Int, batchBytes: Int) {
+        if reservedBytes > batchBytes { writeBudget.release(reservedBytes - batchBytes) }
         if writeBudget.capacity - writeBudget.available >= configuration.flushTriggerBytes {
             flusher.wake()
         }
@@ -222,7 +252,7 @@ public final class StorageNode: Sendable {
         let result: Result<Void, StorageError> = await withCheckedContinuation { continuation in
             do throws(StorageError) {
                 try journal.submit(JournalWriter.Item(
-                    kind: kind, segment: segment, epoch: epoch, value: value, payload: ByteBuffer(),
+                    kind: kind, segment: segment, epoch: epoch, value: value, payload: ByteBuffer(), acknowledges: nil,
                     completion: { continuation.resume(returning: $0) }))
             } catch {
                 continuation.resume(returning: .failure(error))
@@ -233,7 +263,7 @@ public final class StorageNode: Sendable {
 
     private func checkWritable() throws(StorageError) {
         if closed.load(ordering: .relaxed) { throw .closed }
-        if let failure = failure.withLock({ $0 }) { throw failure }
+        if failed.load(ordering: .acquiring), let failure = failure.withLock({ $0 }) { throw failure }
     }
 
     // MARK: - Reads

@@ -23,6 +23,11 @@ struct BenchStack {
         configuration.tailCacheBytesMax = tailCacheBytes
         configuration.writeCacheBytesMax = 256 << 20
         configuration.flushTriggerBytes = 64 << 20
+        let environment = ProcessInfo.processInfo.environment
+        if let value = environment["BENCH_FLUSH_INTERVAL_MS"].flatMap(Int.init) { configuration.flushIntervalMilliseconds = value }
+        if let value = environment["BENCH_FLUSH_TRIGGER_MB"].flatMap(Int.init) { configuration.flushTriggerBytes = value << 20 }
+        if let value = environment["BENCH_WRITE_CACHE_MB"].flatMap(Int.init) { configuration.writeCacheBytesMax = value << 20 }
+        if let value = environment["BENCH_BATCH_WAIT_US"].flatMap(Int.init) { configuration.journalBatchWaitMicroseconds = value }
         var logger = Logger(label: "bench")
         logger.logLevel = .warning
         let storage = try StorageNode(configuration: configuration, logger: logger)

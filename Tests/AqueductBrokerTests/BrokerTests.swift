@@ -23,6 +23,7 @@ struct BrokerStack {
     static func open(_ directory: String) async throws -> BrokerStack {
         var configuration = StorageConfiguration(directory: directory + "/storage")
         configuration.flushIntervalMilliseconds = 50
+        configuration.journalFileBytesMax = 4 << 20
         let storage = try StorageNode(configuration: configuration)
         let metadata = try EmbeddedMetadataStore(directory: directory + "/metadata")
         let logs = LogStore(storage: storage, metadata: metadata)

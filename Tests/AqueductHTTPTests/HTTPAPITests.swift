@@ -22,6 +22,7 @@ func withAPI(_ name: String = #function, _ body: @Sendable (any TestClientProtoc
     var configuration = ServerConfiguration()
     configuration.dataDirectory = temporaryDirectory(name)
     configuration.storage.flushIntervalMilliseconds = 100
+    configuration.storage.journalFileBytesMax = 4 << 20
     configuration.topicDefaults.batchBytesMax = 64 << 10
     let components = try await Server.open(configuration, logger: Logger(label: "test"))
     let router = HTTPAPI.router(broker: components.broker, metricsText: { components.metricsText() })

@@ -26,6 +26,7 @@ struct Stack {
         var configuration = StorageConfiguration(directory: directory + "/storage")
         configuration.flushIntervalMilliseconds = 50
         configuration.indexIntervalBytes = 256
+        configuration.journalFileBytesMax = 4 << 20
         let storage = try StorageNode(configuration: configuration)
         let metadata = try EmbeddedMetadataStore(directory: directory + "/metadata")
         let logs = LogStore(storage: storage, metadata: metadata, clock: clock)

@@ -57,9 +57,25 @@ func crashCopy(of directory: String) throws -> String {
     return copy
 }
 
+/// Where the journal's valid blocks end in the last journal file: (path, byte).
+func journalTail(_ directory: String) throws -> (path: String, offset: Int) {
+    let journalDirectory = directory + "/journal"
+    let name = FileSystem.listDirectory(journalDirectory).filter { JournalFormat.fileNumber(of: $0) != nil }.sorted().last!
+    let file = try DataFile.open(journalDirectory + "/" + name)
+    let contents = try file.read(count: Int(try file.size()), at: 0)
+    var index = 0
+    var lastSequence: UInt64 = 0
+    while case .block(let sequence, _, let size) = JournalFormat.parseBlock(contents, at: index), sequence > lastSequence || index == 0 {
+        lastSequence = sequence
+        index += size
+    }
+    return (journalDirectory + "/" + name, index)
+}
+
 func testConfiguration(_ directory: String) -> StorageConfiguration {
     var configuration = StorageConfiguration(directory: directory)
     configuration.flushIntervalMilliseconds = 60_000  // tests flush explicitly
     configuration.indexIntervalBytes = 512
+    configuration.journalFileBytesMax = 4 << 20  // small files: quick to preallocate, and rolls happen
     return configuration
 }

@@ -15,6 +15,19 @@ import Testing
         var value: String
     }
 
+    /// Progress with timestamps, written as it happens to $AQUEDUCT_TEST_TRACE (if set).
+    static func trace(_ text: String) {
+        guard let path = ProcessInfo.processInfo.environment["AQUEDUCT_TEST_TRACE"] else { return }
+        let line = "\(Date().timeIntervalSince1970) \(text)\n"
+        if let handle = FileHandle(forWritingAtPath: path) {
+            handle.seekToEndOfFile()
+            handle.write(Data(line.utf8))
+            try? handle.close()
+        } else {
+            FileManager.default.createFile(atPath: path, contents: Data(line.utf8))
+        }
+    }
+
     @Test func acknowledgedRecordsSurviveKillDashNine() async throws {
         let directory = NSTemporaryDirectory() + "aqueduct-crash-" + UUID().uuidString
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -29,12 +42,14 @@ import Testing
             let began = ContinuousClock.now
             try await server.start()
             print("cycle \(cycle): server up after \(ContinuousClock.now - began)")
+            Self.trace("cycle \(cycle) up")
             let client = AqueductClient(baseURL: server.baseURL)
             if cycle == 0 { _ = try await client.createTopic("crash", partitions: partitions) }
 
             // Everything acknowledged before this crash is there, once, at its offset.
             try await verify(client: client, partitions: partitions, acknowledged: acknowledged.withLock { $0 }, sent: sent.withLock { $0 }, cycle: cycle)
 
+            Self.trace("cycle \(cycle) verified")
             // Producers write until the server is killed under them.
             let stop = Locked(false)
             try await withThrowingTaskGroup(of: Void.self) { group in
@@ -56,6 +71,7 @@ import Testing
                                     }
                                 }
                             } catch {
+                                Self.trace("cycle \(cycle) producer \(producer) stopped: \(error)")
                                 // In flight when the server died: not acknowledged, may or may not be stored.
                                 return
                             }
@@ -64,13 +80,16 @@ import Testing
                 }
                 group.addTask {
                     try await Task.sleep(for: .milliseconds(Int.random(in: 300...900)))
-                    server.crash()
+                    Self.trace("cycle \(cycle) crashing")
+                    try await server.crash()
+                    Self.trace("cycle \(cycle) crashed")
                     stop.withLock { $0 = true }
                 }
                 try await group.waitForAll()
             }
             #expect(acknowledged.withLock { $0.count } > cycle * 10, "producers made progress before crash \(cycle)")
             print("cycle \(cycle): crashed after \(ContinuousClock.now - began)")
+            Self.trace("cycle \(cycle) producers done")
         }
 
         // A last clean start: verify, then a clean stop exits 0.
@@ -78,7 +97,9 @@ import Testing
         try await server.start()
         let client = AqueductClient(baseURL: server.baseURL)
         try await verify(client: client, partitions: partitions, acknowledged: acknowledged.withLock { $0 }, sent: sent.withLock { $0 }, cycle: cycles)
-        #expect(server.stop() == 0, "clean shutdown:\n\(server.log)")
+        let stopped = ContinuousClock.now
+        #expect(try await server.stop() == 0, "clean shutdown:\n\(server.log)")
+        print("clean stop took \(ContinuousClock.now - stopped)")
         #expect(server.log.contains("aqueduct stopped cleanly"))
     }
 

@@ -68,19 +68,35 @@ final class ServerProcess: @unchecked Sendable {
     var isRunning: Bool { process.isRunning }
 
     /// kill -9: no flush, no checkpoint, no goodbye.
-    func crash() {
+    func crash() async throws {
         kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+        try await waitForExit(timeout: .seconds(10))
     }
 
-    /// SIGTERM and wait for the clean exit; returns the exit status.
+    /// SIGTERM and wait for the clean exit; returns the exit status. A server that
+    /// takes more than `timeout` to stop is killed and reported.
     @discardableResult
-    func stop() -> Int32 {
+    func stop(timeout: Duration = .seconds(30)) async throws -> Int32 {
         if process.isRunning {
             kill(process.processIdentifier, SIGTERM)
-            process.waitUntilExit()
+            do {
+                try await waitForExit(timeout: timeout)
+            } catch {
+                kill(process.processIdentifier, SIGKILL)
+                throw IntegrationError("server did not stop within \(timeout) of SIGTERM:\n\(log)")
+            }
         }
         return process.terminationStatus
+    }
+
+    /// Polls rather than `waitUntilExit`, so a stuck child fails the test instead of
+    /// hanging it.
+    private func waitForExit(timeout: Duration) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while process.isRunning {
+            if ContinuousClock.now > deadline { throw IntegrationError("server pid \(process.processIdentifier) still running after \(timeout)") }
+            try await Task.sleep(for: .milliseconds(10))
+        }
     }
 
     deinit {

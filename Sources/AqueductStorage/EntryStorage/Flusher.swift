@@ -168,7 +168,8 @@ extension StorageNode {
             })
         try FileSystem.atomicReplace(configuration.directory + "/checkpoint", contents: checkpoint.encode())
         lastCheckpoint = position
-        journal.deleteFiles(before: position)
+        journal.releaseFiles(before: position)
+        journal.files.prepareSpare()
         evictTailCache(states)
         return written
     }
@@ -195,6 +196,7 @@ extension StorageNode {
         failure.withLock { failure in
             if failure == nil { failure = .ioFailure("entry storage: \(error)") }
         }
+        failed.store(true, ordering: .releasing)
         logger.critical("entry storage flush failed; the node stops taking writes", metadata: ["error": "\(error)"])
     }
 }

@@ -2,7 +2,9 @@ import AqueductCommon
 import NIOCore
 
 /// The journal's on-disk format. A journal file is a sequence of blocks; one block is
-/// what one group commit wrote (and one fdatasync covered).
+/// what one group commit wrote (and one fdatasync covered). A file ends with a block
+/// holding one `fileEnd` record; what follows it (zeroes, or blocks from the file's
+/// previous life, with lower sequences) is not journal data.
 ///
 ///     block:  magic u32 "AQJB" | length u32 | sequence u64 | crc32c u32 | record*
 ///     record: kind u8 | logID u64 | segment u64 | epoch u64 | value i64 | length u32 | payload
@@ -24,6 +26,8 @@ enum JournalFormat {
         case fence = 3
         case seal = 4
         case delete = 5
+        /// The last block of a journal file: the journal goes on in the next file.
+        case fileEnd = 6
     }
 
     struct Record {

@@ -14,12 +14,21 @@ import Synchronization
 /// The journal never waits for readers or for entry storage: its only inputs are the
 /// pending queue and its own file.
 final class JournalWriter: @unchecked Sendable {
+    /// Offsets an item makes readable once it is durable. The journal applies these
+    /// once per segment per block (one lock per segment, not per entry).
+    struct Acknowledgement {
+        var state: SegmentState
+        var end: Int64
+        var maxTimestamp: Int64
+    }
+
     struct Item {
         var kind: JournalFormat.Kind
         var segment: SegmentID
         var epoch: UInt64
         var value: Int64
         var payload: ByteBuffer
+        var acknowledges: Acknowledgement?
         /// Called on the journal thread, in submission order, once the item is
         /// acknowledged (or failed).
         var completion: (Result<Void, StorageError>) -> Void
@@ -62,18 +71,19 @@ final class JournalWriter: @unchecked Sendable {
 
     /// Starts writing at `position` (the end of the valid journal found by recovery);
     /// the next block gets `nextSequence`.
-    init(configuration: StorageConfiguration, position: JournalPosition, nextSequence: UInt64, logger: Logger) throws {
+    let files: JournalFiles
+
+    /// Starts a new journal file numbered `fileNumber`; its first block gets `nextSequence`.
+    init(configuration: StorageConfiguration, files: JournalFiles, fileNumber: UInt64, nextSequence: UInt64, logger: Logger) throws {
         self.configuration = configuration
         self.directory = configuration.directory + "/journal"
         self.logger = logger
-        try FileSystem.createDirectory(directory)
-        self.fileNumber = position.file
-        self.fileOffset = position.offset
+        self.files = files
+        self.fileNumber = fileNumber
+        self.fileOffset = 0
         self.nextSequence = nextSequence
-        let path = directory + "/" + JournalFormat.fileName(number: position.file)
-        let existed = FileSystem.exists(path)
-        self.file = try DataFile.open(path, create: true)
-        if !existed { try FileSystem.syncDirectory(directory) }
+        self.file = try files.open(fileNumber)
+        let position = JournalPosition(file: fileNumber, offset: 0)
         self.writeBuffer = ByteBufferAllocator().buffer(capacity: configuration.journalBatchBytesMax + (64 << 10))
         self.acknowledged = Mutex((position, nextSequence))
     }
@@ -114,14 +124,9 @@ final class JournalWriter: @unchecked Sendable {
         if !alreadyStopped { finished.wait() }
     }
 
-    /// Deletes journal files wholly before `position`'s file.
-    func deleteFiles(before position: JournalPosition) {
-        for name in FileSystem.listDirectory(directory) {
-            guard let number = JournalFormat.fileNumber(of: name), number < position.file else { continue }
-            do { try FileSystem.removeFile(directory + "/" + name) } catch {
-                logger.warning("could not delete journal file", metadata: ["file": "\(name)", "error": "\(error)"])
-            }
-        }
+    /// Recycles journal files wholly before `position`'s file (a checkpoint covers them).
+    func releaseFiles(before position: JournalPosition) {
+        files.recycle(before: position.file)
     }
 
     private func run() {
@@ -164,6 +169,7 @@ final class JournalWriter: @unchecked Sendable {
             condition.unlock()
 
             let result = writeBlock(batch)
+            if case .success = result { acknowledge(batch) }
             for item in batch { item.completion(result) }
             if case .success = result {
                 // Published only after the completions ran, so that the flusher, seeing
@@ -199,8 +205,10 @@ final class JournalWriter: @unchecked Sendable {
         }
         JournalFormat.sealBlock(&writeBuffer, start: start, sequence: nextSequence)
         do {
-            if fileOffset > 0 && fileOffset + Int64(writeBuffer.readableBytes) > configuration.journalFileBytesMax {
+            if fileOffset + Int64(writeBuffer.readableBytes + Self.fileEndBlockBytes) > files.fileBytes {
                 try rollFile()
+                // The block was sealed with the sequence the file-end block took.
+                JournalFormat.sealBlock(&writeBuffer, start: start, sequence: nextSequence)
             }
             try file.write(writeBuffer, at: fileOffset)
             unsyncedBytes += writeBuffer.readableBytes
@@ -230,6 +238,36 @@ final class JournalWriter: @unchecked Sendable {
         return .success(())
     }
 
+    /// Makes a block's entries readable: one call per segment, with its last end.
+    private func acknowledge(_ items: [Item]) {
+        var single: Acknowledgement?
+        var several: [ObjectIdentifier: Acknowledgement]?
+        for item in items {
+            guard let next = item.acknowledges else { continue }
+            if several == nil {
+                guard let current = single else {
+                    single = next
+                    continue
+                }
+                if current.state === next.state {
+                    single = Acknowledgement(state: next.state, end: next.end, maxTimestamp: max(current.maxTimestamp, next.maxTimestamp))
+                    continue
+                }
+                several = [ObjectIdentifier(current.state): current]
+            }
+            let key = ObjectIdentifier(next.state)
+            let merged = several![key].map { Acknowledgement(state: next.state, end: next.end, maxTimestamp: max($0.maxTimestamp, next.maxTimestamp)) }
+            several![key] = merged ?? next
+        }
+        if let several {
+            for acknowledgement in several.values {
+                acknowledgement.state.acknowledge(upTo: acknowledgement.end, maxTimestamp: acknowledgement.maxTimestamp)
+            }
+        } else if let single {
+            single.state.acknowledge(upTo: single.end, maxTimestamp: single.maxTimestamp)
+        }
+    }
+
     /// In `interval` mode, syncs when the interval has passed since the last sync.
     private func syncForInterval() {
         guard case .interval(let ms) = configuration.durability, unsyncedBytes > 0 else { return }
@@ -246,15 +284,23 @@ final class JournalWriter: @unchecked Sendable {
         lastSyncNanoseconds = monotonicNanoseconds()
     }
 
-    /// Starts the next journal file; the directory is synced before any entry in the new
-    /// file is acknowledged, so the file cannot vanish in a crash.
+    /// Bytes of a block holding one `fileEnd` record.
+    static let fileEndBlockBytes = JournalFormat.blockHeaderBytes + JournalFormat.recordHeaderBytes
+
+    /// Ends this file with a `fileEnd` block (synced, so recovery knows the journal goes
+    /// on in the next file) and opens the next file. Once per `journalFileBytesMax`.
     private func rollFile() throws {
+        var end = ByteBuffer()
+        let start = JournalFormat.beginBlock(&end)
+        JournalFormat.writeRecordHeader(.fileEnd, segment: SegmentID(logID: 0, number: 0), epoch: 0, value: 0, payloadBytes: 0, to: &end)
+        JournalFormat.sealBlock(&end, start: start, sequence: nextSequence)
+        try file.write(end, at: fileOffset)
         try file.syncData()
+        nextSequence += 1
         file.close()
         fileNumber += 1
         fileOffset = 0
-        file = try DataFile.open(directory + "/" + JournalFormat.fileName(number: fileNumber), create: true)
-        try FileSystem.syncDirectory(directory)
+        file = try files.open(fileNumber)
         unsyncedBytes = 0
     }
 

@@ -1,5 +1,6 @@
-#ifndef AQUEDUCT_CRC32C_H
-#define AQUEDUCT_CRC32C_H
+#ifndef AQUEDUCT_C_H
+#define AQUEDUCT_C_H
+// Small C helpers for hot paths Swift has no intrinsic or libc binding for.
 #include <stddef.h>
 #include <stdint.h>
 
@@ -14,5 +15,8 @@ int aq_crc32c_is_hardware(void);
 
 /// The portable table implementation, exposed so tests can compare both paths.
 uint32_t aq_crc32c_extend_portable(uint32_t crc, const void *data, size_t length);
+
+/// The first occurrence of `needle` in `haystack` (glibc memmem), or NULL.
+const void *aq_find_bytes(const void *haystack, size_t haystack_length, const void *needle, size_t needle_length);
 
 #endif

@@ -2,7 +2,7 @@
 // independent streams interleaved (the instruction has a latency of 3 cycles and a
 // throughput of 1, so one stream leaves two thirds of the unit idle), combined with
 // a zero-extension table. Portable path: slicing-by-8 tables.
-#include "crc32c.h"
+#include "caqueduct.h"
 #include <pthread.h>
 #include <string.h>
 
