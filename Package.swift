@@ -62,7 +62,7 @@ let package = Package(
         .target(
             name: "AqueductStorage",
             dependencies: [
-                "AqueductCommon", "AqueductRecords",
+                "AqueductCommon", "AqueductRecords", "CAqueduct",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

@@ -1,3 +1,4 @@
+import CAqueduct
 import Foundation
 import NIOCore
 
@@ -127,6 +128,12 @@ public final class DataFile: @unchecked Sendable {
             if errno == EINTR { continue }
             throw FileIOError("fsync", path: path, errno: errno)
         }
+    }
+
+    /// Starts writing a range back to disk without waiting, so that a later `syncData`
+    /// finds little left to do and does not stall other syncs on the same disk.
+    public func startWriteback(offset: Int64, length: Int64) {
+        _ = aq_start_writeback(descriptor, offset, length)
     }
 
     /// Tells the kernel the file will be read sequentially (larger read-ahead).

@@ -65,6 +65,9 @@ public struct StorageConfiguration: Sendable {
     public var flushIntervalMilliseconds = 1_000
     /// ...and as soon as this many bytes wait to be flushed.
     public var flushTriggerBytes = 16 << 20
+    /// A checkpoint (sync of written segment files, then the journal may be recycled)
+    /// happens at least this often, and whenever the journal starts a new file.
+    public var checkpointIntervalMilliseconds = 10_000
     /// Recent (already flushed) entries kept in memory for tailing readers, all segments together.
     public var tailCacheBytesMax = 64 << 20
     /// A sparse index entry is written every this many bytes of segment file.

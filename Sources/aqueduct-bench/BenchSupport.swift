@@ -21,8 +21,6 @@ struct BenchStack {
         var configuration = StorageConfiguration(directory: directory + "/storage")
         configuration.durability = durability
         configuration.tailCacheBytesMax = tailCacheBytes
-        configuration.writeCacheBytesMax = 256 << 20
-        configuration.flushTriggerBytes = 64 << 20
         let environment = ProcessInfo.processInfo.environment
         if let value = environment["BENCH_FLUSH_INTERVAL_MS"].flatMap(Int.init) { configuration.flushIntervalMilliseconds = value }
         if let value = environment["BENCH_FLUSH_TRIGGER_MB"].flatMap(Int.init) { configuration.flushTriggerBytes = value << 20 }

@@ -77,7 +77,7 @@ final class Flusher: @unchecked Sendable {
 
     private func run(node: StorageNode) {
         var scratch = ByteBufferAllocator().buffer(capacity: 1 << 20)
-        var lastCheckpoint: JournalPosition?
+        var progress = CheckpointProgress()
         while true {
             condition.lock()
             let deadline = Date(timeIntervalSinceNow: Double(intervalMilliseconds) / 1_000)
@@ -86,12 +86,14 @@ final class Flusher: @unchecked Sendable {
             }
             let generation = requested
             let exiting = stopping
+            // Asked-for flushes and the last one before exit checkpoint at once.
+            let forceCheckpoint = exiting || generation != completed
             wakeRequested = false
             condition.unlock()
 
             let began = monotonicNanoseconds()
             do {
-                let bytes = try node.flushOnce(scratch: &scratch, lastCheckpoint: &lastCheckpoint)
+                let bytes = try node.flushOnce(scratch: &scratch, progress: &progress, forceCheckpoint: forceCheckpoint)
                 if bytes > 0 {
                     flushedBytes.increment(by: bytes)
                     flushTimer.recordNanoseconds(Int64(monotonicNanoseconds() - began))
@@ -123,15 +125,27 @@ final class Flusher: @unchecked Sendable {
     }
 }
 
+/// What the flusher remembers between runs: the last checkpoint, and the segment files
+/// written since (they must be synced before the next checkpoint).
+struct CheckpointProgress {
+    var position: JournalPosition?
+    var nanoseconds: UInt64 = monotonicNanoseconds()
+    var unsynced: [ObjectIdentifier: SegmentState] = [:]
+}
+
 extension StorageNode {
-    /// One flush: acknowledged entries to segment files, sync, checkpoint, trim the
-    /// journal, evict clean entries beyond the tail cache budget. Returns bytes written.
-    func flushOnce(scratch: inout ByteBuffer, lastCheckpoint: inout JournalPosition?) throws -> Int {
+    /// One flush: acknowledged entries are written to their segment files (writeback
+    /// started, no sync), which frees their write budget and lets memory drop them.
+    /// A checkpoint — sync every file written since the last one, record the journal
+    /// position, recycle the journal files before it — follows only when the journal
+    /// has moved on to a new file, `checkpointIntervalMilliseconds` have passed, or it
+    /// is asked for: syncs and renames are what disturb the journal's fdatasync on a
+    /// shared disk, so they are kept rare. Returns the bytes written.
+    func flushOnce(scratch: inout ByteBuffer, progress: inout CheckpointProgress, forceCheckpoint: Bool) throws -> Int {
         // Everything acknowledged before this position is in memory now, so writing all
-        // acknowledged entries below makes the checkpoint true.
+        // acknowledged entries below makes a checkpoint at it true.
         let (position, nextSequence) = journal.acknowledgedPositionAndSequence
         let states = segments.withLock { Array($0.values) }
-        var touched: [SegmentState] = []
         var written = 0
         for state in states {
             let pending = state.guarded.withLock { guarded -> [SegmentState.CachedEntry] in
@@ -150,11 +164,17 @@ extension StorageNode {
             }
             writeBudget.release(released)
             written += bytes
-            touched.append(state)
+            progress.unsynced[ObjectIdentifier(state)] = state
         }
-        for state in touched { try state.file.sync() }
-        if touched.isEmpty && lastCheckpoint == position { return 0 }
+        evictTailCache(states)
 
+        let now = monotonicNanoseconds()
+        let due = forceCheckpoint || position.file != progress.position?.file
+            || now - progress.nanoseconds >= UInt64(configuration.checkpointIntervalMilliseconds) * 1_000_000
+        guard due, !progress.unsynced.isEmpty || progress.position != position else { return written }
+
+        for state in progress.unsynced.values { try state.file.sync() }
+        progress.unsynced.removeAll(keepingCapacity: true)
         let checkpoint = Checkpoint(
             journalPosition: position, nextSequence: nextSequence,
             segments: states.compactMap { state in
@@ -167,10 +187,10 @@ extension StorageNode {
                 }
             })
         try FileSystem.atomicReplace(configuration.directory + "/checkpoint", contents: checkpoint.encode())
-        lastCheckpoint = position
+        progress.position = position
+        progress.nanoseconds = now
         journal.releaseFiles(before: position)
         journal.files.prepareSpare()
-        evictTailCache(states)
         return written
     }
 

@@ -230,12 +230,14 @@ final class SegmentFile: Sendable {
             scratch.writeBuffer(&copy)
             if scratch.readableBytes >= 1 << 20 {
                 try data.write(scratch, at: writeAt)
+                data.startWriteback(offset: writeAt, length: Int64(scratch.readableBytes))
                 writeAt += Int64(scratch.readableBytes)
                 scratch.clear()
             }
         }
         if scratch.readableBytes > 0 {
             try data.write(scratch, at: writeAt)
+            data.startWriteback(offset: writeAt, length: Int64(scratch.readableBytes))
             scratch.clear()
         }
         let persistedAt = state.withLock { state -> Int in

@@ -1,4 +1,5 @@
 import AqueductCommon
+import CAqueduct
 import DequeModule
 import Foundation
 import Logging
@@ -130,6 +131,9 @@ final class JournalWriter: @unchecked Sendable {
     }
 
     private func run() {
+        // The journal thread is on every acknowledgement's path: let it preempt the
+        // threads doing request work when a sync returns (no effect without permission).
+        _ = aq_raise_thread_priority(5)
         var batch: [Item] = []
         batch.reserveCapacity(1_024)
         while true {

@@ -19,4 +19,13 @@ uint32_t aq_crc32c_extend_portable(uint32_t crc, const void *data, size_t length
 /// The first occurrence of `needle` in `haystack` (glibc memmem), or NULL.
 const void *aq_find_bytes(const void *haystack, size_t haystack_length, const void *needle, size_t needle_length);
 
+/// Starts writeback of a file range without waiting for it (Linux sync_file_range
+/// with SYNC_FILE_RANGE_WRITE), so a later fdatasync has little left to do. Returns 0
+/// or -1 with errno set; a no-op returning 0 where the call does not exist.
+int aq_start_writeback(int fd, long long offset, long long length);
+
+/// Lowers the calling thread's nice value (raises its scheduling weight) by `amount`;
+/// 0 on success, -1 when not permitted.
+int aq_raise_thread_priority(int amount);
+
 #endif

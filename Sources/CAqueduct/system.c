@@ -1,0 +1,31 @@
+#define _GNU_SOURCE
+#include <string.h>
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include "caqueduct.h"
+
+const void *aq_find_bytes(const void *haystack, size_t haystack_length, const void *needle, size_t needle_length) {
+    return memmem(haystack, haystack_length, needle, needle_length);
+}
+
+int aq_start_writeback(int fd, long long offset, long long length) {
+#if defined(__linux__)
+    return sync_file_range(fd, (off64_t)offset, (off64_t)length, SYNC_FILE_RANGE_WRITE);
+#else
+    (void)fd; (void)offset; (void)length;
+    return 0;
+#endif
+}
+
+int aq_raise_thread_priority(int amount) {
+#if defined(__linux__)
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    int current = getpriority(PRIO_PROCESS, (id_t)tid);
+    return setpriority(PRIO_PROCESS, (id_t)tid, current - amount);
+#else
+    (void)amount;
+    return -1;
+#endif
+}
