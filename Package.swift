@@ -134,7 +134,7 @@ let package = Package(
         .executableTarget(
             name: "aqueduct-bench",
             dependencies: [
-                "AqueductLog",
+                "AqueductLog", "CAqueduct",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],

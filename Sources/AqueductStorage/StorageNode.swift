@@ -29,6 +29,7 @@ public final class StorageNode: Sendable {
     let writeBudget: WeightedSemaphore
     let readSlots: WeightedSemaphore
     let readPool: NIOThreadPool
+    let readAhead: ReadAhead
     let flusher: Flusher
     let failure = Mutex<StorageError?>(nil)
     /// Set together with `failure`, read on every append without a lock.
@@ -65,6 +66,7 @@ public final class StorageNode: Sendable {
         self.writeBudget = WeightedSemaphore(capacity: configuration.writeCacheBytesMax)
         self.readSlots = WeightedSemaphore(capacity: configuration.readsInFlightMax)
         self.readPool = NIOThreadPool(numberOfThreads: configuration.readThreads)
+        self.readAhead = ReadAhead(entriesMax: configuration.readAheadChunksMax, chunkBytesMax: configuration.readAheadChunkBytesMax)
         self.flusher = Flusher(intervalMilliseconds: configuration.flushIntervalMilliseconds)
         readPool.start()
         journal.start()
@@ -124,6 +126,7 @@ public final class StorageNode: Sendable {
             return bytes
         }
         writeBudget.release(unflushed)
+        readAhead.forget(id)
         state.wakeAll(.deleted)
         try await journalControl(.delete, segment: id, epoch: 0, value: 0)
         state.file.removeFiles()
@@ -323,24 +326,25 @@ public final class StorageNode: Sendable {
                 // Unreachable while entries are evicted only after they are flushed.
                 throw .ioFailure("offset \(offset) of segment \(id) is neither in memory nor flushed (flushed end \(flushedEnd))")
             }
-            let slot = await readSlots.acquire(1)
-            defer { readSlots.release(slot) }
-            let verify = configuration.verifyChecksumsOnRead
-            let file = state.file
-            let result: Result<(batches: [ByteBuffer], nextOffset: Int64), StorageError>
-            do {
-                result = try await readPool.runIfActive {
-                    Result { () throws(StorageError) in
-                        try file.read(from: offset, maxBytes: maxBytes, limitBytes: limitBytes, verify: verify)
-                    }
-                }
-            } catch {
-                throw .closed
+            let key = ReadAhead.Key(segment: id, offset: offset, maxBytes: maxBytes)
+            let result: ReadAhead.Chunk
+            if let ahead = readAhead.claim(key) {
+                result = await ahead.value
+            } else {
+                result = await readFromFile(state, from: offset, maxBytes: maxBytes, limitBytes: limitBytes)
             }
             switch result {
             case .success(let read):
                 let segmentRead = SegmentRead(batches: read.batches, nextOffset: read.nextOffset, fromCache: false)
                 readBytesFromDisk.increment(by: segmentRead.bytes)
+                // A reader that got a full chunk will most likely ask for the next one.
+                let currentLimit = state.file.sizeBytes
+                let next = read.nextOffset
+                if next < state.guarded.withLock({ $0.flushedEnd }) && segmentRead.bytes >= maxBytes / 2 {
+                    readAhead.start(ReadAhead.Key(segment: id, offset: next, maxBytes: maxBytes)) { [self] in
+                        await readFromFile(state, from: next, maxBytes: maxBytes, limitBytes: currentLimit)
+                    }
+                }
                 return segmentRead
             case .failure(let error):
                 if case .corruptEntry = error {
@@ -349,6 +353,24 @@ public final class StorageNode: Sendable {
                 }
                 throw error
             }
+        }
+    }
+
+    /// One bounded read of a segment file on the read pool: pread, then every batch's
+    /// CRC-32C checked.
+    private func readFromFile(_ state: SegmentState, from offset: Int64, maxBytes: Int, limitBytes: Int64) async -> ReadAhead.Chunk {
+        let slot = await readSlots.acquire(1)
+        defer { readSlots.release(slot) }
+        let verify = configuration.verifyChecksumsOnRead
+        let file = state.file
+        do {
+            return try await readPool.runIfActive {
+                Result { () throws(StorageError) in
+                    try file.read(from: offset, maxBytes: maxBytes, limitBytes: limitBytes, verify: verify)
+                }
+            }
+        } catch {
+            return .failure(.closed)
         }
     }
 

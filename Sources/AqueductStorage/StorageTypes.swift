@@ -76,6 +76,10 @@ public struct StorageConfiguration: Sendable {
     public var readThreads = 2
     /// Catch-up reads in flight at once; more wait their turn.
     public var readsInFlightMax = 8
+    /// Chunks read ahead for sequential catch-up readers, all segments together (0 turns
+    /// read-ahead off), and the largest chunk read ahead, in bytes.
+    public var readAheadChunksMax = 4
+    public var readAheadChunkBytesMax = 4 << 20
     /// Largest entry (record batch) accepted, in bytes.
     public var entryBytesMax = 8 << 20
     /// Largest segment file, in bytes (index positions are 32-bit).

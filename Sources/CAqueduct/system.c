@@ -4,6 +4,9 @@
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include "caqueduct.h"
 
 const void *aq_find_bytes(const void *haystack, size_t haystack_length, const void *needle, size_t needle_length) {
@@ -27,5 +30,14 @@ int aq_raise_thread_priority(int amount) {
 #else
     (void)amount;
     return -1;
+#endif
+}
+
+void aq_tune_allocator(long mmap_threshold_bytes, long trim_threshold_bytes) {
+#if defined(__GLIBC__)
+    mallopt(M_MMAP_THRESHOLD, (int)mmap_threshold_bytes);
+    mallopt(M_TRIM_THRESHOLD, (int)trim_threshold_bytes);
+#else
+    (void)mmap_threshold_bytes; (void)trim_threshold_bytes;
 #endif
 }

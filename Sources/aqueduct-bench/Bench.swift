@@ -1,6 +1,7 @@
 import AqueductCommon
 import AqueductStorage
 import ArgumentParser
+import CAqueduct
 import Foundation
 import NIOCore
 
@@ -16,6 +17,11 @@ struct Bench: AsyncParsableCommand {
             against the target in docs/BENCHMARKS.md.
             """,
         subcommands: [AppendCommand.self, ReadCommand.self, FanoutCommand.self, ProbeCommand.self, AllCommand.self])
+}
+
+/// The allocator setting the server makes at start (see `Server.tuneAllocator`).
+func tuneAllocatorLikeTheServer() {
+    if ProcessInfo.processInfo.environment["BENCH_NO_MALLOPT"] == nil { aq_tune_allocator(32 << 20, 128 << 20) }
 }
 
 struct CommonOptions: ParsableArguments {

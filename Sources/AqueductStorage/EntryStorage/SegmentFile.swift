@@ -293,7 +293,7 @@ final class SegmentFile: Sendable {
         while position < limitBytes && (batches.isEmpty || taken < maxBytes) {
             let count = Int(min(Int64(chunkBytes), limitBytes - position))
             let chunk: ByteBuffer
-            do { chunk = try data.read(count: count, at: position) } catch { throw .ioFailure("\(error)") }
+            do { chunk = try data.read(count: count, at: position, allocator: ReadBuffers.allocator) } catch { throw .ioFailure("\(error)") }
             guard chunk.readableBytes == count else {
                 throw .corruptEntry(id, filePosition: position + Int64(chunk.readableBytes), detail: "file ends before its recorded size \(limitBytes)")
             }
@@ -311,7 +311,7 @@ final class SegmentFile: Sendable {
                     guard batchPosition + Int64(header.totalSize) <= limitBytes else {
                         throw .corruptEntry(id, filePosition: batchPosition, detail: "batch runs past the end of the segment")
                     }
-                    do { batch = try data.read(count: header.totalSize, at: batchPosition) } catch { throw .ioFailure("\(error)") }
+                    do { batch = try data.read(count: header.totalSize, at: batchPosition, allocator: ReadBuffers.allocator) } catch { throw .ioFailure("\(error)") }
                 } else {
                     break
                 }
@@ -329,6 +329,9 @@ final class SegmentFile: Sendable {
                 throw .corruptEntry(id, filePosition: position, detail: "partial batch at the end of the segment")
             }
             position += Int64(consumed)
+            // One chunk is enough once it gave something: reading another just to add the
+            // batch cut at its end would double the I/O of every read.
+            if !batches.isEmpty { break }
         }
         return (batches, nextOffset)
     }

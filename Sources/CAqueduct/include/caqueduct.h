@@ -28,4 +28,16 @@ int aq_start_writeback(int fd, long long offset, long long length);
 /// 0 on success, -1 when not permitted.
 int aq_raise_thread_priority(int amount);
 
+/// Tells glibc's allocator to keep large freed blocks (no mmap for blocks under
+/// `mmap_threshold_bytes`, no trimming of the heap under `trim_threshold_bytes`), so
+/// buffers of read chunks are reused instead of faulted in again for every read.
+void aq_tune_allocator(long mmap_threshold_bytes, long trim_threshold_bytes);
+
+/// A pool of large buffers (64 KiB to 16 MiB) reused across reads, for a custom
+/// ByteBufferAllocator: the four functions NIO's allocator takes.
+void *aq_pool_allocate(size_t size);
+void *aq_pool_reallocate(void *pointer, size_t old_size, size_t new_size);
+void aq_pool_deallocate(void *pointer);
+void aq_pool_copy(void *destination, const void *source, size_t count);
+
 #endif
