@@ -200,7 +200,11 @@ enum Recovery {
                         }
                         continue fileLoop  // the next valid block starts a later file
                     }
-                    if reason != "zeroes" {
+                    // Only a block that starts like the one expected next was being written
+                    // (torn); anything else is zeroes or a recycled file's old contents.
+                    let startsLikeNext = contents.getInteger(at: index, as: UInt32.self) == JournalFormat.blockMagic
+                        && contents.getInteger(at: index + 8, as: UInt64.self) == expectedSequence
+                    if startsLikeNext {
                         let declared = contents.getInteger(at: index + 4, as: UInt32.self).map { Int($0) + JournalFormat.blockHeaderBytes }
                         report.tornTailBytes = min(contents.writerIndex - index, declared ?? Int.max)
                         logger.warning("journal ends with a torn block; cutting it off (never acknowledged)", metadata: [

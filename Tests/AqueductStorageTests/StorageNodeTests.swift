@@ -97,7 +97,7 @@ import Testing
         let start = JournalFormat.beginBlock(&block)
         JournalFormat.writeRecordHeader(.add, segment: segment, epoch: 1, value: 20, payloadBytes: 200, to: &block)
         block.writeRepeatingByte(0xAB, count: 200)
-        JournalFormat.sealBlock(&block, start: start, sequence: 99)
+        JournalFormat.sealBlock(&block, start: start, sequence: tail.nextSequence)
         try file.write(block.getSlice(at: 0, length: block.readableBytes / 2)!, at: Int64(tail.offset))
 
         let recovered = try StorageNode(configuration: testConfiguration(crashed))
@@ -313,5 +313,36 @@ import Testing
         let recovered = try StorageNode(configuration: configuration)
         #expect(try await readAll(recovered, segment, from: 0) == Array(0..<100))
         await recovered.close()
+    }
+}
+
+@Suite struct JournalFileTests {
+    @Test func journalFilesAreRecycledAndCleanRestartsReportNoDamage() async throws {
+        let directory = temporaryDirectory()
+        var configuration = testConfiguration(directory)
+        configuration.journalFileBytesMax = 2 << 20
+        configuration.journalBatchBytesMax = 256 << 10
+        configuration.checkpointIntervalMilliseconds = 10
+        let segment = SegmentID(logID: 3, number: 1)
+        var next: Int64 = 0
+        for round in 0..<3 {
+            let node = try StorageNode(configuration: configuration)
+            if round == 0 { try await node.createSegment(segment, baseOffset: 0, epoch: 1) }
+            // Several journal files' worth, so files roll, get checkpointed and recycled.
+            for _ in 0..<40 {
+                try await node.append(segment, epoch: 1, batch: makeBatch(baseOffset: next, records: 10, valueBytes: 1_000))
+                next += 10
+                if next % 100 == 0 { await node.flush() }
+            }
+            let report = node.recoveryReport
+            #expect(report.tornTailBytes == 0 && report.corruptJournalBlocks == 0, "round \(round): \(report)")
+            await node.close()
+            let journalFiles = FileSystem.listDirectory(directory + "/journal")
+            #expect(journalFiles.count <= 4, "old files are recycled or deleted: \(journalFiles)")
+        }
+        let reopened = try StorageNode(configuration: configuration)
+        #expect(try await readAll(reopened, segment, from: 0) == Array(0..<next))
+        #expect(reopened.recoveryReport.tornTailBytes == 0)
+        await reopened.close()
     }
 }

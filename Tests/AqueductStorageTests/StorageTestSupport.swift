@@ -58,7 +58,7 @@ func crashCopy(of directory: String) throws -> String {
 }
 
 /// Where the journal's valid blocks end in the last journal file: (path, byte).
-func journalTail(_ directory: String) throws -> (path: String, offset: Int) {
+func journalTail(_ directory: String) throws -> (path: String, offset: Int, nextSequence: UInt64) {
     let journalDirectory = directory + "/journal"
     let name = FileSystem.listDirectory(journalDirectory).filter { JournalFormat.fileNumber(of: $0) != nil }.sorted().last!
     let file = try DataFile.open(journalDirectory + "/" + name)
@@ -69,7 +69,7 @@ func journalTail(_ directory: String) throws -> (path: String, offset: Int) {
         lastSequence = sequence
         index += size
     }
-    return (journalDirectory + "/" + name, index)
+    return (journalDirectory + "/" + name, index, lastSequence + 1)
 }
 
 func testConfiguration(_ directory: String) -> StorageConfiguration {
