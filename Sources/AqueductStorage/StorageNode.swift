@@ -1,5 +1,6 @@
 import AqueductCommon
 import AqueductRecords
+import CAqueduct
 import DequeModule
 import Foundation
 import Logging
@@ -365,7 +366,10 @@ public final class StorageNode: Sendable {
         let file = state.file
         do {
             return try await readPool.runIfActive {
-                Result { () throws(StorageError) in
+                // Catch-up reads yield the disk to the journal: lowest best-effort I/O
+                // priority (takes effect under mq-deadline, bfq; once per thread).
+                _ = aq_set_thread_io_priority(2, 7)
+                return Result { () throws(StorageError) in
                     try file.read(from: offset, maxBytes: maxBytes, limitBytes: limitBytes, verify: verify)
                 }
             }

@@ -45,8 +45,18 @@ struct FanoutBenchmark {
 
     struct Phase {
         var recordsPerSecond: Double
-        var tail: Latency
+        var histogram: Histogram<UInt64>
         var slowReaderBytesPerSecond: Double
+        var tail: Latency { Latency(histogram) }
+
+        static func combine(_ phases: [Phase]) -> Phase {
+            var histogram = newHistogram()
+            for phase in phases { histogram.add(phase.histogram) }
+            let count = Double(phases.count)
+            return Phase(
+                recordsPerSecond: phases.reduce(0) { $0 + $1.recordsPerSecond } / count, histogram: histogram,
+                slowReaderBytesPerSecond: phases.reduce(0) { $0 + $1.slowReaderBytesPerSecond } / count)
+        }
     }
 
     @discardableResult
@@ -68,11 +78,21 @@ struct FanoutBenchmark {
         }
         let stack = try await BenchStack.open(directory: scratch, durability: .fsync, create: false)
         _ = try await measure(stack: stack, slowReader: false, seconds: min(2, seconds / 3))  // warm-up
-        let alone = try await measure(stack: stack, slowReader: false, seconds: seconds)
+        // Alternate the two conditions in rounds so that drift of the shared machine
+        // (disk and CPU speed change from minute to minute here) falls on both alike.
+        let rounds = 3
+        var alonePhases: [Phase] = []
+        var disturbedPhases: [Phase] = []
+        for _ in 0..<rounds {
+            alonePhases.append(try await measure(stack: stack, slowReader: false, seconds: seconds / Double(rounds)))
+            if cold { dropPageCache(scratch + "/storage/segments") }
+            disturbedPhases.append(try await measure(stack: stack, slowReader: true, seconds: seconds / Double(rounds)))
+        }
+        let alone = Phase.combine(alonePhases)
+        let disturbed = Phase.combine(disturbedPhases)
         say("  without slow reader: \(Int(alone.recordsPerSecond)) records/s written; tail latency \(alone.tail)")
-        if cold { dropPageCache(scratch + "/storage/segments") }
-        let disturbed = try await measure(stack: stack, slowReader: true, seconds: seconds)
         say("  with slow reader:    \(Int(disturbed.recordsPerSecond)) records/s written; tail latency \(disturbed.tail); slow reader read \(megabytes(disturbed.slowReaderBytesPerSecond))/s")
+        say("  (\(rounds) rounds of \(format(seconds / Double(rounds))) s each, alternating)")
         try await stack.close()
         let throughputChange = abs(disturbed.recordsPerSecond / alone.recordsPerSecond - 1)
         let latencyChange = disturbed.tail.p99 / alone.tail.p99 - 1
@@ -153,7 +173,7 @@ struct FanoutBenchmark {
             }
         }
         let elapsed = Double(monotonicNanoseconds() - began) / 1e9
-        return Phase(recordsPerSecond: Double(written) / elapsed, tail: Latency(tail), slowReaderBytesPerSecond: Double(slowBytes) / elapsed)
+        return Phase(recordsPerSecond: Double(written) / elapsed, histogram: tail, slowReaderBytesPerSecond: Double(slowBytes) / elapsed)
     }
 
     /// Asks the kernel to drop cached pages of every segment file (POSIX_FADV_DONTNEED).

@@ -9,6 +9,9 @@ struct DiskProbe {
     var bytesPerSecond: Double
     var syncsPerSecond: Double
     var latency: Latency
+    var histogram: Histogram<UInt64>
+    var seconds: Double
+    var syncs: Int
 
     static func run(directory: String, writeBytes: Int, seconds: Double) throws -> DiskProbe {
         let path = directory + "/probe-\(UUID().uuidString.prefix(8))"
@@ -32,7 +35,9 @@ struct DiskProbe {
             syncs += 1
         }
         let elapsed = Double(monotonicNanoseconds() - began) / 1e9
-        return DiskProbe(bytesPerSecond: Double(offset) / elapsed, syncsPerSecond: Double(syncs) / elapsed, latency: Latency(histogram))
+        return DiskProbe(
+            bytesPerSecond: Double(offset) / elapsed, syncsPerSecond: Double(syncs) / elapsed, latency: Latency(histogram),
+            histogram: histogram, seconds: elapsed, syncs: syncs)
     }
 }
 

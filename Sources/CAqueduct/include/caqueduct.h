@@ -33,6 +33,10 @@ int aq_raise_thread_priority(int amount);
 /// buffers of read chunks are reused instead of faulted in again for every read.
 void aq_tune_allocator(long mmap_threshold_bytes, long trim_threshold_bytes);
 
+/// Sets the calling thread's I/O priority (Linux ioprio): class 1 real time, 2 best
+/// effort, 3 idle; level 0 (highest) to 7. Done once per thread; 0 on success.
+int aq_set_thread_io_priority(int io_class, int level);
+
 /// A pool of large buffers (64 KiB to 16 MiB) reused across reads, for a custom
 /// ByteBufferAllocator: the four functions NIO's allocator takes.
 void *aq_pool_allocate(size_t size);
