@@ -275,17 +275,19 @@ import Testing
         let batch = makeBatch(baseOffset: 0, valueBytes: 1_000)
         configuration.writeCacheBytesMax = batch.readableBytes * 4
         configuration.entryBytesMax = batch.readableBytes * 2
-        configuration.flushTriggerBytes = 1 << 30  // only explicit or periodic flushes
-        configuration.flushIntervalMilliseconds = 200
+        configuration.flushTriggerBytes = 1 << 30  // no flush unless asked
         let node = try StorageNode(configuration: configuration)
         try await node.createSegment(segment, baseOffset: 0, epoch: 1)
-        let began = ContinuousClock.now
-        for offset in 0..<8 {
+        for offset in 0..<4 {
             try await node.append(segment, epoch: 1, batch: makeBatch(baseOffset: Int64(offset), valueBytes: 1_000))
         }
-        // The 5th append had to wait for the flusher's periodic run.
-        #expect(ContinuousClock.now - began >= .milliseconds(150))
-        #expect(try await readAll(node, segment, from: 0) == Array(0..<8))
+        // The budget holds four unflushed entries: the fifth append waits for a flush.
+        let fifth = Task { try await node.append(segment, epoch: 1, batch: makeBatch(baseOffset: 4, valueBytes: 1_000)) }
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(node.segmentInfo(segment)?.endOffset == 4, "the fifth append must still be waiting")
+        await node.flush()
+        try await fifth.value
+        #expect(try await readAll(node, segment, from: 0) == Array(0..<5))
         await node.close()
     }
 }
