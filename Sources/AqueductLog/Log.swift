@@ -49,7 +49,7 @@ public final class Log: Sendable {
         var deleted = false
     }
 
-    let state: Mutex<State>
+    let state: PlainLock<State>
     private let appendedRecords: Counter
     private let appendedBytes: Counter
 
@@ -62,7 +62,7 @@ public final class Log: Sendable {
         logger[metadataKey: "log"] = "\(record.name)"
         self.logger = logger
         let next = record.segments.last.map { $0.endOffset ?? $0.baseOffset } ?? record.startOffset
-        self.state = Mutex(State(record: record, version: version, nextOffset: next))
+        self.state = PlainLock(State(record: record, version: version, nextOffset: next))
         self.appendedRecords = Counter(label: "aqueduct_log_appended_records_total")
         self.appendedBytes = Counter(label: "aqueduct_log_appended_bytes_total")
     }

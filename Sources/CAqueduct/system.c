@@ -46,10 +46,11 @@ int aq_set_thread_io_priority(int io_class, int level) {
 #if defined(__linux__) && defined(SYS_ioprio_set)
     static __thread int done;
     if (done) return 0;
-    done = 1;
     pid_t tid = (pid_t)syscall(SYS_gettid);
     /* IOPRIO_WHO_PROCESS = 1; value = class << 13 | level */
-    return (int)syscall(SYS_ioprio_set, 1, (int)tid, (io_class << 13) | level);
+    int result = (int)syscall(SYS_ioprio_set, 1, (int)tid, (io_class << 13) | level);
+    if (result == 0) done = 1;
+    return result;
 #else
     (void)io_class; (void)level;
     return -1;

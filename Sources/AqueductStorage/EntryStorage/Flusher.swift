@@ -1,4 +1,5 @@
 import AqueductCommon
+import CAqueduct
 import Foundation
 import Metrics
 import Logging
@@ -76,6 +77,9 @@ final class Flusher: @unchecked Sendable {
     }
 
     private func run(node: StorageNode) {
+        // Behind the journal and request work: copying a flush's megabytes into the page
+        // cache must not take a core from them (it only has to keep up on average).
+        _ = aq_raise_thread_priority(-5)
         var scratch = ByteBufferAllocator().buffer(capacity: 1 << 20)
         var progress = CheckpointProgress()
         while true {

@@ -1,3 +1,4 @@
+import AqueductCommon
 import AqueductRecords
 import DequeModule
 import NIOCore
@@ -57,13 +58,13 @@ final class SegmentState: Sendable {
     let id: SegmentID
     let baseOffset: Int64
     let file: SegmentFile
-    let guarded: Mutex<Guarded>
+    let guarded: PlainLock<Guarded>
 
     init(id: SegmentID, file: SegmentFile, endOffset: Int64, sizeBytes: Int64, fencedEpoch: UInt64, sealed: Bool, maxTimestamp: Int64) {
         self.id = id
         self.baseOffset = file.baseOffset
         self.file = file
-        self.guarded = Mutex(Guarded(
+        self.guarded = PlainLock(Guarded(
             nextOffset: endOffset, acknowledgedEnd: endOffset, flushedEnd: endOffset, acceptedBytes: sizeBytes,
             fencedEpoch: fencedEpoch, sealed: sealed, maxTimestamp: maxTimestamp))
     }

@@ -134,7 +134,9 @@ final class JournalWriter: @unchecked Sendable {
         // The journal thread is on every acknowledgement's path: let it preempt the
         // threads doing request work when a sync returns (no effect without permission).
         _ = aq_raise_thread_priority(5)
-        _ = aq_set_thread_io_priority(2, 0)
+        // Real-time I/O class where permitted (mq-deadline serves it before best effort),
+        // else the highest best-effort level.
+        if aq_set_thread_io_priority(1, 4) != 0 { _ = aq_set_thread_io_priority(2, 0) }
         var batch: [Item] = []
         batch.reserveCapacity(1_024)
         while true {
