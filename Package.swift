@@ -140,16 +140,18 @@ let package = Package(
             ],
             swiftSettings: strict),
 
-        .testTarget(name: "AqueductCommonTests", dependencies: ["AqueductCommon"], swiftSettings: strict),
-        .testTarget(name: "AqueductRecordsTests", dependencies: ["AqueductRecords"], swiftSettings: strict),
-        .testTarget(name: "AqueductMetadataTests", dependencies: ["AqueductMetadata"], swiftSettings: strict),
-        .testTarget(name: "AqueductStorageTests", dependencies: ["AqueductStorage"], swiftSettings: strict),
-        .testTarget(name: "AqueductLogTests", dependencies: ["AqueductLog"], swiftSettings: strict),
-        .testTarget(name: "AqueductBrokerTests", dependencies: ["AqueductBroker"], swiftSettings: strict),
+        // Helpers shared by the test targets (scratch directories, seeded randomness).
+        .target(name: "AqueductTestSupport", dependencies: ["AqueductCommon"], path: "Tests/AqueductTestSupport", swiftSettings: strict),
+        .testTarget(name: "AqueductCommonTests", dependencies: ["AqueductCommon", "AqueductTestSupport"], swiftSettings: strict),
+        .testTarget(name: "AqueductRecordsTests", dependencies: ["AqueductRecords", "AqueductTestSupport"], swiftSettings: strict),
+        .testTarget(name: "AqueductMetadataTests", dependencies: ["AqueductMetadata", "AqueductTestSupport"], swiftSettings: strict),
+        .testTarget(name: "AqueductStorageTests", dependencies: ["AqueductStorage", "AqueductTestSupport"], swiftSettings: strict),
+        .testTarget(name: "AqueductLogTests", dependencies: ["AqueductLog", "AqueductTestSupport"], swiftSettings: strict),
+        .testTarget(name: "AqueductBrokerTests", dependencies: ["AqueductBroker", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(
             name: "AqueductHTTPTests",
             dependencies: [
-                "AqueductHTTP", "AqueductServer",
+                "AqueductHTTP", "AqueductServer", "AqueductTestSupport",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ],
             swiftSettings: strict),

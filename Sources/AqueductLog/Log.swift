@@ -103,11 +103,7 @@ public final class Log: Sendable {
                 info = nil
             }
             if let info, info.endOffset > info.baseOffset {
-                record.segments[record.segments.count - 1].state = .sealed
-                record.segments[record.segments.count - 1].endOffset = info.endOffset
-                record.segments[record.segments.count - 1].sizeBytes = info.sizeBytes
-                record.segments[record.segments.count - 1].maxTimestamp = info.maxTimestamp
-                record.segments[record.segments.count - 1].sealedAtMilliseconds = now
+                record.segments[record.segments.count - 1].seal(info, at: now)
             } else {
                 record.segments.removeLast()
                 if info != nil { retired.append(segment) }
@@ -120,23 +116,11 @@ public final class Log: Sendable {
             number: number, baseOffset: baseOffset, state: .open, createdAtMilliseconds: now))
         version = try await save(record, expecting: version)
         let segment = SegmentID(logID: id, number: number)
-        let handle: StorageNode.SegmentHandle
-        do throws(StorageError) {
-            try await storage.createSegment(segment, baseOffset: baseOffset, epoch: epoch)
-            handle = try storage.handle(segment)
-            for old in retired { try await storage.deleteSegment(old) }
-        } catch {
-            throw .storage(error)
-        }
-        let finalVersion = version
-        let finalRecord = record
-        state.withLock { state in
-            state.record = finalRecord
-            state.version = finalVersion
+        try await startSegment(segment, baseOffset: baseOffset, epoch: epoch, record: record, version: version, now: now) { state in
             state.writerEpoch = epoch
-            state.active = Active(handle: handle, baseOffset: baseOffset, createdAtMilliseconds: now, bytes: 0)
             state.nextOffset = baseOffset
         }
+        for old in retired { try await deleteFromStorage(old.number) }
         logger.debug("writer opened", metadata: ["epoch": "\(epoch)", "segment": "\(segment)", "baseOffset": "\(baseOffset)"])
         return LogWriter(log: self, epoch: epoch)
     }
@@ -269,29 +253,33 @@ public final class Log: Sendable {
         guard let index = record.segments.firstIndex(where: { $0.number == activeSegment.number }) else {
             throw .metadata("active segment \(activeSegment) is missing from the log's metadata")
         }
-        record.segments[index].state = .sealed
-        record.segments[index].endOffset = info.endOffset
-        record.segments[index].sizeBytes = info.sizeBytes
-        record.segments[index].maxTimestamp = info.maxTimestamp
-        record.segments[index].sealedAtMilliseconds = now
+        record.segments[index].seal(info, at: now)
         let next = SegmentID(logID: id, number: activeSegment.number + 1)
         record.segments.append(LogRecord.Segment(number: next.number, baseOffset: info.endOffset, state: .open, createdAtMilliseconds: now))
         version = try await save(record, expecting: version)
+        try await startSegment(next, baseOffset: info.endOffset, epoch: epoch, record: record, version: version, now: now) { _ in }
+        logger.debug("segment rolled", metadata: ["sealed": "\(activeSegment)", "endOffset": "\(info.endOffset)"])
+    }
+
+    /// Creates `segment` at the storage node (the metadata already lists it) and makes it
+    /// the active segment, with the saved record.
+    private func startSegment(
+        _ segment: SegmentID, baseOffset: Int64, epoch: UInt64, record: LogRecord, version: UInt64, now: Int64,
+        also update: (inout State) -> Void
+    ) async throws(LogError) {
         let handle: StorageNode.SegmentHandle
         do throws(StorageError) {
-            try await storage.createSegment(next, baseOffset: info.endOffset, epoch: epoch)
-            handle = try storage.handle(next)
+            try await storage.createSegment(segment, baseOffset: baseOffset, epoch: epoch)
+            handle = try storage.handle(segment)
         } catch {
             throw .storage(error)
         }
-        let savedRecord = record
-        let savedVersion = version
         state.withLock { state in
-            state.record = savedRecord
-            state.version = savedVersion
-            state.active = Active(handle: handle, baseOffset: info.endOffset, createdAtMilliseconds: now, bytes: 0)
+            state.record = record
+            state.version = version
+            state.active = Active(handle: handle, baseOffset: baseOffset, createdAtMilliseconds: now, bytes: 0)
+            update(&state)
         }
-        logger.debug("segment rolled", metadata: ["sealed": "\(activeSegment)", "endOffset": "\(info.endOffset)"])
     }
 
     private func save(_ record: LogRecord, expecting version: UInt64) async throws(LogError) -> UInt64 {

@@ -1,4 +1,5 @@
 import AqueductMetadata
+import AqueductStorage
 
 /// A log as recorded in the metadata store at `/logs/<id>`: its segments in order,
 /// the current writer's epoch and the first offset still readable.
@@ -14,6 +15,15 @@ struct LogRecord: Codable, Equatable, Sendable {
         var maxTimestamp: Int64?
         var createdAtMilliseconds: Int64
         var sealedAtMilliseconds: Int64?
+
+        /// Records the segment as sealed with what the storage node reports of it.
+        mutating func seal(_ info: SegmentInfo, at now: Int64) {
+            state = .sealed
+            endOffset = info.endOffset
+            sizeBytes = info.sizeBytes
+            maxTimestamp = info.maxTimestamp
+            sealedAtMilliseconds = now
+        }
     }
 
     var id: UInt64

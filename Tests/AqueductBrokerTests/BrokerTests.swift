@@ -3,17 +3,12 @@ import AqueductLog
 import AqueductMetadata
 import AqueductRecords
 import AqueductStorage
+import AqueductTestSupport
 import Foundation
 import NIOCore
 import Testing
 
 @testable import AqueductBroker
-
-func temporaryDirectory(_ name: String = #function) -> String {
-    let path = NSTemporaryDirectory() + "aqueduct-tests/" + name.filter { $0.isLetter || $0.isNumber } + "-" + UUID().uuidString
-    try! FileSystem.createDirectory(path)
-    return path
-}
 
 struct BrokerStack {
     let storage: StorageNode

@@ -4,18 +4,13 @@ import AqueductHTTP
 import AqueductLog
 import AqueductStorage
 import AqueductServer
+import AqueductTestSupport
 import Foundation
 import Hummingbird
 import HummingbirdTesting
 import Logging
 import NIOCore
 import Testing
-
-func temporaryDirectory(_ name: String = #function) -> String {
-    let path = NSTemporaryDirectory() + "aqueduct-tests/" + name.filter { $0.isLetter || $0.isNumber } + "-" + UUID().uuidString
-    try! FileSystem.createDirectory(path)
-    return path
-}
 
 /// Runs `body` against the HTTP API of a server opened in a fresh directory.
 func withAPI(_ name: String = #function, _ body: @Sendable (any TestClientProtocol, Server.Components) async throws -> Void) async throws {

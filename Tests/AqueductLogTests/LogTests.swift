@@ -2,17 +2,12 @@ import AqueductCommon
 import AqueductMetadata
 import AqueductRecords
 import AqueductStorage
+import AqueductTestSupport
 import Foundation
 import NIOCore
 import Testing
 
 @testable import AqueductLog
-
-func temporaryDirectory(_ name: String = #function) -> String {
-    let path = NSTemporaryDirectory() + "aqueduct-tests/" + name.filter { $0.isLetter || $0.isNumber } + "-" + UUID().uuidString
-    try! FileSystem.createDirectory(path)
-    return path
-}
 
 /// Storage, metadata and logs in one directory, as the server wires them.
 struct Stack {

@@ -1,15 +1,10 @@
 import AqueductCommon
+import AqueductTestSupport
 import Foundation
 import NIOCore
 import Testing
 
 @testable import AqueductMetadata
-
-func temporaryDirectory(_ name: String = #function) -> String {
-    let path = NSTemporaryDirectory() + "aqueduct-tests/" + name.filter { $0.isLetter || $0.isNumber } + "-" + UUID().uuidString
-    try! FileSystem.createDirectory(path)
-    return path
-}
 
 @Suite struct EmbeddedMetadataStoreTests {
     @Test func compareAndSetChecksVersionsAtomically() async throws {

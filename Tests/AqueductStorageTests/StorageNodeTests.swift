@@ -1,3 +1,4 @@
+import AqueductTestSupport
 import AqueductCommon
 import AqueductRecords
 import Foundation

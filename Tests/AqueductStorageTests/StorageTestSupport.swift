@@ -1,15 +1,10 @@
 import AqueductCommon
 import AqueductRecords
+import AqueductTestSupport
 import Foundation
 import NIOCore
 
 @testable import AqueductStorage
-
-func temporaryDirectory(_ name: String = #function) -> String {
-    let path = NSTemporaryDirectory() + "aqueduct-tests/" + name.filter { $0.isLetter || $0.isNumber } + "-" + UUID().uuidString
-    try! FileSystem.createDirectory(path)
-    return path
-}
 
 /// A batch of `records` records of `valueBytes` bytes each, at `baseOffset`; values
 /// carry their offset so reads can be checked.

@@ -46,33 +46,32 @@ final class Flusher: @unchecked Sendable {
 
     /// Flushes and checkpoints everything acknowledged before this call.
     func flushNow() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            condition.lock()
-            if hasExited {
-                condition.unlock()
-                continuation.resume()
-                return
-            }
-            requested += 1
-            waiters.append((requested, continuation))
-            condition.signal()
-            condition.unlock()
-        }
+        await request(stop: false)
     }
 
     /// Runs a last flush and stops the thread.
     func stop() async {
+        await request(stop: true)
+    }
+
+    /// Asks the thread for a flush (and to exit after it when `stop`) and waits for it;
+    /// returns at once when the thread has exited.
+    private func request(stop: Bool) async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             condition.lock()
+            defer { condition.unlock() }
             if hasExited {
-                condition.unlock()
                 continuation.resume()
                 return
             }
-            stopping = true
-            exited = continuation
+            if stop {
+                stopping = true
+                exited = continuation
+            } else {
+                requested += 1
+                waiters.append((requested, continuation))
+            }
             condition.signal()
-            condition.unlock()
         }
     }
 
