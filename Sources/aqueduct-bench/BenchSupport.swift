@@ -26,6 +26,8 @@ struct BenchStack {
         if let value = environment["BENCH_FLUSH_TRIGGER_MB"].flatMap(Int.init) { configuration.flushTriggerBytes = value << 20 }
         if let value = environment["BENCH_WRITE_CACHE_MB"].flatMap(Int.init) { configuration.writeCacheBytesMax = value << 20 }
         if let value = environment["BENCH_BATCH_WAIT_US"].flatMap(Int.init) { configuration.journalBatchWaitMicroseconds = value }
+        if let value = environment["BENCH_JOURNAL_FILE_MB"].flatMap(Int64.init) { configuration.journalFileBytesMax = value << 20 }
+        if let value = environment["BENCH_CHECKPOINT_MS"].flatMap(Int.init) { configuration.checkpointIntervalMilliseconds = value }
         var logger = Logger(label: "bench")
         logger.logLevel = .warning
         let storage = try StorageNode(configuration: configuration, logger: logger)
