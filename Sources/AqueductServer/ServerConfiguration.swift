@@ -108,6 +108,7 @@ extension ServerConfiguration {
             return number
         }
         var storage = result.storage
+        storage.journalDirectory = config.string(forKey: "journal.directory")
         storage.journalBatchBytesMax = try integer("journal.batchBytesMax", storage.journalBatchBytesMax, range: 4_096...(64 << 20))
         storage.journalBatchWaitMicroseconds = try integer("journal.batchWaitMicroseconds", storage.journalBatchWaitMicroseconds, range: 0...100_000)
         storage.journalFileBytesMax = Int64(try integer("journal.fileBytesMax", Int(storage.journalFileBytesMax), range: (1 << 20)...(1 << 32)))

@@ -67,7 +67,7 @@ enum Recovery {
     static func run(configuration: StorageConfiguration, journalFiles: JournalFiles, logger: Logger) throws -> Result {
         let began = monotonicNanoseconds()
         let directory = configuration.directory
-        let journalDirectory = directory + "/journal"
+        let journalDirectory = configuration.journalPath
         var report = RecoveryReport()
 
         let checkpointPath = directory + "/checkpoint"

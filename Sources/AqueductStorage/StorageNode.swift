@@ -56,8 +56,8 @@ public final class StorageNode: Sendable {
         self.configuration = configuration
         self.logger = logger
         try FileSystem.createDirectory(configuration.directory + "/segments")
-        try FileSystem.createDirectory(configuration.directory + "/journal")
-        let journalFiles = JournalFiles(directory: configuration.directory + "/journal", fileBytes: configuration.journalFileBytesMax, logger: logger)
+        try FileSystem.createDirectory(configuration.journalPath)
+        let journalFiles = JournalFiles(directory: configuration.journalPath, fileBytes: configuration.journalFileBytesMax, logger: logger)
         let recovered = try Recovery.run(configuration: configuration, journalFiles: journalFiles, logger: logger)
         self.recoveryReport = recovered.report
         self.segments = Mutex(recovered.segments)

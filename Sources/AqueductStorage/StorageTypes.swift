@@ -49,7 +49,14 @@ public enum DurabilityMode: Equatable, Sendable, CustomStringConvertible {
 /// Limits and policies of a storage node. Every bound is named with its unit.
 public struct StorageConfiguration: Sendable {
     public var directory: String
+    /// Where the journal lives; `<directory>/journal` when nil. Put it on a disk of its
+    /// own to keep entry storage writes and catch-up reads off the journal's syncs
+    /// (BookKeeper's advice for the same design).
+    public var journalDirectory: String?
     public var durability: DurabilityMode = .fsync
+
+    /// The journal's directory, as used.
+    public var journalPath: String { journalDirectory ?? directory + "/journal" }
     /// Most bytes of entries one journal write (and so one fdatasync) carries.
     public var journalBatchBytesMax = 1 << 20
     /// How long the journal may wait for more entries before writing a batch that is

@@ -349,3 +349,22 @@ import Testing
         await reopened.close()
     }
 }
+
+@Suite struct SeparateJournalTests {
+    @Test func theJournalCanLiveInADirectoryOfItsOwn() async throws {
+        let directory = temporaryDirectory()
+        let journal = temporaryDirectory("journal")
+        var configuration = testConfiguration(directory)
+        configuration.journalDirectory = journal
+        let segment = SegmentID(logID: 9, number: 1)
+        let node = try StorageNode(configuration: configuration)
+        try await node.createSegment(segment, baseOffset: 0, epoch: 1)
+        for offset in 0..<50 { try await node.append(segment, epoch: 1, batch: makeBatch(baseOffset: Int64(offset))) }
+        await node.close()
+        #expect(FileSystem.listDirectory(journal).contains { $0.hasSuffix(".journal") })
+        #expect(!FileSystem.exists(directory + "/journal"))
+        let reopened = try StorageNode(configuration: configuration)
+        #expect(try await readAll(reopened, segment, from: 0) == Array(0..<50))
+        await reopened.close()
+    }
+}

@@ -77,7 +77,7 @@ final class JournalWriter: @unchecked Sendable {
     /// Starts a new journal file numbered `fileNumber`; its first block gets `nextSequence`.
     init(configuration: StorageConfiguration, files: JournalFiles, fileNumber: UInt64, nextSequence: UInt64, logger: Logger) throws {
         self.configuration = configuration
-        self.directory = configuration.directory + "/journal"
+        self.directory = configuration.journalPath
         self.logger = logger
         self.files = files
         self.fileNumber = fileNumber
