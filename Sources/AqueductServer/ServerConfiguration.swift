@@ -117,6 +117,7 @@ extension ServerConfiguration {
         storage.tailCacheBytesMax = try integer("storage.tailCacheBytesMax", storage.tailCacheBytesMax, range: 0...(1 << 36))
         storage.readThreads = try integer("storage.readThreads", storage.readThreads, range: 1...64)
         storage.readsInFlightMax = try integer("storage.readsInFlightMax", storage.readsInFlightMax, range: 1...1_024)
+        storage.readAheadChunksMax = try integer("storage.readAheadChunks", storage.readAheadChunksMax, range: 0...64)
         result.storage = storage
 
         var topic = result.topicDefaults

@@ -368,3 +368,26 @@ import Testing
         await reopened.close()
     }
 }
+
+@Suite struct ReadAheadTests {
+    @Test func readAheadReturnsTheSameBatchesAsPlainReads() async throws {
+        var configuration = testConfiguration(temporaryDirectory())
+        configuration.tailCacheBytesMax = 1
+        configuration.readAheadChunksMax = 4
+        let node = try StorageNode(configuration: configuration)
+        let segment = SegmentID(logID: 5, number: 1)
+        try await node.createSegment(segment, baseOffset: 0, epoch: 1)
+        var next: Int64 = 0
+        for index in 0..<200 {
+            let records = 1 + index % 5
+            try await node.append(segment, epoch: 1, batch: makeBatch(baseOffset: next, records: records))
+            next += Int64(records)
+        }
+        await node.flush()
+        // Sequential reads (read ahead), twice, and one that jumps (the chunk read ahead is not used).
+        #expect(try await readAll(node, segment, from: 0, maxBytes: 2_000) == Array(0..<next))
+        #expect(try await readAll(node, segment, from: 0, maxBytes: 2_000) == Array(0..<next))
+        #expect(try await readAll(node, segment, from: 333, maxBytes: 700) == Array(333..<next))
+        await node.close()
+    }
+}
