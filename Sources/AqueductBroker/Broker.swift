@@ -109,6 +109,30 @@ public final class Broker: Sendable {
         var record: TopicRecord
         var logs: [Log]
         var writers: [LogWriter]
+        /// Metric handles, made once: looking them up in the metrics backend on every
+        /// produce and fetch would take its lock each time.
+        var metrics: TopicMetrics
+
+        init(record: TopicRecord, logs: [Log], writers: [LogWriter]) {
+            self.record = record
+            self.logs = logs
+            self.writers = writers
+            self.metrics = TopicMetrics(topic: record.name, partitions: logs.count)
+        }
+    }
+
+    struct TopicMetrics {
+        let bytesIn: Counter
+        let bytesOut: Counter
+        let endOffsets: [Gauge]
+
+        init(topic: String, partitions: Int) {
+            bytesIn = Counter(label: "aqueduct_topic_bytes_in_total", dimensions: [("topic", topic)])
+            bytesOut = Counter(label: "aqueduct_topic_bytes_out_total", dimensions: [("topic", topic)])
+            endOffsets = (0..<partitions).map {
+                Gauge(label: "aqueduct_partition_end_offset", dimensions: [("topic", topic), ("partition", String($0))])
+            }
+        }
     }
 
     public let logs: LogStore
@@ -246,12 +270,12 @@ public final class Broker: Sendable {
         BrokerError(.topicNotFound, "topic '\(name)' does not exist", hint: "create it first, or list topics to check the name")
     }
 
-    private func partition(_ name: String, _ partition: Int) throws(BrokerError) -> (log: Log, writer: LogWriter) {
+    private func partition(_ name: String, _ partition: Int) throws(BrokerError) -> (log: Log, writer: LogWriter, metrics: TopicMetrics) {
         guard let topic = topics.withLock({ $0[name] }) else { throw Self.unknownTopic(name) }
         guard partition >= 0, partition < topic.logs.count else {
             throw BrokerError(.partitionNotFound, "topic '\(name)' has partitions 0 to \(topic.logs.count - 1), not \(partition)")
         }
-        return (topic.logs[partition], topic.writers[partition])
+        return (topic.logs[partition], topic.writers[partition], topic.metrics)
     }
 
     public func partitionCount(_ name: String) throws(BrokerError) -> Int {
@@ -267,7 +291,8 @@ public final class Broker: Sendable {
         let target = try self.partition(topic, partition)
         do {
             let result = try await target.writer.append(batch)
-            recordProduced(topic: topic, partition: partition, bytes: batch.readableBytes, endOffset: result.lastOffset + 1)
+            target.metrics.bytesIn.increment(by: batch.readableBytes)
+            target.metrics.endOffsets[partition].record(result.lastOffset + 1)
             return result
         } catch {
             throw BrokerError.from(log: error)
@@ -365,7 +390,7 @@ public final class Broker: Sendable {
         do {
             let read = try await target.log.read(
                 from: offset, maxBytes: max(1, maxBytes), maxWaitNanoseconds: UInt64(max(0, maxWaitMilliseconds)) * 1_000_000)
-            Counter(label: "aqueduct_topic_bytes_out_total", dimensions: [("topic", topic)]).increment(by: read.bytes)
+            target.metrics.bytesOut.increment(by: read.bytes)
             return read
         } catch {
             throw BrokerError.from(log: error)
@@ -387,11 +412,5 @@ public final class Broker: Sendable {
     @discardableResult
     public func enforceRetention() async -> Int {
         await logs.enforceRetention()
-    }
-
-    private func recordProduced(topic: String, partition: Int, bytes: Int, endOffset: Int64) {
-        Counter(label: "aqueduct_topic_bytes_in_total", dimensions: [("topic", topic)]).increment(by: bytes)
-        Gauge(label: "aqueduct_partition_end_offset", dimensions: [("topic", topic), ("partition", String(partition))])
-            .record(endOffset)
     }
 }

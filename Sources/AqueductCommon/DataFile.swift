@@ -1,6 +1,7 @@
 import CAqueduct
 import Foundation
 import NIOCore
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -31,7 +32,7 @@ public struct FileIOError: Error, CustomStringConvertible, Sendable {
 public final class DataFile: @unchecked Sendable {
     public let path: String
     public let descriptor: Int32
-    private let closed = ManagedAtomicFlag()
+    private let closed = Atomic<Bool>(false)
 
     private init(path: String, descriptor: Int32) {
         self.path = path
@@ -51,7 +52,7 @@ public final class DataFile: @unchecked Sendable {
     deinit { close() }
 
     public func close() {
-        if closed.setIfUnset() { _ = Glibc.close(descriptor) }
+        if !closed.exchange(true, ordering: .acquiringAndReleasing) { _ = Glibc.close(descriptor) }
     }
 
     /// The file's size in bytes.
@@ -136,24 +137,6 @@ public final class DataFile: @unchecked Sendable {
         _ = aq_start_writeback(descriptor, offset, length)
     }
 
-    /// Tells the kernel the file will be read sequentially (larger read-ahead).
-    public func adviseSequential() {
-        _ = posix_fadvise(descriptor, 0, 0, POSIX_FADV_SEQUENTIAL)
-    }
-}
-
-/// A flag that can be set once, from any thread.
-final class ManagedAtomicFlag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var isSet = false
-    /// Sets the flag; true when this call set it.
-    func setIfUnset() -> Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        if isSet { return false }
-        isSet = true
-        return true
-    }
 }
 
 /// Directory and whole-file operations with the durability steps spelled out.

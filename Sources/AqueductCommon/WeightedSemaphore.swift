@@ -50,16 +50,6 @@ public final class WeightedSemaphore: Sendable {
         return wanted
     }
 
-    /// Takes `units` only if they are free now and nobody waits.
-    public func tryAcquire(_ units: Int) -> Bool {
-        let wanted = min(max(units, 0), capacity)
-        return state.withLock { state in
-            guard state.waiters.isEmpty && state.available >= wanted else { return false }
-            state.available -= wanted
-            return true
-        }
-    }
-
     public func release(_ units: Int) {
         guard units > 0 else { return }
         let ready = state.withLock { state -> [CheckedContinuation<Void, Never>] in

@@ -467,7 +467,7 @@ public final class Log: Sendable {
     }
 
     public func info() -> LogInfo {
-        let (record, active) = state.withLock { ($0.record, $0.active) }
+        let record = state.withLock { $0.record }
         var summaries: [SegmentSummary] = []
         for segment in record.segments {
             let live = storage.segmentInfo(SegmentID(logID: id, number: segment.number))
@@ -478,7 +478,6 @@ public final class Log: Sendable {
                 sealed: segment.state == .sealed, createdAtMilliseconds: segment.createdAtMilliseconds,
                 maxTimestamp: segment.maxTimestamp ?? live?.maxTimestamp ?? -1))
         }
-        _ = active
         return LogInfo(
             id: id, name: record.name, startOffset: record.startOffset, endOffset: endOffset,
             sizeBytes: summaries.reduce(0) { $0 + $1.sizeBytes }, writerEpoch: record.writerEpoch,

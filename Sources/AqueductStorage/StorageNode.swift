@@ -339,9 +339,9 @@ public final class StorageNode: Sendable {
                 let segmentRead = SegmentRead(batches: read.batches, nextOffset: read.nextOffset, fromCache: false)
                 readBytesFromDisk.increment(by: segmentRead.bytes)
                 // A reader that got a full chunk will most likely ask for the next one.
-                let currentLimit = state.file.sizeBytes
                 let next = read.nextOffset
-                if next < state.guarded.withLock({ $0.flushedEnd }) && segmentRead.bytes >= maxBytes / 2 {
+                if readAhead.entriesMax > 0 && segmentRead.bytes >= maxBytes / 2 && next < state.guarded.withLock({ $0.flushedEnd }) {
+                    let currentLimit = state.file.sizeBytes
                     readAhead.start(ReadAhead.Key(segment: id, offset: next, maxBytes: maxBytes)) { [self] in
                         await readFromFile(state, from: next, maxBytes: maxBytes, limitBytes: currentLimit)
                     }

@@ -43,11 +43,9 @@ struct TopicCommand: AsyncParsableCommand {
                     return
                 }
                 let width = max(5, list.topics.map(\.name.count).max() ?? 5)
-                print("TOPIC".padding(toLength: width, withPad: " ", startingAt: 0) + "  PARTITIONS  RECORDS")
+                print(row(["TOPIC", "PARTITIONS", "RECORDS"], widths: [width, 10]))
                 for topic in list.topics {
-                    print(topic.name.padding(toLength: width, withPad: " ", startingAt: 0) + "  "
-                        + String(topic.partitions).padding(toLength: 10, withPad: " ", startingAt: 0) + "  "
-                        + String(topic.endOffsets.reduce(0, +)))
+                    print(row([topic.name, String(topic.partitions), String(topic.endOffsets.reduce(0, +))], widths: [width, 10]))
                 }
             }
         }
@@ -66,15 +64,11 @@ struct TopicCommand: AsyncParsableCommand {
                 print("  retention: \(configuration.retentionMilliseconds.map { "\($0) ms" } ?? "forever"), "
                     + "\(configuration.retentionBytes.map { "\($0) bytes" } ?? "no size limit"); "
                     + "segments of \(configuration.segmentBytes) bytes; batches up to \(configuration.batchBytesMax) bytes")
-                print("  PARTITION  START OFFSET  END OFFSET  BYTES       SEGMENTS")
+                let widths = [9, 12, 10, 10]
+                print("  " + row(["PARTITION", "START OFFSET", "END OFFSET", "BYTES", "SEGMENTS"], widths: widths))
                 for partition in topic.partitions {
-                    print("  " + [
-                        String(partition.partition).padding(toLength: 9, withPad: " ", startingAt: 0),
-                        String(partition.startOffset).padding(toLength: 12, withPad: " ", startingAt: 0),
-                        String(partition.endOffset).padding(toLength: 10, withPad: " ", startingAt: 0),
-                        String(partition.sizeBytes).padding(toLength: 10, withPad: " ", startingAt: 0),
-                        String(partition.segments),
-                    ].joined(separator: "  "))
+                    let fields = [partition.partition, Int(partition.startOffset), Int(partition.endOffset), Int(partition.sizeBytes), partition.segments]
+                    print("  " + row(fields.map(String.init), widths: widths))
                 }
             }
         }
@@ -92,4 +86,11 @@ struct TopicCommand: AsyncParsableCommand {
             }
         }
     }
+}
+
+/// Fields padded to `widths` (the last field unpadded), two spaces apart.
+private func row(_ fields: [String], widths: [Int]) -> String {
+    fields.enumerated().map { index, field in
+        index < widths.count ? field.padding(toLength: widths[index], withPad: " ", startingAt: 0) : field
+    }.joined(separator: "  ")
 }

@@ -120,24 +120,21 @@ final class SegmentFile: Sendable {
         var bytesSinceEntry = index.isEmpty ? Int.max : 0
         var added = 0
         let scanChunkBytes = 1 << 20
+        // Only headers are read: a batch bigger than a chunk is stepped over by its length.
         scan: while position < usable {
             let chunk = try file.data.read(count: Int(min(Int64(scanChunkBytes), usable - position)), at: position)
-            var cursor = chunk.readerIndex
-            while true {
-                guard let header = RecordBatchHeader(from: chunk, at: cursor) else { break }
-                if header.magic != 2 || header.batchLength < 49 || header.baseOffset != expectedOffset {
-                    if position + Int64(cursor) < usable {
-                        damage = "batch header at byte \(position + Int64(cursor)) is invalid (offset \(header.baseOffset), expected \(expectedOffset))"
-                        usable = position + Int64(cursor)
-                    }
+            var cursor = 0
+            while let header = RecordBatchHeader(from: chunk, at: chunk.readerIndex + cursor) {
+                let at = position + Int64(cursor)
+                guard header.magic == 2, header.batchLength >= 49, header.baseOffset == expectedOffset,
+                    at + Int64(header.totalSize) <= usable
+                else {
+                    damage = "batch at byte \(at) is invalid or runs past the synced size (offset \(header.baseOffset), expected \(expectedOffset))"
+                    usable = at
                     break scan
                 }
-                if chunk.writerIndex - cursor < header.totalSize {
-                    if header.totalSize > scanChunkBytes { break }  // re-read from this batch
-                    break
-                }
                 if bytesSinceEntry >= indexIntervalBytes {
-                    index.append(IndexEntry(relativeOffset: UInt32(header.baseOffset - baseOffset), position: UInt32(position + Int64(cursor))))
+                    index.append(IndexEntry(relativeOffset: UInt32(header.baseOffset - baseOffset), position: UInt32(at)))
                     bytesSinceEntry = 0
                     added += 1
                 }
@@ -145,30 +142,14 @@ final class SegmentFile: Sendable {
                 maxTimestamp = max(maxTimestamp, header.maxTimestamp)
                 expectedOffset = header.lastOffset + 1
                 cursor += header.totalSize
+                if cursor >= chunk.readableBytes { break }
             }
-            if cursor == chunk.readerIndex {
-                // A batch bigger than the chunk: read exactly it.
-                guard let header = RecordBatchHeader(from: chunk, at: cursor), position + Int64(header.totalSize) <= usable else {
-                    if position < usable {
-                        damage = "truncated batch at byte \(position)"
-                        usable = position
-                    }
-                    break scan
-                }
-                let whole = try file.data.read(count: header.totalSize, at: position)
-                guard whole.readableBytes == header.totalSize else { break scan }
-                if bytesSinceEntry >= indexIntervalBytes {
-                    index.append(IndexEntry(relativeOffset: UInt32(header.baseOffset - baseOffset), position: UInt32(position)))
-                    bytesSinceEntry = 0
-                    added += 1
-                }
-                bytesSinceEntry += header.totalSize
-                maxTimestamp = max(maxTimestamp, header.maxTimestamp)
-                expectedOffset = header.lastOffset + 1
-                position += Int64(header.totalSize)
-                continue
+            guard cursor > 0 else {
+                damage = "truncated batch at byte \(position)"
+                usable = position
+                break scan
             }
-            position += Int64(cursor - chunk.readerIndex)
+            position += Int64(cursor)
         }
         if usable < validBytes && actualBytes >= validBytes {
             try file.data.truncate(to: usable)
@@ -276,8 +257,6 @@ final class SegmentFile: Sendable {
             return low == 0 ? 0 : Int64(state.index[low - 1].position)
         }
     }
-
-    var indexEntries: [IndexEntry] { state.withLock { $0.index } }
 
     /// Reads whole batches holding offsets from `offset` on, about `maxBytes` of them
     /// (at least one whole batch), not past `limitBytes` of the file. Verifies each

@@ -44,7 +44,6 @@ final class JournalWriter: @unchecked Sendable {
     private var pending = Deque<Item>()
     private var pendingBytes = 0
     private var stopping = false
-    private var stopped = false
     private var failure: StorageError?
 
     // Owned by the journal thread (and by init before it starts).
@@ -97,8 +96,6 @@ final class JournalWriter: @unchecked Sendable {
     }
 
     /// The position up to which every submitted item has been acknowledged.
-    var acknowledgedPosition: JournalPosition { acknowledged.withLock { $0.position } }
-
     var acknowledgedPositionAndSequence: (position: JournalPosition, nextSequence: UInt64) {
         acknowledged.withLock { $0 }
     }
@@ -194,9 +191,6 @@ final class JournalWriter: @unchecked Sendable {
             logger.error("final journal sync failed", metadata: ["error": "\(error)"])
         }
         file.close()
-        condition.lock()
-        stopped = true
-        condition.unlock()
         finished.signal()
     }
 
