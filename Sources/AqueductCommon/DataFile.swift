@@ -75,6 +75,21 @@ public final class DataFile: @unchecked Sendable {
         }
     }
 
+    /// Writes all of `bytes` at `offset` and makes them durable (as `write` then
+    /// `syncData` would, but syncing only this range: concurrent calls on one file each
+    /// wait for their own data, not for each other's).
+    public func writeDurably(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws {
+        var written = 0
+        while written < bytes.count {
+            let n = aq_write_data_sync(descriptor, bytes.baseAddress! + written, bytes.count - written, offset + Int64(written))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw FileIOError("pwritev2(RWF_DSYNC)", path: path, errno: errno)
+            }
+            written += Int(n)
+        }
+    }
+
     /// Writes the readable bytes of `buffer` at `offset`.
     public func write(_ buffer: ByteBuffer, at offset: Int64) throws {
         try buffer.withUnsafeReadableBytes { try write($0, at: offset) }

@@ -112,6 +112,7 @@ extension ServerConfiguration {
         storage.journalBatchBytesMax = try integer("journal.batchBytesMax", storage.journalBatchBytesMax, range: 4_096...(64 << 20))
         storage.journalBatchWaitMicroseconds = try integer("journal.batchWaitMicroseconds", storage.journalBatchWaitMicroseconds, range: 0...100_000)
         storage.journalFileBytesMax = Int64(try integer("journal.fileBytesMax", Int(storage.journalFileBytesMax), range: (1 << 20)...(1 << 32)))
+        storage.journalWritesInFlightMax = try integer("journal.writesInFlightMax", storage.journalWritesInFlightMax, range: 1...4)
         storage.writeCacheBytesMax = try integer("storage.writeCacheBytesMax", storage.writeCacheBytesMax, range: (1 << 20)...(1 << 34))
         storage.flushIntervalMilliseconds = try integer("storage.flushIntervalMilliseconds", storage.flushIntervalMilliseconds, range: 10...600_000)
         storage.tailCacheBytesMax = try integer("storage.tailCacheBytesMax", storage.tailCacheBytesMax, range: 0...(1 << 36))

@@ -184,8 +184,20 @@ enum Recovery {
                     for record in records { try apply(record) }
                     index += size
                 case .invalid(let reason):
+                    let laterFiles = Array(files[(position + 1)...])
+                    if let tornEnd = endOfTornWindow(
+                        at: index, in: contents, laterFiles: laterFiles, journalDirectory: journalDirectory,
+                        expectedSequence: expectedSequence)
+                    {
+                        report.tornTailBytes = tornEnd - index
+                        logger.warning("journal ends with a torn block and blocks written beside it; cutting them off (never acknowledged)", metadata: [
+                            "file": "\(path)", "offset": "\(index)", "bytes": "\(report.tornTailBytes)",
+                        ])
+                        ended = true
+                        break scan
+                    }
                     if let (resumeAt, resumeFile) = findNextValidBlock(
-                        after: index, in: contents, laterFiles: Array(files[(position + 1)...]),
+                        after: index, in: contents, laterFiles: laterFiles,
                         journalDirectory: journalDirectory, sequenceAbove: expectedSequence)
                     {
                         report.corruptJournalBlocks += 1
@@ -255,6 +267,39 @@ enum Recovery {
         }
         report.durationMilliseconds = Int((monotonicNanoseconds() - began) / 1_000_000)
         return Result(segments: states, journalStart: journalStart, nextSequence: expectedSequence, report: report)
+    }
+
+    /// With several journal writes in flight, a crash can leave block N torn while
+    /// blocks after it (below N + `writesInFlightLimit`) are complete. None of them was
+    /// acknowledged, since acknowledgements go in order. When the damaged block at
+    /// `index` is followed only by such blocks up to the journal's end, returns where
+    /// they end (the torn tail to cut); nil when the damage is something else.
+    private static func endOfTornWindow(
+        at index: Int, in contents: ByteBuffer, laterFiles: [UInt64], journalDirectory: String, expectedSequence: UInt64
+    ) -> Int? {
+        let windowEnd = expectedSequence + UInt64(JournalFormat.writesInFlightLimit)
+        guard let (first, file) = findNextValidBlock(
+            after: index, in: contents, laterFiles: [], journalDirectory: journalDirectory, sequenceAbove: expectedSequence + 1),
+            file == nil
+        else { return nil }
+        var position = first
+        var previous = expectedSequence
+        while case .block(let sequence, let records, let size) = JournalFormat.parseBlock(contents, at: position),
+            sequence > previous, sequence < windowEnd
+        {
+            if records.contains(where: { $0.kind == .fileEnd }) { return nil }
+            previous = sequence
+            position += size
+        }
+        guard position > first else { return nil }
+        // Anything valid beyond the window means the damage is not at the journal's end.
+        if findNextValidBlock(
+            after: position - 1, in: contents, laterFiles: laterFiles, journalDirectory: journalDirectory,
+            sequenceAbove: expectedSequence) != nil
+        {
+            return nil
+        }
+        return position
     }
 
     /// Looks for a valid block with a sequence at or above `sequenceAbove` after a

@@ -63,6 +63,13 @@ public struct StorageConfiguration: Sendable {
     /// not yet full. 0 writes as soon as the previous sync is done: batching then
     /// comes from entries that arrive during that sync (group commit).
     public var journalBatchWaitMicroseconds = 0
+    /// Journal blocks written at once, each write with its own sync (1...4). With 2,
+    /// entries that arrive during a sync start their own at once instead of waiting for
+    /// it; acknowledgements stay in journal order. On this project's one-disk test VM,
+    /// 2 gave no lower latency and less throughput than 1 (docs/BENCHMARKS.md); a
+    /// journal on a device of its own with a deep queue (NVMe) is where more can help.
+    /// `interval` mode always uses 1.
+    public var journalWritesInFlightMax = 1
     /// A journal file is closed and a new one started past this size.
     public var journalFileBytesMax: Int64 = 64 << 20
     /// Bytes of appended entries not yet written to segment files; appends wait

@@ -4,6 +4,8 @@
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <errno.h>
+#include <sys/uio.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
@@ -55,4 +57,16 @@ int aq_set_thread_io_priority(int io_class, int level) {
     (void)io_class; (void)level;
     return -1;
 #endif
+}
+
+long long aq_write_data_sync(int fd, const void *bytes, size_t length, long long offset) {
+#if defined(__linux__) && defined(RWF_DSYNC)
+    struct iovec vector = { (void *)bytes, length };
+    ssize_t written = pwritev2(fd, &vector, 1, (off_t)offset, RWF_DSYNC);
+    if (written >= 0 || errno != EOPNOTSUPP) return (long long)written;
+#endif
+    ssize_t plain = pwrite(fd, bytes, length, (off_t)offset);
+    if (plain < 0) return -1;
+    if (fdatasync(fd) != 0) return -1;
+    return (long long)plain;
 }

@@ -52,6 +52,7 @@ struct AppendBenchmark {
         var probeSeconds = 0.0
         var probeHistogram = newHistogram()
         var syncs = 0
+        var syncNanoseconds = 0
         for _ in 0..<rounds {
             let before = stack.storage.journalStatistics
             let began = monotonicNanoseconds()
@@ -62,6 +63,7 @@ struct AppendBenchmark {
             histogram.add(latencies)
             blocks += after.blocks - before.blocks
             journalBytes += Double(after.bytes - before.bytes)
+            syncNanoseconds += after.syncNanoseconds - before.syncNanoseconds
             guard durability == .fsync else { continue }
             let roundBlock = after.blocks > before.blocks ? (after.bytes - before.bytes) / (after.blocks - before.blocks) : batchBytes
             let probe = try DiskProbe.run(directory: scratch, writeBytes: roundBlock, seconds: seconds / Double(rounds))
@@ -78,7 +80,7 @@ struct AppendBenchmark {
         let journalBytesPerSecond = journalBytes / elapsed
         say("  \(Int(recordsPerSecond)) records/s, \(megabytes(recordsPerSecond * Double(recordBytes)))/s of values, journal \(megabytes(journalBytesPerSecond))/s")
         say("  append latency: \(latency)")
-        say("  journal: \(blocks) group commits (\(Int(Double(blocks) / elapsed))/s), \(averageBlock) B and \(format(Double(records) / Double(max(blocks, 1)))) records per commit")
+        say("  journal: \(blocks) group commits (\(Int(Double(blocks) / elapsed))/s), \(averageBlock) B and \(format(Double(records) / Double(max(blocks, 1)))) records per commit, \(format(Double(syncNanoseconds) / 1_000 / Double(max(blocks, 1)))) us per durable write")
 
         guard durability == .fsync else { return true }
         let probeLatency = Latency(probeHistogram)
@@ -120,3 +122,4 @@ struct AppendBenchmark {
         }
     }
 }
+

@@ -28,6 +28,7 @@ struct BenchStack {
         if let value = environment["BENCH_BATCH_WAIT_US"].flatMap(Int.init) { configuration.journalBatchWaitMicroseconds = value }
         if let value = environment["BENCH_JOURNAL_FILE_MB"].flatMap(Int64.init) { configuration.journalFileBytesMax = value << 20 }
         if let value = environment["BENCH_CHECKPOINT_MS"].flatMap(Int.init) { configuration.checkpointIntervalMilliseconds = value }
+        if let value = environment["BENCH_JOURNAL_WRITES"].flatMap(Int.init) { configuration.journalWritesInFlightMax = value }
         if let value = environment["BENCH_READ_AHEAD_CHUNKS"].flatMap(Int.init) { configuration.readAheadChunksMax = value }
         var logger = Logger(label: "bench")
         logger.logLevel = .warning

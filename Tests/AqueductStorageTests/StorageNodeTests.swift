@@ -40,9 +40,15 @@ import Testing
         await node.close()
     }
 
-    @Test func concurrentAppendsAreGroupCommittedAndSurviveRestart() async throws {
+    @Test(arguments: [1, 2, 4])
+    func concurrentAppendsAreGroupCommittedAndSurviveRestart(writesInFlight: Int) async throws {
         let directory = temporaryDirectory()
-        let node = try StorageNode(configuration: testConfiguration(directory))
+        var configuration = testConfiguration(directory)
+        configuration.journalWritesInFlightMax = writesInFlight
+        // Files this small roll many times while writes are in flight.
+        configuration.journalBatchBytesMax = 8 << 10
+        configuration.journalFileBytesMax = 96 << 10
+        let node = try StorageNode(configuration: configuration)
         let segments = (0..<8).map { SegmentID(logID: UInt64($0), number: 1) }
         for id in segments { try await node.createSegment(id, baseOffset: 0, epoch: 1) }
         // 8 writers, one per segment, 200 appends each, all at once.
@@ -54,8 +60,10 @@ import Testing
             }
             try await group.waitForAll()
         }
+        #expect(node.journalStatistics.blocks > 20)
         await node.close()
-        let reopened = try StorageNode(configuration: testConfiguration(directory))
+        let reopened = try StorageNode(configuration: configuration)
+        #expect(reopened.recoveryReport.corruptJournalBlocks == 0 && reopened.recoveryReport.tornTailBytes == 0)
         for id in segments {
             #expect(try await readAll(reopened, id, from: 0) == Array(0..<200))
         }
@@ -268,6 +276,41 @@ import Testing
             try await recovered.read(segment, from: 4, maxBytes: 100)
         }
         #expect(try await readAll(recovered, segment, from: 5) == Array(5..<10))
+        await recovered.close()
+    }
+
+    @Test func aDamagedBlockWithOnlyItsInFlightNeighboursAfterItIsATornTail() async throws {
+        let directory = temporaryDirectory()
+        let node = try StorageNode(configuration: testConfiguration(directory))
+        try await node.createSegment(segment, baseOffset: 0, epoch: 1)
+        for offset in 0..<10 { try await node.append(segment, epoch: 1, batch: makeBatch(baseOffset: Int64(offset))) }
+        let crashed = try crashCopy(of: directory)
+        await node.close()
+
+        // Two writes were in flight at the crash: the block of offset 8 is torn, the
+        // block of offset 9 (the journal's last) was written beside it. Neither can have
+        // been acknowledged, so both are cut, and nothing is reported lost.
+        let journalDirectory = crashed + "/journal"
+        let name = FileSystem.listDirectory(journalDirectory).sorted().last!
+        let file = try DataFile.open(journalDirectory + "/" + name)
+        let contents = try file.read(count: Int(try file.size()), at: 0)
+        var index = 0
+        for _ in 0..<9 {  // create + adds 0...7
+            guard case .block(_, _, let size) = JournalFormat.parseBlock(contents, at: index) else { Issue.record("no block"); return }
+            index += size
+        }
+        let target = index + JournalFormat.blockHeaderBytes + JournalFormat.recordHeaderBytes + RecordBatchHeader.size + 20
+        let original: UInt8 = contents.getInteger(at: target)!
+        try file.write([original ^ 0x5A], at: Int64(target))
+
+        let recovered = try StorageNode(configuration: testConfiguration(crashed))
+        #expect(recovered.recoveryReport.corruptJournalBlocks == 0)
+        #expect(recovered.recoveryReport.tornTailBytes > 0)
+        #expect(recovered.recoveryReport.damagedSegments.isEmpty)
+        #expect(try await readAll(recovered, segment, from: 0) == Array(0..<8))
+        // And it takes new appends where it left off.
+        try await recovered.append(segment, epoch: 1, batch: makeBatch(baseOffset: 8))
+        #expect(try await readAll(recovered, segment, from: 0) == Array(0..<9))
         await recovered.close()
     }
 

@@ -17,6 +17,11 @@ enum JournalFormat {
     static let blockMagic: UInt32 = 0x4151_4A42  // "AQJB"
     static let blockHeaderBytes = 20
     static let recordHeaderBytes = 37
+    /// Most blocks ever written at once (`journalWritesInFlightMax` is clamped to it).
+    /// Recovery relies on it: a damaged block followed by fewer valid blocks than this,
+    /// up to the journal's end, is a torn tail, since none of them can have been
+    /// acknowledged (acknowledgements go in order).
+    static let writesInFlightLimit = 4
     /// Longest block a reader accepts, whatever the configuration was.
     static let blockBytesLimit = 256 << 20
 

@@ -36,8 +36,11 @@ final class JournalWriter: @unchecked Sendable {
     }
 
     private let configuration: StorageConfiguration
-    private let directory: String
     private let logger: Logger
+    /// Blocks being written at once (each write carries its own sync). With one, a
+    /// block waits for the previous block's sync; with two, the entries that arrive
+    /// during a sync start theirs at once. Acknowledgements stay in journal order.
+    private let writesInFlightMax: Int
 
     // Guarded by `condition`.
     private let condition = NSCondition()
@@ -45,15 +48,30 @@ final class JournalWriter: @unchecked Sendable {
     private var pendingBytes = 0
     private var stopping = false
     private var failure: StorageError?
-
-    // Owned by the journal thread (and by init before it starts).
+    /// Where the next claimed block goes, and its sequence.
     private var file: DataFile
     private var fileNumber: UInt64
     private var fileOffset: Int64
     private var nextSequence: UInt64
-    private var writeBuffer: ByteBuffer
-    private var lastSyncNanoseconds: UInt64 = monotonicNanoseconds()
+    private var writesInFlight = 0
+    /// Set while a thread ends the current file and opens the next; nobody claims then.
+    private var rolling = false
+    /// Blocks written (or failed), waiting for the blocks before them, by sequence.
+    private var written: [UInt64: WrittenBlock] = [:]
+    /// The next block to complete, and whether a thread is completing blocks now.
+    private var nextToComplete: UInt64
+    private var completing = false
+    /// Interval mode: bytes written since the last sync, and when that was.
     private var unsyncedBytes = 0
+    private var lastSyncNanoseconds: UInt64 = monotonicNanoseconds()
+    private var threadsRunning = 0
+
+    private struct WrittenBlock {
+        var items: [Item]
+        var result: Result<Void, StorageError>
+        /// Where the journal ends after this block.
+        var end: JournalPosition
+    }
 
     /// Where the acknowledged part of the journal ends, and the next block's sequence.
     private let acknowledged: Mutex<(position: JournalPosition, nextSequence: UInt64)>
@@ -69,30 +87,33 @@ final class JournalWriter: @unchecked Sendable {
     private let appendedBytes = Counter(label: "aqueduct_journal_bytes_total")
     private let appendedEntries = Counter(label: "aqueduct_journal_entries_total")
 
-    /// Starts writing at `position` (the end of the valid journal found by recovery);
-    /// the next block gets `nextSequence`.
     let files: JournalFiles
 
     /// Starts a new journal file numbered `fileNumber`; its first block gets `nextSequence`.
     init(configuration: StorageConfiguration, files: JournalFiles, fileNumber: UInt64, nextSequence: UInt64, logger: Logger) throws {
         self.configuration = configuration
-        self.directory = configuration.journalPath
         self.logger = logger
         self.files = files
+        // Interval mode writes without syncing: one thread keeps its timer simple.
+        self.writesInFlightMax = configuration.durability == .fsync
+            ? min(max(1, configuration.journalWritesInFlightMax), JournalFormat.writesInFlightLimit) : 1
         self.fileNumber = fileNumber
         self.fileOffset = 0
         self.nextSequence = nextSequence
+        self.nextToComplete = nextSequence
         self.file = try files.open(fileNumber)
         let position = JournalPosition(file: fileNumber, offset: 0)
-        self.writeBuffer = ByteBufferAllocator().buffer(capacity: configuration.journalBatchBytesMax + (64 << 10))
         self.acknowledged = Mutex((position, nextSequence))
     }
 
     func start() {
-        let thread = Thread { [self] in run() }
-        thread.name = "aqueduct-journal"
-        thread.qualityOfService = .userInitiated
-        thread.start()
+        threadsRunning = writesInFlightMax
+        for index in 0..<writesInFlightMax {
+            let thread = Thread { [self] in run() }
+            thread.name = "aqueduct-journal-\(index)"
+            thread.qualityOfService = .userInitiated
+            thread.start()
+        }
     }
 
     /// The position up to which every submitted item has been acknowledged.
@@ -100,8 +121,8 @@ final class JournalWriter: @unchecked Sendable {
         acknowledged.withLock { $0 }
     }
 
-    /// Queues an item. Its completion runs on the journal thread. Fails at once when
-    /// the journal has failed or is stopping.
+    /// Queues an item. Its completion runs on a journal thread, in submission order.
+    /// Fails at once when the journal has failed or is stopping.
     func submit(_ item: Item) throws(StorageError) {
         condition.lock()
         defer { condition.unlock() }
@@ -112,12 +133,12 @@ final class JournalWriter: @unchecked Sendable {
         if pending.count == 1 { condition.signal() }
     }
 
-    /// Acknowledges everything queued, syncs, and stops the thread.
+    /// Acknowledges everything queued, syncs, and stops the threads.
     func stop() {
         condition.lock()
         let alreadyStopped = stopping
         stopping = true
-        condition.signal()
+        condition.broadcast()
         condition.unlock()
         if !alreadyStopped { finished.wait() }
     }
@@ -127,30 +148,32 @@ final class JournalWriter: @unchecked Sendable {
         files.recycle(before: position.file)
     }
 
+    /// One journal thread: claims the pending entries as the next block (its place in
+    /// the file and its sequence), writes it outside the lock, then completes every
+    /// block whose predecessors are complete.
     private func run() {
-        // The journal thread is on every acknowledgement's path: let it preempt the
-        // threads doing request work when a sync returns (no effect without permission).
+        // The journal threads are on every acknowledgement's path: let them preempt the
+        // threads doing request work when a write returns (no effect without permission).
         _ = aq_raise_thread_priority(5)
         // Real-time I/O class where permitted (mq-deadline serves it before best effort),
         // else the highest best-effort level.
         if aq_set_thread_io_priority(1, 4) != 0 { _ = aq_set_thread_io_priority(2, 0) }
+        var buffer = ByteBufferAllocator().buffer(capacity: configuration.journalBatchBytesMax + (64 << 10))
         var batch: [Item] = []
         batch.reserveCapacity(1_024)
+        condition.lock()
         while true {
-            condition.lock()
-            while pending.isEmpty && !stopping {
-                if case .interval(let ms) = configuration.durability, unsyncedBytes > 0 {
+            while !stopping && (pending.isEmpty || writesInFlight >= writesInFlightMax || rolling) {
+                if case .interval(let ms) = configuration.durability, unsyncedBytes > 0, pending.isEmpty {
                     let deadline = Date(timeIntervalSinceNow: Double(ms) / 1_000)
-                    if !condition.wait(until: deadline) { break }
+                    if !condition.wait(until: deadline) { syncForInterval() }
                 } else {
                     condition.wait()
                 }
             }
-            if pending.isEmpty {
-                let exiting = stopping
-                condition.unlock()
-                if exiting { break }
-                syncForInterval()
+            if stopping && (pending.isEmpty || failure != nil) { break }
+            if stopping && (writesInFlight >= writesInFlightMax || rolling) {
+                condition.wait()
                 continue
             }
             if configuration.journalBatchWaitMicroseconds > 0 && !stopping
@@ -161,6 +184,7 @@ final class JournalWriter: @unchecked Sendable {
                 while pendingBytes < configuration.journalBatchBytesMax && !stopping {
                     if !condition.wait(until: deadline) { break }
                 }
+                if pending.isEmpty || rolling || writesInFlight >= writesInFlightMax { continue }
             }
             var bytes = 0
             while let first = pending.first {
@@ -170,72 +194,120 @@ final class JournalWriter: @unchecked Sendable {
                 batch.append(pending.removeFirst())
             }
             pendingBytes -= bytes
+            let blockBytes = Int64(JournalFormat.blockHeaderBytes + bytes)
+            if fileOffset + blockBytes + Int64(Self.fileEndBlockBytes) > files.fileBytes {
+                if case .failure(let error) = rollFileLocked() {
+                    failure = failure ?? error
+                    let failed = batch
+                    batch.removeAll(keepingCapacity: true)
+                    condition.unlock()
+                    for item in failed { item.completion(.failure(error)) }
+                    failEverything(error)
+                    condition.lock()
+                    continue
+                }
+            }
+            let sequence = nextSequence
+            let target = file
+            let offset = fileOffset
+            nextSequence += 1
+            fileOffset += blockBytes
+            writesInFlight += 1
+            let end = JournalPosition(file: fileNumber, offset: fileOffset)
             condition.unlock()
 
-            let result = writeBlock(batch)
-            if case .success = result { acknowledge(batch) }
-            for item in batch { item.completion(result) }
+            let result = writeBlock(batch, sequence: sequence, to: target, at: offset, buffer: &buffer)
+
+            condition.lock()
+            writesInFlight -= 1
+            if case .success = result, configuration.durability != .fsync {
+                unsyncedBytes += Int(blockBytes)
+                syncForInterval()
+            }
+            written[sequence] = WrittenBlock(items: batch, result: result, end: end)
+            batch.removeAll(keepingCapacity: true)
+            completeInOrderLocked()
+            condition.broadcast()
+        }
+        threadsRunning -= 1
+        let last = threadsRunning == 0
+        if last && unsyncedBytes > 0 {
+            do { try file.syncData() } catch {
+                logger.error("final journal sync failed", metadata: ["error": "\(error)"])
+            }
+            unsyncedBytes = 0
+        }
+        if last { file.close() }
+        condition.unlock()
+        if last {
+            // Whatever was still queued (only after a failure) fails now.
+            failEverything(failure ?? .closed)
+            finished.signal()
+        }
+    }
+
+    /// Completes written blocks in sequence order, one thread at a time; called and
+    /// returns with the lock held, but runs the completions outside it.
+    private func completeInOrderLocked() {
+        guard !completing else { return }
+        completing = true
+        while let block = written.removeValue(forKey: nextToComplete) {
+            nextToComplete += 1
+            var result = block.result
+            // A block after a failed one has a hole before it: it fails too.
+            if let failure { result = .failure(failure) }
+            if case .failure(let error) = result, failure == nil { failure = error }
+            condition.unlock()
+            if case .success = result { acknowledge(block.items) }
+            for item in block.items { item.completion(result) }
             if case .success = result {
                 // Published only after the completions ran, so that the flusher, seeing
                 // this position, also sees every entry before it acknowledged in memory.
-                let position = JournalPosition(file: fileNumber, offset: fileOffset)
-                let sequence = nextSequence
-                acknowledged.withLock { $0 = (position, sequence) }
+                let next = nextToComplete
+                acknowledged.withLock { $0 = (block.end, next) }
+            } else {
+                failEverything(failure ?? .closed)
             }
-            batch.removeAll(keepingCapacity: true)
-            if case .failure(let error) = result { failEverything(error) }
+            condition.lock()
         }
-        do {
-            if unsyncedBytes > 0 { try file.syncData() }
-        } catch {
-            logger.error("final journal sync failed", metadata: ["error": "\(error)"])
-        }
-        file.close()
-        finished.signal()
+        completing = false
     }
 
-    private func writeBlock(_ items: [Item]) -> Result<Void, StorageError> {
-        writeBuffer.clear()
-        let start = JournalFormat.beginBlock(&writeBuffer)
+    /// Builds block `sequence` from `items` in `buffer` and writes it at `offset`; in
+    /// `fsync` mode the write returns once the block is durable.
+    private func writeBlock(
+        _ items: [Item], sequence: UInt64, to target: DataFile, at offset: Int64, buffer: inout ByteBuffer
+    ) -> Result<Void, StorageError> {
+        buffer.clear()
+        let start = JournalFormat.beginBlock(&buffer)
         for item in items {
             JournalFormat.writeRecordHeader(
                 item.kind, segment: item.segment, epoch: item.epoch, value: item.value,
-                payloadBytes: item.payload.readableBytes, to: &writeBuffer)
+                payloadBytes: item.payload.readableBytes, to: &buffer)
             var payload = item.payload
-            writeBuffer.writeBuffer(&payload)
+            buffer.writeBuffer(&payload)
         }
-        JournalFormat.sealBlock(&writeBuffer, start: start, sequence: nextSequence)
+        JournalFormat.sealBlock(&buffer, start: start, sequence: sequence)
         do {
-            if fileOffset + Int64(writeBuffer.readableBytes + Self.fileEndBlockBytes) > files.fileBytes {
-                try rollFile()
-                // The block was sealed with the sequence the file-end block took.
-                JournalFormat.sealBlock(&writeBuffer, start: start, sequence: nextSequence)
-            }
-            try file.write(writeBuffer, at: fileOffset)
-            unsyncedBytes += writeBuffer.readableBytes
             if configuration.durability == .fsync {
                 let began = monotonicNanoseconds()
-                try file.syncData()
+                try buffer.withUnsafeReadableBytes { try target.writeDurably($0, at: offset) }
                 let ended = monotonicNanoseconds()
                 syncTimer.recordNanoseconds(Int64(ended - began))
                 syncNanoseconds.add(Int(ended - began), ordering: .relaxed)
-                unsyncedBytes = 0
-                lastSyncNanoseconds = ended
             } else {
-                syncForInterval()
+                try target.write(buffer, at: offset)
             }
         } catch {
             logger.critical("journal write failed; the storage node stops taking writes", metadata: ["error": "\(error)"])
             return .failure(.ioFailure("\(error)"))
         }
-        fileOffset += Int64(writeBuffer.readableBytes)
-        nextSequence += 1
         blocksWritten.add(1, ordering: .relaxed)
-        bytesWritten.add(writeBuffer.readableBytes, ordering: .relaxed)
-        blockBytes.record(writeBuffer.readableBytes)
+        bytesWritten.add(buffer.readableBytes, ordering: .relaxed)
+        blockBytes.record(buffer.readableBytes)
         blockEntries.record(items.count)
         appendedEntries.increment(by: items.count)
-        appendedBytes.increment(by: writeBuffer.readableBytes)
+        appendedBytes.increment(by: buffer.readableBytes)
         return .success(())
     }
 
@@ -270,6 +342,7 @@ final class JournalWriter: @unchecked Sendable {
     }
 
     /// In `interval` mode, syncs when the interval has passed since the last sync.
+    /// Called with the lock held (only one journal thread runs in this mode).
     private func syncForInterval() {
         guard case .interval(let ms) = configuration.durability, unsyncedBytes > 0 else { return }
         let now = monotonicNanoseconds()
@@ -279,7 +352,7 @@ final class JournalWriter: @unchecked Sendable {
             syncTimer.recordNanoseconds(Int64(monotonicNanoseconds() - now))
         } catch {
             logger.critical("journal sync failed", metadata: ["error": "\(error)"])
-            failEverything(.ioFailure("\(error)"))
+            failure = failure ?? .ioFailure("\(error)")
         }
         unsyncedBytes = 0
         lastSyncNanoseconds = monotonicNanoseconds()
@@ -290,19 +363,48 @@ final class JournalWriter: @unchecked Sendable {
 
     /// Ends this file with a `fileEnd` block (synced, so recovery knows the journal goes
     /// on in the next file) and opens the next file. Once per `journalFileBytesMax`.
-    private func rollFile() throws {
-        var end = ByteBuffer()
-        let start = JournalFormat.beginBlock(&end)
-        JournalFormat.writeRecordHeader(.fileEnd, segment: SegmentID(logID: 0, number: 0), epoch: 0, value: 0, payloadBytes: 0, to: &end)
-        JournalFormat.sealBlock(&end, start: start, sequence: nextSequence)
-        try file.write(end, at: fileOffset)
-        try file.syncData()
-        nextSequence += 1
-        file.close()
-        fileNumber += 1
-        fileOffset = 0
-        file = try files.open(fileNumber)
-        unsyncedBytes = 0
+    /// Waits for the blocks in flight first, so that a file is complete on disk before
+    /// any block of the next one is written. Called and returns with the lock held.
+    private func rollFileLocked() -> Result<Void, StorageError> {
+        rolling = true
+        defer {
+            rolling = false
+            condition.broadcast()
+        }
+        while writesInFlight > 0 { condition.wait() }
+        let sequence = nextSequence
+        let current = file
+        let offset = fileOffset
+        let next = fileNumber + 1
+        condition.unlock()
+        let opened: Result<DataFile, StorageError>
+        do {
+            var end = ByteBuffer()
+            let start = JournalFormat.beginBlock(&end)
+            JournalFormat.writeRecordHeader(.fileEnd, segment: SegmentID(logID: 0, number: 0), epoch: 0, value: 0, payloadBytes: 0, to: &end)
+            JournalFormat.sealBlock(&end, start: start, sequence: sequence)
+            try current.write(end, at: offset)
+            try current.syncData()
+            opened = .success(try files.open(next))
+        } catch {
+            logger.critical("journal file roll failed; the storage node stops taking writes", metadata: ["error": "\(error)"])
+            opened = .failure(.ioFailure("\(error)"))
+        }
+        condition.lock()
+        switch opened {
+        case .success(let newFile):
+            current.close()
+            // The file-end block is complete as soon as it is synced: nothing waits on it.
+            nextSequence = sequence + 1
+            if nextToComplete == sequence { nextToComplete += 1 } else { written[sequence] = WrittenBlock(items: [], result: .success(()), end: JournalPosition(file: next, offset: 0)) }
+            file = newFile
+            fileNumber = next
+            fileOffset = 0
+            unsyncedBytes = 0
+            return .success(())
+        case .failure(let error):
+            return .failure(error)
+        }
     }
 
     private func failEverything(_ error: StorageError) {

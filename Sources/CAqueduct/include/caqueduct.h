@@ -37,6 +37,12 @@ void aq_tune_allocator(long mmap_threshold_bytes, long trim_threshold_bytes);
 /// effort, 3 idle; level 0 (highest) to 7. Done once per thread; 0 on success.
 int aq_set_thread_io_priority(int io_class, int level);
 
+/* Writes `length` bytes at `offset` and makes them durable like fdatasync would, as one
+   call (pwritev2 with RWF_DSYNC): two threads can each have a write and its sync in
+   flight, where fdatasync would flush the whole file. Returns bytes written (possibly
+   short, then nothing is promised about durability) or -1 with errno. */
+long long aq_write_data_sync(int fd, const void *bytes, size_t length, long long offset);
+
 /// A pool of large buffers (64 KiB to 16 MiB) reused across reads, for a custom
 /// ByteBufferAllocator: the four functions NIO's allocator takes.
 void *aq_pool_allocate(size_t size);
