@@ -89,6 +89,21 @@ let package = Package(
             ],
             swiftSettings: strict),
 
+        // The Kafka wire protocol on SwiftNIO: generated message codecs (from Kafka's
+        // own definitions, scripts/kafka-codegen.py), the listener, request handlers and
+        // the consumer group coordinator.
+        .target(
+            name: "AqueductKafka",
+            dependencies: [
+                "AqueductBroker", "AqueductRecords",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
+            exclude: ["Schemas"],
+            swiftSettings: strict),
+
         // The HTTP/JSON API (Hummingbird).
         .target(
             name: "AqueductHTTP",
@@ -148,6 +163,7 @@ let package = Package(
         .testTarget(name: "AqueductStorageTests", dependencies: ["AqueductStorage", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(name: "AqueductLogTests", dependencies: ["AqueductLog", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(name: "AqueductBrokerTests", dependencies: ["AqueductBroker", "AqueductTestSupport"], swiftSettings: strict),
+        .testTarget(name: "AqueductKafkaTests", dependencies: ["AqueductKafka", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(
             name: "AqueductHTTPTests",
             dependencies: [
