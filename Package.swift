@@ -95,7 +95,7 @@ let package = Package(
         .target(
             name: "AqueductKafka",
             dependencies: [
-                "AqueductBroker", "AqueductRecords",
+                "AqueductBroker", "AqueductLog", "AqueductRecords",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -117,7 +117,7 @@ let package = Package(
         .target(
             name: "AqueductServer",
             dependencies: [
-                "AqueductHTTP",
+                "AqueductHTTP", "AqueductKafka",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

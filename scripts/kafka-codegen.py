@@ -288,12 +288,20 @@ def struct_code(struct, valid, flexible_versions, level, conformance):
             body.append(f"/// {field.about}")
         body.append(f"public var {field.swift}: {field.swift_type} = {field.default()}")
     body.append("")
-    body.append("public init() {}")
+    if conformance == "KafkaMessage":
+        body.append("public init() {}")
+    else:
+        # Nested structs: every field a labelled parameter with its default.
+        params = ", ".join(f"{bare(f.swift)}: {f.swift_type} = {f.default()}" for f in struct.fields)
+        body.append(f"public init({params}) {{")
+        for f in struct.fields:
+            body.append(f"    self.{f.swift} = {bare(f.swift)}")
+        body.append("}")
     body.append("")
     flexible = condition(flexible_versions, valid) if flexible_versions else "false"
     # Decoder.
     body.append("public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {")
-    decode = []
+    decode = [] if conformance == "KafkaMessage" else ["self.init()"]
     uses_flexible = flexible != "false"
     HAS_FLEXIBLE[0] = uses_flexible
     if uses_flexible:

@@ -144,6 +144,8 @@ public final class Broker: Sendable {
     /// Serializes topic creation and deletion.
     private let adminLock = WeightedSemaphore(capacity: 1)
     private let roundRobin = Atomic<Int>(0)
+    /// Wakes fetchers waiting on several partitions (Kafka Fetch) when one gets records.
+    public let appends = AppendNotifier()
 
     public init(logs: LogStore, defaults: LogConfiguration, clock: any WallClock = SystemWallClock(), logger: Logger = Logger(label: "aqueduct.broker")) {
         self.logs = logs
@@ -171,7 +173,24 @@ public final class Broker: Sendable {
             }
             topics.withLock { $0[record.name] = Topic(record: record, logs: partitionLogs, writers: writers) }
         }
+        let id: String
+        if let stored = try await metadata.get(Self.clusterIDKey) {
+            id = String(decoding: stored.value, as: UTF8.self)
+        } else {
+            // Kafka's form: a UUID's 16 bytes in URL-safe base64 without padding (22 characters).
+            let uuid = UUID().uuid
+            let bytes = withUnsafeBytes(of: uuid) { Data($0) }
+            id = bytes.base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+                .replacingOccurrences(of: "=", with: "")
+            _ = try await metadata.put(Self.clusterIDKey, Array(id.utf8), expect: .absent)
+        }
+        clusterIDValue.withLock { $0 = id }
     }
+
+    static let clusterIDKey = "/cluster/id"
+    private let clusterIDValue = Mutex("")
+    /// This cluster's id (Kafka's cluster.id), made once and kept in metadata.
+    public var clusterID: String { clusterIDValue.withLock { $0 } }
 
     // MARK: - Admin
 
@@ -293,6 +312,7 @@ public final class Broker: Sendable {
             let result = try await target.writer.append(batch)
             target.metrics.bytesIn.increment(by: batch.readableBytes)
             target.metrics.endOffsets[partition].record(result.lastOffset + 1)
+            appends.notify(TopicPartition(topic, partition))
             return result
         } catch {
             throw BrokerError.from(log: error)
@@ -401,6 +421,37 @@ public final class Broker: Sendable {
     public func offsets(topic: String, partition: Int) throws(BrokerError) -> (start: Int64, end: Int64) {
         let target = try self.partition(topic, partition)
         return (target.log.startOffset, target.log.endOffset)
+    }
+
+    /// The first offset whose record has a timestamp at or after `timestamp`, and
+    /// that record's timestamp (Kafka's ListOffsets by time); nil when every record is
+    /// older. Segments are skipped by their largest timestamp, then batches by theirs;
+    /// inside an uncompressed batch the exact record is found, in a compressed one
+    /// the batch's first offset is returned (the client skips the earlier records).
+    public func offset(forTimestamp timestamp: Int64, topic: String, partition: Int) async throws(BrokerError) -> (offset: Int64, timestamp: Int64)? {
+        let target = try self.partition(topic, partition)
+        let info = target.log.info()
+        guard let first = info.segments.first(where: { $0.maxTimestamp >= timestamp && $0.endOffset > $0.baseOffset }) else {
+            return nil
+        }
+        var offset = max(first.baseOffset, info.startOffset)
+        while offset < target.log.endOffset {
+            let read: LogRead
+            do { read = try await target.log.read(from: offset, maxBytes: 1 << 20) } catch { throw BrokerError.from(log: error) }
+            if read.batches.isEmpty { break }
+            for batch in read.batches {
+                guard let header = RecordBatchHeader(from: batch) else { continue }
+                guard header.maxTimestamp >= timestamp, header.lastOffset >= offset else { continue }
+                if header.compression == CompressionCodec.none, let records = try? RecordBatch.records(of: batch),
+                    let record = records.first(where: { $0.timestamp >= timestamp && $0.offset >= offset })
+                {
+                    return (record.offset, record.timestamp)
+                }
+                return (max(header.baseOffset, offset), header.maxTimestamp)
+            }
+            offset = read.nextOffset
+        }
+        return nil
     }
 
     public func truncate(topic: String, partition: Int, before offset: Int64) async throws(BrokerError) {

@@ -1,6 +1,7 @@
 import AqueductBroker
 import AqueductCommon
 import AqueductHTTP
+import AqueductKafka
 import AqueductLog
 import AqueductMetadata
 import AqueductStorage
@@ -88,6 +89,19 @@ public enum Server {
     /// Runs until SIGINT or SIGTERM. `onListening` gets the bound HTTP port.
     public static func run(_ configuration: ServerConfiguration, logger: Logger, onListening: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
         let components = try await open(configuration, logger: logger)
+        var kafkaServer: KafkaServer?
+        if configuration.kafkaEnabled {
+            let handler = KafkaRequestHandler(
+                broker: components.broker, listener: configuration.kafka, clusterID: components.broker.clusterID, logger: logger)
+            do {
+                kafkaServer = try await KafkaServer.bind(configuration: configuration.kafka, handler: handler, logger: logger)
+            } catch {
+                await components.close()
+                throw ConfigurationError(message: "cannot listen for Kafka clients on \(configuration.kafka.host):\(configuration.kafka.port): \(error); "
+                    + "free the port, or set kafka.listen (or kafka.enabled: false)")
+            }
+        }
+        let kafkaPort = kafkaServer?.boundPort
         let router = HTTPAPI.router(broker: components.broker, metricsText: { components.metricsText() })
         let application = Application(
             router: router,
@@ -95,8 +109,9 @@ public enum Server {
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? configuration.httpPort
                 logger.info("aqueduct is serving", metadata: [
-                    "http": "\(configuration.httpHost):\(port)", "data": "\(configuration.dataDirectory)",
-                    "durability": "\(configuration.durability)",
+                    "http": "\(configuration.httpHost):\(port)",
+                    "kafka": "\(kafkaPort.map { "\(configuration.kafka.host):\($0)" } ?? "off")",
+                    "data": "\(configuration.dataDirectory)", "durability": "\(configuration.durability)",
                 ])
                 await onListening(port)
             },
@@ -106,6 +121,7 @@ public enum Server {
             configuration: .init(
                 services: [
                     .init(service: application),
+                ] + (kafkaServer.map { [ServiceGroupConfiguration.ServiceConfiguration(service: KafkaService(server: $0))] } ?? []) + [
                     .init(service: retention),
                     .init(service: DrainOnShutdown(storage: components.storage), successTerminationBehavior: .ignore),
                 ],
@@ -132,6 +148,18 @@ struct DrainOnShutdown: Service {
     func run() async throws {
         try? await gracefulShutdown()
         storage.interruptWaits()
+    }
+}
+
+/// Serves Kafka clients until shutdown begins, then closes the listener and its connections.
+struct KafkaService: Service {
+    let server: KafkaServer
+
+    func run() async throws {
+        try await cancelWhenGracefulShutdown {
+            try await server.run()
+        }
+        await server.close()
     }
 }
 

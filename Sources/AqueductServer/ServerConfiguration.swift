@@ -1,4 +1,5 @@
 import AqueductBroker
+import AqueductKafka
 import AqueductLog
 import AqueductStorage
 import Configuration
@@ -15,6 +16,9 @@ public struct ServerConfiguration: Sendable {
     public var dataDirectory = "./aqueduct-data"
     public var httpHost = "127.0.0.1"
     public var httpPort = 8092
+    /// The Kafka listener; `kafka.enabled: false` turns it off.
+    public var kafka = KafkaListenerConfiguration()
+    public var kafkaEnabled = true
     public var durability: DurabilityMode = .fsync
     public var logLevel: Logger.Level = .info
     public var storage = StorageConfiguration(directory: "")
@@ -83,12 +87,24 @@ extension ServerConfiguration {
     static func from(_ config: ConfigReader) throws -> ServerConfiguration {
         var result = ServerConfiguration()
         result.dataDirectory = config.string(forKey: "data.directory", default: result.dataDirectory)
-        let listen = config.string(forKey: "http.listen", default: "\(result.httpHost):\(result.httpPort)")
-        guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65_535).contains(port) else {
-            throw ConfigurationError(message: "http.listen must be HOST:PORT (for example 127.0.0.1:8092), not '\(listen)'")
+        func hostAndPort(_ key: String, _ text: String, example: String) throws -> (String, Int) {
+            guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65_535).contains(port),
+                colon > text.startIndex
+            else {
+                throw ConfigurationError(message: "\(key) must be HOST:PORT (for example \(example)), not '\(text)'")
+            }
+            return (String(text[..<colon]), port)
         }
-        result.httpHost = String(listen[..<colon])
-        result.httpPort = port
+        (result.httpHost, result.httpPort) = try hostAndPort(
+            "http.listen", config.string(forKey: "http.listen", default: "\(result.httpHost):\(result.httpPort)"), example: "127.0.0.1:8092")
+        result.kafkaEnabled = config.bool(forKey: "kafka.enabled", default: true)
+        (result.kafka.host, result.kafka.port) = try hostAndPort(
+            "kafka.listen", config.string(forKey: "kafka.listen", default: "\(result.kafka.host):\(result.kafka.port)"), example: "127.0.0.1:9092")
+        if let advertised = config.string(forKey: "kafka.advertised") {
+            let (host, port) = try hostAndPort("kafka.advertised", advertised, example: "broker.example.com:9092")
+            result.kafka.advertisedHost = host
+            result.kafka.advertisedPort = port
+        }
         let durability = config.string(forKey: "durability", default: "fsync")
         guard let mode = DurabilityMode(parsing: durability) else {
             throw ConfigurationError(message: "durability must be 'fsync' or 'interval:<milliseconds>' (1 to 60000), not '\(durability)'")
@@ -119,6 +135,8 @@ extension ServerConfiguration {
         storage.readThreads = try integer("storage.readThreads", storage.readThreads, range: 1...64)
         storage.readsInFlightMax = try integer("storage.readsInFlightMax", storage.readsInFlightMax, range: 1...1_024)
         storage.readAheadChunksMax = try integer("storage.readAheadChunks", storage.readAheadChunksMax, range: 0...64)
+        result.kafka.autoCreatePartitions = try integer("kafka.autoCreatePartitions", result.kafka.autoCreatePartitions, range: 0...Broker.partitionsPerTopicMax)
+        result.kafka.frameBytesMax = try integer("kafka.frameBytesMax", result.kafka.frameBytesMax, range: (64 << 10)...(1 << 30))
         result.storage = storage
 
         var topic = result.topicDefaults

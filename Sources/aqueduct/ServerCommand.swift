@@ -20,6 +20,9 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(name: .long, help: "HTTP listen address HOST:PORT (default 127.0.0.1:8092).")
     var httpListen: String?
 
+    @Option(name: .long, help: "Kafka listen address HOST:PORT (default 127.0.0.1:9092).")
+    var kafkaListen: String?
+
     @Option(name: .long, help: "fsync (acknowledge after fdatasync; default) or interval:<ms> (acknowledge after write, sync every <ms>).")
     var durability: String?
 
@@ -33,6 +36,7 @@ struct ServerCommand: AsyncParsableCommand {
         var overrides: [String: String] = [:]
         if let dataDir { overrides["data.directory"] = dataDir }
         if let httpListen { overrides["http.listen"] = httpListen }
+        if let kafkaListen { overrides["kafka.listen"] = kafkaListen }
         if let durability { overrides["durability"] = durability }
         if let logLevel { overrides["log.level"] = logLevel }
         let configuration: ServerConfiguration

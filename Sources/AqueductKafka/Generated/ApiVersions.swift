@@ -221,9 +221,14 @@ public struct ApiVersionsResponse: KafkaMessage {
         /// The maximum supported version, inclusive.
         public var maxVersion: Int16 = 0
 
-        public init() {}
+        public init(apiKey: Int16 = 0, minVersion: Int16 = 0, maxVersion: Int16 = 0) {
+            self.apiKey = apiKey
+            self.minVersion = minVersion
+            self.maxVersion = maxVersion
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 3
             self.apiKey = try reader.readInt16("ApiVersion.ApiKey")
             self.minVersion = try reader.readInt16("ApiVersion.MinVersion")
@@ -259,9 +264,14 @@ public struct ApiVersionsResponse: KafkaMessage {
         /// The cluster-wide finalized min version level for the feature.
         public var minVersionLevel: Int16 = 0
 
-        public init() {}
+        public init(name: String = "", maxVersionLevel: Int16 = 0, minVersionLevel: Int16 = 0) {
+            self.name = name
+            self.maxVersionLevel = maxVersionLevel
+            self.minVersionLevel = minVersionLevel
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 3
             if version >= 3 {
                 self.name = try reader.readString("FinalizedFeatureKey.Name", compact: flexible)
@@ -309,9 +319,14 @@ public struct ApiVersionsResponse: KafkaMessage {
         /// The maximum supported version for the feature.
         public var maxVersion: Int16 = 0
 
-        public init() {}
+        public init(name: String = "", minVersion: Int16 = 0, maxVersion: Int16 = 0) {
+            self.name = name
+            self.minVersion = minVersion
+            self.maxVersion = maxVersion
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 3
             if version >= 3 {
                 self.name = try reader.readString("SupportedFeatureKey.Name", compact: flexible)

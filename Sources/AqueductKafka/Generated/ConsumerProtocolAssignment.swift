@@ -35,9 +35,13 @@ public struct ConsumerProtocolAssignment: KafkaMessage {
         /// The list of partitions assigned to this consumer.
         public var partitions: [Int32] = []
 
-        public init() {}
+        public init(topic: String = "", partitions: [Int32] = []) {
+            self.topic = topic
+            self.partitions = partitions
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             self.topic = try reader.readString("TopicPartition.Topic", compact: false)
             do {
                 let count = try reader.readArrayCount("TopicPartition.Partitions", compact: false)

@@ -66,9 +66,13 @@ public struct ConsumerProtocolSubscription: KafkaMessage {
         /// The partition ids.
         public var partitions: [Int32] = []
 
-        public init() {}
+        public init(topic: String = "", partitions: [Int32] = []) {
+            self.topic = topic
+            self.partitions = partitions
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             if version >= 1 {
                 self.topic = try reader.readString("TopicPartition.Topic", compact: false)
             }

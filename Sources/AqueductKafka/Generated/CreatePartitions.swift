@@ -51,9 +51,12 @@ public struct CreatePartitionsRequest: KafkaMessage {
         /// The assigned broker IDs.
         public var brokerIds: [Int32] = []
 
-        public init() {}
+        public init(brokerIds: [Int32] = []) {
+            self.brokerIds = brokerIds
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 2
             do {
                 let count = try reader.readArrayCount("CreatePartitionsAssignment.BrokerIds", compact: flexible)
@@ -92,9 +95,14 @@ public struct CreatePartitionsRequest: KafkaMessage {
         /// The new partition assignments.
         public var assignments: [CreatePartitionsAssignment]? = []
 
-        public init() {}
+        public init(name: String = "", count: Int32 = 0, assignments: [CreatePartitionsAssignment]? = []) {
+            self.name = name
+            self.count = count
+            self.assignments = assignments
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 2
             self.name = try reader.readString("CreatePartitionsTopic.Name", compact: flexible)
             self.count = try reader.readInt32("CreatePartitionsTopic.Count")
@@ -184,9 +192,14 @@ public struct CreatePartitionsResponse: KafkaMessage {
         /// The result message, or null if there was no error.
         public var errorMessage: String? = nil
 
-        public init() {}
+        public init(name: String = "", errorCode: Int16 = 0, errorMessage: String? = nil) {
+            self.name = name
+            self.errorCode = errorCode
+            self.errorMessage = errorMessage
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 2
             self.name = try reader.readString("CreatePartitionsTopicResult.Name", compact: flexible)
             self.errorCode = try reader.readInt16("CreatePartitionsTopicResult.ErrorCode")

@@ -53,9 +53,13 @@ public struct CreateTopicsRequest: KafkaMessage {
         /// The brokers to place the partition on.
         public var brokerIds: [Int32] = []
 
-        public init() {}
+        public init(partitionIndex: Int32 = 0, brokerIds: [Int32] = []) {
+            self.partitionIndex = partitionIndex
+            self.brokerIds = brokerIds
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 5
             self.partitionIndex = try reader.readInt32("CreatableReplicaAssignment.PartitionIndex")
             do {
@@ -100,9 +104,16 @@ public struct CreateTopicsRequest: KafkaMessage {
         /// The custom topic configurations to set.
         public var configs: [CreatableTopicConfig] = []
 
-        public init() {}
+        public init(name: String = "", numPartitions: Int32 = 0, replicationFactor: Int16 = 0, assignments: [CreatableReplicaAssignment] = [], configs: [CreatableTopicConfig] = []) {
+            self.name = name
+            self.numPartitions = numPartitions
+            self.replicationFactor = replicationFactor
+            self.assignments = assignments
+            self.configs = configs
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 5
             self.name = try reader.readString("CreatableTopic.Name", compact: flexible)
             self.numPartitions = try reader.readInt32("CreatableTopic.NumPartitions")
@@ -154,9 +165,13 @@ public struct CreateTopicsRequest: KafkaMessage {
         /// The configuration value.
         public var value: String? = nil
 
-        public init() {}
+        public init(name: String = "", value: String? = nil) {
+            self.name = name
+            self.value = value
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 5
             self.name = try reader.readString("CreatableTopicConfig.Name", compact: flexible)
             self.value = try reader.readNullableString("CreatableTopicConfig.Value", compact: flexible)
@@ -240,9 +255,16 @@ public struct CreateTopicsResponse: KafkaMessage {
         /// True if this configuration is sensitive.
         public var isSensitive: Bool = false
 
-        public init() {}
+        public init(name: String = "", value: String? = nil, readOnly: Bool = false, configSource: Int8 = -1, isSensitive: Bool = false) {
+            self.name = name
+            self.value = value
+            self.readOnly = readOnly
+            self.configSource = configSource
+            self.isSensitive = isSensitive
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 5
             if version >= 5 {
                 self.name = try reader.readString("CreatableTopicConfigs.Name", compact: flexible)
@@ -312,9 +334,19 @@ public struct CreateTopicsResponse: KafkaMessage {
         /// Configuration of the topic.
         public var configs: [CreatableTopicConfigs]? = []
 
-        public init() {}
+        public init(name: String = "", topicId: KafkaUUID = .zero, errorCode: Int16 = 0, errorMessage: String? = nil, topicConfigErrorCode: Int16 = 0, numPartitions: Int32 = -1, replicationFactor: Int16 = -1, configs: [CreatableTopicConfigs]? = []) {
+            self.name = name
+            self.topicId = topicId
+            self.errorCode = errorCode
+            self.errorMessage = errorMessage
+            self.topicConfigErrorCode = topicConfigErrorCode
+            self.numPartitions = numPartitions
+            self.replicationFactor = replicationFactor
+            self.configs = configs
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 5
             self.name = try reader.readString("CreatableTopicResult.Name", compact: flexible)
             if version >= 7 {

@@ -68,9 +68,13 @@ public struct DeleteTopicsRequest: KafkaMessage {
         /// The unique topic ID.
         public var topicId: KafkaUUID = .zero
 
-        public init() {}
+        public init(name: String? = nil, topicId: KafkaUUID = .zero) {
+            self.name = name
+            self.topicId = topicId
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 4
             if version >= 6 {
                 self.name = try reader.readNullableString("DeleteTopicState.Name", compact: flexible)
@@ -160,9 +164,15 @@ public struct DeleteTopicsResponse: KafkaMessage {
         /// The error message, or null if there was no error.
         public var errorMessage: String? = nil
 
-        public init() {}
+        public init(name: String? = nil, topicId: KafkaUUID = .zero, errorCode: Int16 = 0, errorMessage: String? = nil) {
+            self.name = name
+            self.topicId = topicId
+            self.errorCode = errorCode
+            self.errorMessage = errorMessage
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 4
             self.name = try reader.readNullableString("DeletableTopicResult.Name", compact: flexible)
             if version >= 6 {

@@ -59,9 +59,14 @@ public struct DescribeConfigsRequest: KafkaMessage {
         /// The configuration keys to list, or null to list all configuration keys.
         public var configurationKeys: [String]? = []
 
-        public init() {}
+        public init(resourceType: Int8 = 0, resourceName: String = "", configurationKeys: [String]? = []) {
+            self.resourceType = resourceType
+            self.resourceName = resourceName
+            self.configurationKeys = configurationKeys
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 4
             self.resourceType = try reader.readInt8("DescribeConfigsResource.ResourceType")
             self.resourceName = try reader.readString("DescribeConfigsResource.ResourceName", compact: flexible)
@@ -163,9 +168,20 @@ public struct DescribeConfigsResponse: KafkaMessage {
         /// The configuration documentation.
         public var documentation: String? = nil
 
-        public init() {}
+        public init(name: String = "", value: String? = nil, readOnly: Bool = false, configSource: Int8 = -1, isDefault: Bool = false, isSensitive: Bool = false, synonyms: [DescribeConfigsSynonym] = [], configType: Int8 = 0, documentation: String? = nil) {
+            self.name = name
+            self.value = value
+            self.readOnly = readOnly
+            self.configSource = configSource
+            self.isDefault = isDefault
+            self.isSensitive = isSensitive
+            self.synonyms = synonyms
+            self.configType = configType
+            self.documentation = documentation
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 4
             self.name = try reader.readString("DescribeConfigsResourceResult.Name", compact: flexible)
             self.value = try reader.readNullableString("DescribeConfigsResourceResult.Value", compact: flexible)
@@ -236,9 +252,16 @@ public struct DescribeConfigsResponse: KafkaMessage {
         /// Each listed configuration.
         public var configs: [DescribeConfigsResourceResult] = []
 
-        public init() {}
+        public init(errorCode: Int16 = 0, errorMessage: String? = nil, resourceType: Int8 = 0, resourceName: String = "", configs: [DescribeConfigsResourceResult] = []) {
+            self.errorCode = errorCode
+            self.errorMessage = errorMessage
+            self.resourceType = resourceType
+            self.resourceName = resourceName
+            self.configs = configs
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 4
             self.errorCode = try reader.readInt16("DescribeConfigsResult.ErrorCode")
             self.errorMessage = try reader.readNullableString("DescribeConfigsResult.ErrorMessage", compact: flexible)
@@ -285,9 +308,14 @@ public struct DescribeConfigsResponse: KafkaMessage {
         /// The synonym source.
         public var source: Int8 = 0
 
-        public init() {}
+        public init(name: String = "", value: String? = nil, source: Int8 = 0) {
+            self.name = name
+            self.value = value
+            self.source = source
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 4
             self.name = try reader.readString("DescribeConfigsSynonym.Name", compact: flexible)
             self.value = try reader.readNullableString("DescribeConfigsSynonym.Value", compact: flexible)

@@ -115,9 +115,19 @@ public struct DescribeGroupsResponse: KafkaMessage {
         /// 32-bit bitfield to represent authorized operations for this group.
         public var authorizedOperations: Int32 = -2147483648
 
-        public init() {}
+        public init(errorCode: Int16 = 0, errorMessage: String? = nil, groupId: String = "", groupState: String = "", protocolType: String = "", protocolData: String = "", members: [DescribedGroupMember] = [], authorizedOperations: Int32 = -2147483648) {
+            self.errorCode = errorCode
+            self.errorMessage = errorMessage
+            self.groupId = groupId
+            self.groupState = groupState
+            self.protocolType = protocolType
+            self.protocolData = protocolData
+            self.members = members
+            self.authorizedOperations = authorizedOperations
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 5
             self.errorCode = try reader.readInt16("DescribedGroup.ErrorCode")
             if version >= 6 {
@@ -184,9 +194,17 @@ public struct DescribeGroupsResponse: KafkaMessage {
         /// The current assignment provided by the group leader.
         public var memberAssignment: [UInt8] = []
 
-        public init() {}
+        public init(memberId: String = "", groupInstanceId: String? = nil, clientId: String = "", clientHost: String = "", memberMetadata: [UInt8] = [], memberAssignment: [UInt8] = []) {
+            self.memberId = memberId
+            self.groupInstanceId = groupInstanceId
+            self.clientId = clientId
+            self.clientHost = clientHost
+            self.memberMetadata = memberMetadata
+            self.memberAssignment = memberAssignment
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 5
             self.memberId = try reader.readString("DescribedGroupMember.MemberId", compact: flexible)
             if version >= 4 {

@@ -165,9 +165,19 @@ public struct FetchRequest: KafkaMessage {
         /// The high-watermark known by the replica. -1 if the high-watermark is not known and 9223372036854775807 if the feature is not supported.
         public var highWatermark: Int64 = 9223372036854775807
 
-        public init() {}
+        public init(partition: Int32 = 0, currentLeaderEpoch: Int32 = -1, fetchOffset: Int64 = 0, lastFetchedEpoch: Int32 = -1, logStartOffset: Int64 = -1, partitionMaxBytes: Int32 = 0, replicaDirectoryId: KafkaUUID = .zero, highWatermark: Int64 = 9223372036854775807) {
+            self.partition = partition
+            self.currentLeaderEpoch = currentLeaderEpoch
+            self.fetchOffset = fetchOffset
+            self.lastFetchedEpoch = lastFetchedEpoch
+            self.logStartOffset = logStartOffset
+            self.partitionMaxBytes = partitionMaxBytes
+            self.replicaDirectoryId = replicaDirectoryId
+            self.highWatermark = highWatermark
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 12
             self.partition = try reader.readInt32("FetchPartition.Partition")
             if version >= 9 {
@@ -262,9 +272,14 @@ public struct FetchRequest: KafkaMessage {
         /// The partitions to fetch.
         public var partitions: [FetchPartition] = []
 
-        public init() {}
+        public init(topic: String = "", topicId: KafkaUUID = .zero, partitions: [FetchPartition] = []) {
+            self.topic = topic
+            self.topicId = topicId
+            self.partitions = partitions
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 12
             if version <= 12 {
                 self.topic = try reader.readString("FetchTopic.Topic", compact: flexible)
@@ -315,9 +330,14 @@ public struct FetchRequest: KafkaMessage {
         /// The partitions indexes to forget.
         public var partitions: [Int32] = []
 
-        public init() {}
+        public init(topic: String = "", topicId: KafkaUUID = .zero, partitions: [Int32] = []) {
+            self.topic = topic
+            self.topicId = topicId
+            self.partitions = partitions
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 12
             if version >= 7 && version <= 12 {
                 self.topic = try reader.readString("ForgottenTopic.Topic", compact: flexible)
@@ -370,9 +390,13 @@ public struct FetchRequest: KafkaMessage {
         /// The epoch of this follower, or -1 if not available.
         public var replicaEpoch: Int64 = -1
 
-        public init() {}
+        public init(replicaId: Int32 = -1, replicaEpoch: Int64 = -1) {
+            self.replicaId = replicaId
+            self.replicaEpoch = replicaEpoch
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 12
             if version >= 15 {
                 self.replicaId = try reader.readInt32("ReplicaState.ReplicaId")
@@ -512,9 +536,13 @@ public struct FetchResponse: KafkaMessage {
         /// The first offset in the aborted transaction.
         public var firstOffset: Int64 = 0
 
-        public init() {}
+        public init(producerId: Int64 = 0, firstOffset: Int64 = 0) {
+            self.producerId = producerId
+            self.firstOffset = firstOffset
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 12
             self.producerId = try reader.readInt64("AbortedTransaction.ProducerId")
             self.firstOffset = try reader.readInt64("AbortedTransaction.FirstOffset")
@@ -546,9 +574,13 @@ public struct FetchResponse: KafkaMessage {
         /// The end offset of the epoch.
         public var endOffset: Int64 = -1
 
-        public init() {}
+        public init(epoch: Int32 = -1, endOffset: Int64 = -1) {
+            self.epoch = epoch
+            self.endOffset = endOffset
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 12
             if version >= 12 {
                 self.epoch = try reader.readInt32("EpochEndOffset.Epoch")
@@ -590,9 +622,14 @@ public struct FetchResponse: KafkaMessage {
         /// The topic partitions.
         public var partitions: [PartitionData] = []
 
-        public init() {}
+        public init(topic: String = "", topicId: KafkaUUID = .zero, partitions: [PartitionData] = []) {
+            self.topic = topic
+            self.topicId = topicId
+            self.partitions = partitions
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 12
             if version <= 12 {
                 self.topic = try reader.readString("FetchableTopicResponse.Topic", compact: flexible)
@@ -641,9 +678,13 @@ public struct FetchResponse: KafkaMessage {
         /// The latest known leader epoch.
         public var leaderEpoch: Int32 = -1
 
-        public init() {}
+        public init(leaderId: Int32 = -1, leaderEpoch: Int32 = -1) {
+            self.leaderId = leaderId
+            self.leaderEpoch = leaderEpoch
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 12
             if version >= 12 {
                 self.leaderId = try reader.readInt32("LeaderIdAndEpoch.LeaderId")
@@ -687,9 +728,15 @@ public struct FetchResponse: KafkaMessage {
         /// The rack of the node, or null if it has not been assigned to a rack.
         public var rack: String? = nil
 
-        public init() {}
+        public init(nodeId: Int32 = 0, host: String = "", port: Int32 = 0, rack: String? = nil) {
+            self.nodeId = nodeId
+            self.host = host
+            self.port = port
+            self.rack = rack
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 12
             if version >= 16 {
                 self.nodeId = try reader.readInt32("NodeEndpoint.NodeId")
@@ -759,9 +806,22 @@ public struct FetchResponse: KafkaMessage {
         /// The record data.
         public var records: ByteBuffer? = nil
 
-        public init() {}
+        public init(partitionIndex: Int32 = 0, errorCode: Int16 = 0, highWatermark: Int64 = 0, lastStableOffset: Int64 = -1, logStartOffset: Int64 = -1, divergingEpoch: EpochEndOffset = EpochEndOffset(), currentLeader: LeaderIdAndEpoch = LeaderIdAndEpoch(), snapshotId: SnapshotId = SnapshotId(), abortedTransactions: [AbortedTransaction]? = [], preferredReadReplica: Int32 = -1, records: ByteBuffer? = nil) {
+            self.partitionIndex = partitionIndex
+            self.errorCode = errorCode
+            self.highWatermark = highWatermark
+            self.lastStableOffset = lastStableOffset
+            self.logStartOffset = logStartOffset
+            self.divergingEpoch = divergingEpoch
+            self.currentLeader = currentLeader
+            self.snapshotId = snapshotId
+            self.abortedTransactions = abortedTransactions
+            self.preferredReadReplica = preferredReadReplica
+            self.records = records
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 12
             self.partitionIndex = try reader.readInt32("PartitionData.PartitionIndex")
             self.errorCode = try reader.readInt16("PartitionData.ErrorCode")
@@ -881,9 +941,13 @@ public struct FetchResponse: KafkaMessage {
         /// The largest epoch.
         public var epoch: Int32 = -1
 
-        public init() {}
+        public init(endOffset: Int64 = -1, epoch: Int32 = -1) {
+            self.endOffset = endOffset
+            self.epoch = epoch
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 12
             self.endOffset = try reader.readInt64("SnapshotId.EndOffset")
             self.epoch = try reader.readInt32("SnapshotId.Epoch")

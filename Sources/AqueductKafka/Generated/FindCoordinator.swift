@@ -167,9 +167,17 @@ public struct FindCoordinatorResponse: KafkaMessage {
         /// The error message, or null if there was no error.
         public var errorMessage: String? = nil
 
-        public init() {}
+        public init(key: String = "", nodeId: Int32 = 0, host: String = "", port: Int32 = 0, errorCode: Int16 = 0, errorMessage: String? = nil) {
+            self.key = key
+            self.nodeId = nodeId
+            self.host = host
+            self.port = port
+            self.errorCode = errorCode
+            self.errorMessage = errorMessage
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 3
             if version >= 4 {
                 self.key = try reader.readString("Coordinator.Key", compact: flexible)

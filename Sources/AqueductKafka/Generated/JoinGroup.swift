@@ -85,9 +85,13 @@ public struct JoinGroupRequest: KafkaMessage {
         /// The protocol metadata.
         public var metadata: [UInt8] = []
 
-        public init() {}
+        public init(name: String = "", metadata: [UInt8] = []) {
+            self.name = name
+            self.metadata = metadata
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 6
             self.name = try reader.readString("JoinGroupRequestProtocol.Name", compact: flexible)
             self.metadata = try reader.readBytes("JoinGroupRequestProtocol.Metadata", compact: flexible)
@@ -207,9 +211,14 @@ public struct JoinGroupResponse: KafkaMessage {
         /// The group member metadata.
         public var metadata: [UInt8] = []
 
-        public init() {}
+        public init(memberId: String = "", groupInstanceId: String? = nil, metadata: [UInt8] = []) {
+            self.memberId = memberId
+            self.groupInstanceId = groupInstanceId
+            self.metadata = metadata
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 6
             self.memberId = try reader.readString("JoinGroupResponseMember.MemberId", compact: flexible)
             if version >= 5 {

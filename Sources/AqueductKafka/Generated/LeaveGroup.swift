@@ -63,9 +63,14 @@ public struct LeaveGroupRequest: KafkaMessage {
         /// The reason why the member left the group.
         public var reason: String? = nil
 
-        public init() {}
+        public init(memberId: String = "", groupInstanceId: String? = nil, reason: String? = nil) {
+            self.memberId = memberId
+            self.groupInstanceId = groupInstanceId
+            self.reason = reason
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 4
             if version >= 3 {
                 self.memberId = try reader.readString("MemberIdentity.MemberId", compact: flexible)
@@ -171,9 +176,14 @@ public struct LeaveGroupResponse: KafkaMessage {
         /// The error code, or 0 if there was no error.
         public var errorCode: Int16 = 0
 
-        public init() {}
+        public init(memberId: String = "", groupInstanceId: String? = nil, errorCode: Int16 = 0) {
+            self.memberId = memberId
+            self.groupInstanceId = groupInstanceId
+            self.errorCode = errorCode
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 4
             if version >= 3 {
                 self.memberId = try reader.readString("MemberResponse.MemberId", compact: flexible)

@@ -122,9 +122,15 @@ public struct ListGroupsResponse: KafkaMessage {
         /// The group type name.
         public var groupType: String = ""
 
-        public init() {}
+        public init(groupId: String = "", protocolType: String = "", groupState: String = "", groupType: String = "") {
+            self.groupId = groupId
+            self.protocolType = protocolType
+            self.groupState = groupState
+            self.groupType = groupType
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 3
             self.groupId = try reader.readString("ListedGroup.GroupId", compact: flexible)
             self.protocolType = try reader.readString("ListedGroup.ProtocolType", compact: flexible)

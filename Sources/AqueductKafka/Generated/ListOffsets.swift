@@ -69,9 +69,15 @@ public struct ListOffsetsRequest: KafkaMessage {
         /// The maximum number of offsets to report.
         public var maxNumOffsets: Int32 = 1
 
-        public init() {}
+        public init(partitionIndex: Int32 = 0, currentLeaderEpoch: Int32 = -1, timestamp: Int64 = 0, maxNumOffsets: Int32 = 1) {
+            self.partitionIndex = partitionIndex
+            self.currentLeaderEpoch = currentLeaderEpoch
+            self.timestamp = timestamp
+            self.maxNumOffsets = maxNumOffsets
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 6
             self.partitionIndex = try reader.readInt32("ListOffsetsPartition.PartitionIndex")
             if version >= 4 {
@@ -115,9 +121,13 @@ public struct ListOffsetsRequest: KafkaMessage {
         /// Each partition in the request.
         public var partitions: [ListOffsetsPartition] = []
 
-        public init() {}
+        public init(name: String = "", partitions: [ListOffsetsPartition] = []) {
+            self.name = name
+            self.partitions = partitions
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 6
             self.name = try reader.readString("ListOffsetsTopic.Name", compact: flexible)
             do {
@@ -214,9 +224,17 @@ public struct ListOffsetsResponse: KafkaMessage {
         /// The leader epoch associated with the returned offset.
         public var leaderEpoch: Int32 = -1
 
-        public init() {}
+        public init(partitionIndex: Int32 = 0, errorCode: Int16 = 0, oldStyleOffsets: [Int64] = [], timestamp: Int64 = -1, offset: Int64 = -1, leaderEpoch: Int32 = -1) {
+            self.partitionIndex = partitionIndex
+            self.errorCode = errorCode
+            self.oldStyleOffsets = oldStyleOffsets
+            self.timestamp = timestamp
+            self.offset = offset
+            self.leaderEpoch = leaderEpoch
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 6
             self.partitionIndex = try reader.readInt32("ListOffsetsPartitionResponse.PartitionIndex")
             self.errorCode = try reader.readInt16("ListOffsetsPartitionResponse.ErrorCode")
@@ -271,9 +289,13 @@ public struct ListOffsetsResponse: KafkaMessage {
         /// Each partition in the response.
         public var partitions: [ListOffsetsPartitionResponse] = []
 
-        public init() {}
+        public init(name: String = "", partitions: [ListOffsetsPartitionResponse] = []) {
+            self.name = name
+            self.partitions = partitions
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 6
             self.name = try reader.readString("ListOffsetsTopicResponse.Name", compact: flexible)
             do {

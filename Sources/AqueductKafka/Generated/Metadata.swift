@@ -70,9 +70,13 @@ public struct MetadataRequest: KafkaMessage {
         /// The topic name.
         public var name: String? = nil
 
-        public init() {}
+        public init(topicId: KafkaUUID = .zero, name: String? = nil) {
+            self.topicId = topicId
+            self.name = name
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 9
             if version >= 10 {
                 self.topicId = try reader.readUUID("MetadataRequestTopic.TopicId")
@@ -205,9 +209,15 @@ public struct MetadataResponse: KafkaMessage {
         /// The rack of the broker, or null if it has not been assigned to a rack.
         public var rack: String? = nil
 
-        public init() {}
+        public init(nodeId: Int32 = 0, host: String = "", port: Int32 = 0, rack: String? = nil) {
+            self.nodeId = nodeId
+            self.host = host
+            self.port = port
+            self.rack = rack
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 9
             self.nodeId = try reader.readInt32("MetadataResponseBroker.NodeId")
             self.host = try reader.readString("MetadataResponseBroker.Host", compact: flexible)
@@ -257,9 +267,18 @@ public struct MetadataResponse: KafkaMessage {
         /// The set of offline replicas of this partition.
         public var offlineReplicas: [Int32] = []
 
-        public init() {}
+        public init(errorCode: Int16 = 0, partitionIndex: Int32 = 0, leaderId: Int32 = 0, leaderEpoch: Int32 = -1, replicaNodes: [Int32] = [], isrNodes: [Int32] = [], offlineReplicas: [Int32] = []) {
+            self.errorCode = errorCode
+            self.partitionIndex = partitionIndex
+            self.leaderId = leaderId
+            self.leaderEpoch = leaderEpoch
+            self.replicaNodes = replicaNodes
+            self.isrNodes = isrNodes
+            self.offlineReplicas = offlineReplicas
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 9
             self.errorCode = try reader.readInt16("MetadataResponsePartition.ErrorCode")
             self.partitionIndex = try reader.readInt32("MetadataResponsePartition.PartitionIndex")
@@ -338,9 +357,17 @@ public struct MetadataResponse: KafkaMessage {
         /// 32-bit bitfield to represent authorized operations for this topic.
         public var topicAuthorizedOperations: Int32 = -2147483648
 
-        public init() {}
+        public init(errorCode: Int16 = 0, name: String? = nil, topicId: KafkaUUID = .zero, isInternal: Bool = false, partitions: [MetadataResponsePartition] = [], topicAuthorizedOperations: Int32 = -2147483648) {
+            self.errorCode = errorCode
+            self.name = name
+            self.topicId = topicId
+            self.isInternal = isInternal
+            self.partitions = partitions
+            self.topicAuthorizedOperations = topicAuthorizedOperations
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 9
             self.errorCode = try reader.readInt16("MetadataResponseTopic.ErrorCode")
             self.name = try reader.readNullableString("MetadataResponseTopic.Name", compact: flexible)

@@ -79,9 +79,16 @@ public struct OffsetCommitRequest: KafkaMessage {
         /// Any associated metadata the client wants to keep.
         public var committedMetadata: String? = nil
 
-        public init() {}
+        public init(partitionIndex: Int32 = 0, committedOffset: Int64 = 0, committedLeaderEpoch: Int32 = -1, commitTimestamp: Int64 = -1, committedMetadata: String? = nil) {
+            self.partitionIndex = partitionIndex
+            self.committedOffset = committedOffset
+            self.committedLeaderEpoch = committedLeaderEpoch
+            self.commitTimestamp = commitTimestamp
+            self.committedMetadata = committedMetadata
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 8
             self.partitionIndex = try reader.readInt32("OffsetCommitRequestPartition.PartitionIndex")
             self.committedOffset = try reader.readInt64("OffsetCommitRequestPartition.CommittedOffset")
@@ -129,9 +136,14 @@ public struct OffsetCommitRequest: KafkaMessage {
         /// Each partition to commit offsets for.
         public var partitions: [OffsetCommitRequestPartition] = []
 
-        public init() {}
+        public init(name: String = "", topicId: KafkaUUID = .zero, partitions: [OffsetCommitRequestPartition] = []) {
+            self.name = name
+            self.topicId = topicId
+            self.partitions = partitions
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 8
             if version <= 9 {
                 self.name = try reader.readString("OffsetCommitRequestTopic.Name", compact: flexible)
@@ -230,9 +242,13 @@ public struct OffsetCommitResponse: KafkaMessage {
         /// The error code, or 0 if there was no error.
         public var errorCode: Int16 = 0
 
-        public init() {}
+        public init(partitionIndex: Int32 = 0, errorCode: Int16 = 0) {
+            self.partitionIndex = partitionIndex
+            self.errorCode = errorCode
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 8
             self.partitionIndex = try reader.readInt32("OffsetCommitResponsePartition.PartitionIndex")
             self.errorCode = try reader.readInt16("OffsetCommitResponsePartition.ErrorCode")
@@ -266,9 +282,14 @@ public struct OffsetCommitResponse: KafkaMessage {
         /// The responses for each partition in the topic.
         public var partitions: [OffsetCommitResponsePartition] = []
 
-        public init() {}
+        public init(name: String = "", topicId: KafkaUUID = .zero, partitions: [OffsetCommitResponsePartition] = []) {
+            self.name = name
+            self.topicId = topicId
+            self.partitions = partitions
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 8
             if version <= 9 {
                 self.name = try reader.readString("OffsetCommitResponseTopic.Name", compact: flexible)

@@ -85,9 +85,15 @@ public struct OffsetFetchRequest: KafkaMessage {
         /// Each topic we would like to fetch offsets for, or null to fetch offsets for all topics.
         public var topics: [OffsetFetchRequestTopics]? = []
 
-        public init() {}
+        public init(groupId: String = "", memberId: String? = nil, memberEpoch: Int32 = -1, topics: [OffsetFetchRequestTopics]? = []) {
+            self.groupId = groupId
+            self.memberId = memberId
+            self.memberEpoch = memberEpoch
+            self.topics = topics
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 6
             if version >= 8 {
                 self.groupId = try reader.readString("OffsetFetchRequestGroup.GroupId", compact: flexible)
@@ -147,9 +153,13 @@ public struct OffsetFetchRequest: KafkaMessage {
         /// The partition indexes we would like to fetch offsets for.
         public var partitionIndexes: [Int32] = []
 
-        public init() {}
+        public init(name: String = "", partitionIndexes: [Int32] = []) {
+            self.name = name
+            self.partitionIndexes = partitionIndexes
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 6
             if version <= 7 {
                 self.name = try reader.readString("OffsetFetchRequestTopic.Name", compact: flexible)
@@ -198,9 +208,14 @@ public struct OffsetFetchRequest: KafkaMessage {
         /// The partition indexes we would like to fetch offsets for.
         public var partitionIndexes: [Int32] = []
 
-        public init() {}
+        public init(name: String = "", topicId: KafkaUUID = .zero, partitionIndexes: [Int32] = []) {
+            self.name = name
+            self.topicId = topicId
+            self.partitionIndexes = partitionIndexes
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 6
             if version >= 8 && version <= 9 {
                 self.name = try reader.readString("OffsetFetchRequestTopics.Name", compact: flexible)
@@ -332,9 +347,14 @@ public struct OffsetFetchResponse: KafkaMessage {
         /// The group-level error code, or 0 if there was no error.
         public var errorCode: Int16 = 0
 
-        public init() {}
+        public init(groupId: String = "", topics: [OffsetFetchResponseTopics] = [], errorCode: Int16 = 0) {
+            self.groupId = groupId
+            self.topics = topics
+            self.errorCode = errorCode
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 6
             if version >= 8 {
                 self.groupId = try reader.readString("OffsetFetchResponseGroup.GroupId", compact: flexible)
@@ -393,9 +413,16 @@ public struct OffsetFetchResponse: KafkaMessage {
         /// The error code, or 0 if there was no error.
         public var errorCode: Int16 = 0
 
-        public init() {}
+        public init(partitionIndex: Int32 = 0, committedOffset: Int64 = 0, committedLeaderEpoch: Int32 = -1, metadata: String? = nil, errorCode: Int16 = 0) {
+            self.partitionIndex = partitionIndex
+            self.committedOffset = committedOffset
+            self.committedLeaderEpoch = committedLeaderEpoch
+            self.metadata = metadata
+            self.errorCode = errorCode
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 6
             if version <= 7 {
                 self.partitionIndex = try reader.readInt32("OffsetFetchResponsePartition.PartitionIndex")
@@ -459,9 +486,16 @@ public struct OffsetFetchResponse: KafkaMessage {
         /// The partition-level error code, or 0 if there was no error.
         public var errorCode: Int16 = 0
 
-        public init() {}
+        public init(partitionIndex: Int32 = 0, committedOffset: Int64 = 0, committedLeaderEpoch: Int32 = -1, metadata: String? = nil, errorCode: Int16 = 0) {
+            self.partitionIndex = partitionIndex
+            self.committedOffset = committedOffset
+            self.committedLeaderEpoch = committedLeaderEpoch
+            self.metadata = metadata
+            self.errorCode = errorCode
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 6
             if version >= 8 {
                 self.partitionIndex = try reader.readInt32("OffsetFetchResponsePartitions.PartitionIndex")
@@ -519,9 +553,13 @@ public struct OffsetFetchResponse: KafkaMessage {
         /// The responses per partition.
         public var partitions: [OffsetFetchResponsePartition] = []
 
-        public init() {}
+        public init(name: String = "", partitions: [OffsetFetchResponsePartition] = []) {
+            self.name = name
+            self.partitions = partitions
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 6
             if version <= 7 {
                 self.name = try reader.readString("OffsetFetchResponseTopic.Name", compact: flexible)
@@ -570,9 +608,14 @@ public struct OffsetFetchResponse: KafkaMessage {
         /// The responses per partition.
         public var partitions: [OffsetFetchResponsePartitions] = []
 
-        public init() {}
+        public init(name: String = "", topicId: KafkaUUID = .zero, partitions: [OffsetFetchResponsePartitions] = []) {
+            self.name = name
+            self.topicId = topicId
+            self.partitions = partitions
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 6
             if version >= 8 && version <= 9 {
                 self.name = try reader.readString("OffsetFetchResponseTopics.Name", compact: flexible)

@@ -57,9 +57,13 @@ public struct ProduceRequest: KafkaMessage {
         /// The record data to be produced.
         public var records: ByteBuffer? = nil
 
-        public init() {}
+        public init(index: Int32 = 0, records: ByteBuffer? = nil) {
+            self.index = index
+            self.records = records
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 9
             self.index = try reader.readInt32("PartitionProduceData.Index")
             self.records = try reader.readNullableRecords("PartitionProduceData.Records", compact: flexible)
@@ -93,9 +97,14 @@ public struct ProduceRequest: KafkaMessage {
         /// Each partition to produce to.
         public var partitionData: [PartitionProduceData] = []
 
-        public init() {}
+        public init(name: String = "", topicId: KafkaUUID = .zero, partitionData: [PartitionProduceData] = []) {
+            self.name = name
+            self.topicId = topicId
+            self.partitionData = partitionData
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 9
             if version <= 12 {
                 self.name = try reader.readString("TopicProduceData.Name", compact: flexible)
@@ -228,9 +237,13 @@ public struct ProduceResponse: KafkaMessage {
         /// The error message of the record that caused the batch to be dropped.
         public var batchIndexErrorMessage: String? = nil
 
-        public init() {}
+        public init(batchIndex: Int32 = 0, batchIndexErrorMessage: String? = nil) {
+            self.batchIndex = batchIndex
+            self.batchIndexErrorMessage = batchIndexErrorMessage
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 9
             if version >= 8 {
                 self.batchIndex = try reader.readInt32("BatchIndexAndErrorMessage.BatchIndex")
@@ -270,9 +283,13 @@ public struct ProduceResponse: KafkaMessage {
         /// The latest known leader epoch.
         public var leaderEpoch: Int32 = -1
 
-        public init() {}
+        public init(leaderId: Int32 = -1, leaderEpoch: Int32 = -1) {
+            self.leaderId = leaderId
+            self.leaderEpoch = leaderEpoch
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 9
             if version >= 10 {
                 self.leaderId = try reader.readInt32("LeaderIdAndEpoch.LeaderId")
@@ -316,9 +333,15 @@ public struct ProduceResponse: KafkaMessage {
         /// The rack of the node, or null if it has not been assigned to a rack.
         public var rack: String? = nil
 
-        public init() {}
+        public init(nodeId: Int32 = 0, host: String = "", port: Int32 = 0, rack: String? = nil) {
+            self.nodeId = nodeId
+            self.host = host
+            self.port = port
+            self.rack = rack
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 9
             if version >= 10 {
                 self.nodeId = try reader.readInt32("NodeEndpoint.NodeId")
@@ -382,9 +405,19 @@ public struct ProduceResponse: KafkaMessage {
         /// The leader broker that the producer should use for future requests.
         public var currentLeader: LeaderIdAndEpoch = LeaderIdAndEpoch()
 
-        public init() {}
+        public init(index: Int32 = 0, errorCode: Int16 = 0, baseOffset: Int64 = 0, logAppendTimeMs: Int64 = -1, logStartOffset: Int64 = -1, recordErrors: [BatchIndexAndErrorMessage] = [], errorMessage: String? = nil, currentLeader: LeaderIdAndEpoch = LeaderIdAndEpoch()) {
+            self.index = index
+            self.errorCode = errorCode
+            self.baseOffset = baseOffset
+            self.logAppendTimeMs = logAppendTimeMs
+            self.logStartOffset = logStartOffset
+            self.recordErrors = recordErrors
+            self.errorMessage = errorMessage
+            self.currentLeader = currentLeader
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 9
             self.index = try reader.readInt32("PartitionProduceResponse.Index")
             self.errorCode = try reader.readInt16("PartitionProduceResponse.ErrorCode")
@@ -469,9 +502,14 @@ public struct ProduceResponse: KafkaMessage {
         /// Each partition that we produced to within the topic.
         public var partitionResponses: [PartitionProduceResponse] = []
 
-        public init() {}
+        public init(name: String = "", topicId: KafkaUUID = .zero, partitionResponses: [PartitionProduceResponse] = []) {
+            self.name = name
+            self.topicId = topicId
+            self.partitionResponses = partitionResponses
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 9
             if version <= 12 {
                 self.name = try reader.readString("TopicProduceResponse.Name", compact: flexible)

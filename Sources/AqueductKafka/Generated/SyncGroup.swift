@@ -81,9 +81,13 @@ public struct SyncGroupRequest: KafkaMessage {
         /// The member assignment.
         public var assignment: [UInt8] = []
 
-        public init() {}
+        public init(memberId: String = "", assignment: [UInt8] = []) {
+            self.memberId = memberId
+            self.assignment = assignment
+        }
 
         public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
+            self.init()
             let flexible = version >= 4
             self.memberId = try reader.readString("SyncGroupRequestAssignment.MemberId", compact: flexible)
             self.assignment = try reader.readBytes("SyncGroupRequestAssignment.Assignment", compact: flexible)

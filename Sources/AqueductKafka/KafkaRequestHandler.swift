@@ -1,0 +1,564 @@
+import AqueductBroker
+import AqueductLog
+import AqueductRecords
+import Foundation
+import Logging
+import NIOCore
+import Synchronization
+
+/// Kafka's numeric error codes used here (Kafka's `Errors` enum).
+public enum KafkaErrorCode {
+    public static let none: Int16 = 0
+    public static let offsetOutOfRange: Int16 = 1
+    public static let corruptMessage: Int16 = 2
+    public static let unknownTopicOrPartition: Int16 = 3
+    public static let invalidFetchSize: Int16 = 4
+    public static let notLeaderOrFollower: Int16 = 6
+    public static let requestTimedOut: Int16 = 7
+    public static let messageTooLarge: Int16 = 10
+    public static let coordinatorNotAvailable: Int16 = 15
+    public static let notCoordinator: Int16 = 16
+    public static let invalidTopicException: Int16 = 17
+    public static let invalidRequiredAcks: Int16 = 21
+    public static let illegalGeneration: Int16 = 22
+    public static let inconsistentGroupProtocol: Int16 = 23
+    public static let invalidGroupID: Int16 = 24
+    public static let unknownMemberID: Int16 = 25
+    public static let invalidSessionTimeout: Int16 = 26
+    public static let rebalanceInProgress: Int16 = 27
+    public static let invalidCommitOffsetSize: Int16 = 28
+    public static let unsupportedVersion: Int16 = 35
+    public static let topicAlreadyExists: Int16 = 36
+    public static let invalidPartitions: Int16 = 37
+    public static let invalidReplicationFactor: Int16 = 38
+    public static let invalidConfig: Int16 = 40
+    public static let invalidRequest: Int16 = 42
+    public static let unsupportedForMessageFormat: Int16 = 43
+    public static let outOfOrderSequenceNumber: Int16 = 45
+    public static let duplicateSequenceNumber: Int16 = 46
+    public static let invalidProducerEpoch: Int16 = 47
+    public static let kafkaStorageError: Int16 = 56
+    public static let unknownProducerID: Int16 = 59
+    public static let groupIDNotFound: Int16 = 69
+    public static let nonEmptyGroup: Int16 = 68
+    public static let memberIDRequired: Int16 = 79
+    public static let invalidRecord: Int16 = 87
+    public static let fencedInstanceID: Int16 = 82
+    public static let unknownServerError: Int16 = -1
+
+    static func from(_ error: BrokerError) -> Int16 { error.code.kafkaCode }
+}
+
+/// Answers Kafka requests with the broker: decodes the header and body with the
+/// generated codecs, runs the API, and encodes the response at the request's version.
+public final class KafkaRequestHandler: Sendable {
+    let broker: Broker
+    let listener: KafkaListenerConfiguration
+    let clusterID: String
+    let logger: Logger
+    let nodeID: Int32 = 0
+    let producers: ProducerStateTable
+
+    public init(broker: Broker, listener: KafkaListenerConfiguration, clusterID: String, logger: Logger) {
+        self.broker = broker
+        self.listener = listener
+        self.clusterID = clusterID
+        self.logger = logger
+        self.producers = ProducerStateTable()
+    }
+
+    /// Returns the response frame (size prefix included), or nil when none is due
+    /// (Produce with acks=0) or the connection must close (`session.closeAfterResponse`).
+    public func handle(frame: ByteBuffer, session: inout KafkaSession) async -> ByteBuffer? {
+        // The frame decoder guarantees the 8 bytes of key, version and correlation id.
+        let rawKey: Int16 = frame.getInteger(at: frame.readerIndex)!
+        let version: Int16 = frame.getInteger(at: frame.readerIndex + 2)!
+        let correlationID: Int32 = frame.getInteger(at: frame.readerIndex + 4)!
+        guard let key = KafkaAPIKey(rawValue: rawKey), let served = KafkaAPIVersions.served[key], served.contains(version) else {
+            logger.debug("unsupported Kafka request", metadata: ["apiKey": "\(rawKey)", "version": "\(version)", "peer": "\(session.peer)"])
+            return unsupportedVersion(apiKey: rawKey, correlationID: correlationID)
+        }
+        let flexible = KafkaAPIVersions.isFlexible(key, version)
+        var reader = KafkaReader(frame)
+        do throws(KafkaProtocolError) {
+            let header = try RequestHeader(from: &reader, version: flexible ? 2 : 1)
+            session.clientID = header.clientId
+            // ApiVersions' response header stays v0 so any client can read it.
+            let flexibleResponse = flexible && key != .apiVersions
+            func respond(_ message: some KafkaMessage, capacity: Int = 256) -> ByteBuffer {
+                Self.frame(message, version: version, correlationID: correlationID, flexibleHeader: flexibleResponse, capacity: capacity)
+            }
+            switch key {
+            case .apiVersions:
+                _ = try ApiVersionsRequest(from: &reader, version: version)
+                return respond(apiVersions(errorCode: KafkaErrorCode.none))
+            case .metadata:
+                return respond(await metadata(try MetadataRequest(from: &reader, version: version), version: version))
+            case .produce:
+                let request = try ProduceRequest(from: &reader, version: version)
+                let response = await produce(request, version: version)
+                return request.acks == 0 ? nil : respond(response)
+            case .fetch:
+                let response = await fetch(try FetchRequest(from: &reader, version: version))
+                let bytes = response.responses.reduce(0) { $0 + $1.partitions.reduce(0) { $0 + ($1.records?.readableBytes ?? 0) + 64 } }
+                return respond(response, capacity: bytes + 256)
+            case .listOffsets:
+                return respond(await listOffsets(try ListOffsetsRequest(from: &reader, version: version), version: version))
+            case .findCoordinator:
+                return respond(findCoordinator(try FindCoordinatorRequest(from: &reader, version: version)))
+            case .createTopics:
+                return respond(await createTopics(try CreateTopicsRequest(from: &reader, version: version)))
+            case .deleteTopics:
+                return respond(await deleteTopics(try DeleteTopicsRequest(from: &reader, version: version)))
+            case .createPartitions:
+                return respond(createPartitions(try CreatePartitionsRequest(from: &reader, version: version)))
+            case .initProducerId:
+                return respond(initProducerID(try InitProducerIdRequest(from: &reader, version: version)))
+            case .describeConfigs:
+                return respond(describeConfigs(try DescribeConfigsRequest(from: &reader, version: version)))
+            default:
+                return unsupportedVersion(apiKey: rawKey, correlationID: correlationID)
+            }
+        } catch {
+            // The stream is still framed, but this request cannot be answered in its
+            // own format: Kafka closes the connection, and so does Aqueduct.
+            logger.info("malformed Kafka request; closing the connection", metadata: [
+                "apiKey": "\(rawKey)", "version": "\(version)", "peer": "\(session.peer)", "error": "\(error)",
+            ])
+            session.closeAfterResponse = true
+            return nil
+        }
+    }
+
+    /// A response frame: size, correlation id, tagged fields (flexible header), body.
+    static func frame(_ message: some KafkaMessage, version: Int16, correlationID: Int32, flexibleHeader: Bool, capacity: Int) -> ByteBuffer {
+        var writer = KafkaWriter(capacity: capacity)
+        writer.writeInt32(0)
+        writer.writeInt32(correlationID)
+        if flexibleHeader { writer.writeUnsignedVarint(0) }
+        message.encode(to: &writer, version: version)
+        writer.buffer.setInteger(Int32(writer.buffer.readableBytes - 4), at: writer.buffer.readerIndex)
+        return writer.buffer
+    }
+
+    /// UNSUPPORTED_VERSION for a key or version not served. For ApiVersions, the body
+    /// is a v0 response with the supported ranges (KIP-511), so the client can retry
+    /// with a version it shares; for anything else, the error code alone.
+    func unsupportedVersion(apiKey: Int16, correlationID: Int32) -> ByteBuffer {
+        if apiKey == KafkaAPIKey.apiVersions.rawValue {
+            return Self.frame(apiVersions(errorCode: KafkaErrorCode.unsupportedVersion), version: 0, correlationID: correlationID, flexibleHeader: false, capacity: 256)
+        }
+        var writer = KafkaWriter(capacity: 16)
+        writer.writeInt32(6)
+        writer.writeInt32(correlationID)
+        writer.writeInt16(KafkaErrorCode.unsupportedVersion)
+        return writer.buffer
+    }
+
+    // MARK: - ApiVersions and Metadata
+
+    func apiVersions(errorCode: Int16) -> ApiVersionsResponse {
+        var response = ApiVersionsResponse()
+        response.errorCode = errorCode
+        response.apiKeys = KafkaAPIKey.allCases.compactMap { key in
+            KafkaAPIVersions.advertised(key).map {
+                ApiVersionsResponse.ApiVersion(apiKey: key.rawValue, minVersion: $0.lowerBound, maxVersion: $0.upperBound)
+            }
+        }
+        return response
+    }
+
+    var advertisedBroker: MetadataResponse.MetadataResponseBroker {
+        let (host, port) = listener.advertised
+        return MetadataResponse.MetadataResponseBroker(nodeId: nodeID, host: host, port: Int32(port), rack: nil)
+    }
+
+    func metadata(_ request: MetadataRequest, version: Int16) async -> MetadataResponse {
+        var response = MetadataResponse()
+        response.brokers = [advertisedBroker]
+        response.clusterId = clusterID
+        response.controllerId = nodeID
+        // v0: an empty list means every topic; v1+: null means every topic.
+        let requested: [String]?
+        if let topics = request.topics, !(version == 0 && topics.isEmpty) {
+            requested = topics.compactMap(\.name)
+        } else {
+            requested = nil
+        }
+        let autoCreate = (version < 4 || request.allowAutoTopicCreation) && listener.autoCreatePartitions > 0
+        for name in requested ?? broker.topicNames() {
+            var topic = MetadataResponse.MetadataResponseTopic()
+            topic.name = name
+            var description = try? broker.describeTopic(name)
+            if description == nil && autoCreate && requested != nil {
+                description = await autoCreateTopic(name)
+            }
+            guard let description else {
+                topic.errorCode = (try? Broker.validateTopicName(name)) == nil
+                    ? KafkaErrorCode.invalidTopicException : KafkaErrorCode.unknownTopicOrPartition
+                response.topics.append(topic)
+                continue
+            }
+            topic.topicId = KafkaUUID(uuidString: description.id) ?? .zero
+            topic.partitions = description.partitions.map { partition in
+                MetadataResponse.MetadataResponsePartition(
+                    errorCode: 0, partitionIndex: Int32(partition.partition), leaderId: nodeID, leaderEpoch: 0,
+                    replicaNodes: [nodeID], isrNodes: [nodeID], offlineReplicas: [])
+            }
+            response.topics.append(topic)
+        }
+        return response
+    }
+
+    /// Creates a topic a client names before it exists (Kafka's auto.create.topics.enable).
+    func autoCreateTopic(_ name: String) async -> TopicDescription? {
+        do {
+            let created = try await broker.createTopic(name, partitions: listener.autoCreatePartitions)
+            logger.info("topic created on first use by a Kafka client", metadata: ["topic": "\(name)"])
+            return created
+        } catch {
+            return try? broker.describeTopic(name)  // created meanwhile by another request
+        }
+    }
+
+    func findCoordinator(_ request: FindCoordinatorRequest) -> FindCoordinatorResponse {
+        var response = FindCoordinatorResponse()
+        let (host, port) = listener.advertised
+        response.nodeId = nodeID
+        response.host = host
+        response.port = Int32(port)
+        return response
+    }
+
+    // MARK: - Produce
+
+    func produce(_ request: ProduceRequest, version: Int16) async -> ProduceResponse {
+        var response = ProduceResponse()
+        let validAcks = request.acks == 0 || request.acks == 1 || request.acks == -1
+        for topic in request.topicData {
+            var topicResponse = ProduceResponse.TopicProduceResponse()
+            topicResponse.name = topic.name
+            // Partitions of one request are appended concurrently, each in order.
+            topicResponse.partitionResponses = await withTaskGroup(of: ProduceResponse.PartitionProduceResponse.self) { group in
+                for partition in topic.partitionData {
+                    group.addTask {
+                        guard validAcks else {
+                            return ProduceResponse.PartitionProduceResponse(index: partition.index, errorCode: KafkaErrorCode.invalidRequiredAcks)
+                        }
+                        return await self.producePartition(topic: topic.name, partition: partition, version: version)
+                    }
+                }
+                var results: [ProduceResponse.PartitionProduceResponse] = []
+                for await result in group { results.append(result) }
+                return results.sorted { $0.index < $1.index }
+            }
+            response.responses.append(topicResponse)
+        }
+        return response
+    }
+
+    func producePartition(topic: String, partition: ProduceRequest.PartitionProduceData, version: Int16) async -> ProduceResponse.PartitionProduceResponse {
+        var result = ProduceResponse.PartitionProduceResponse(index: partition.index)
+        guard let records = partition.records, records.readableBytes > 0 else {
+            result.errorCode = KafkaErrorCode.invalidRecord
+            result.errorMessage = "no record batch"
+            return result
+        }
+        let target = TopicPartition(topic, Int(partition.index))
+        if (try? broker.partitionCount(topic)) == nil, listener.autoCreatePartitions > 0 {
+            _ = await autoCreateTopic(topic)
+        }
+        // A request may carry several batches; each is validated and stored as sent.
+        var index = records.readerIndex
+        var first: Int64?
+        while index < records.writerIndex {
+            guard let header = RecordBatchHeader(from: records, at: index), header.totalSize <= records.writerIndex - index,
+                header.totalSize >= RecordBatchHeader.size
+            else {
+                result.errorCode = KafkaErrorCode.corruptMessage
+                result.errorMessage = "the records do not hold whole record batches"
+                return result
+            }
+            guard header.magic == 2 else {
+                result.errorCode = KafkaErrorCode.unsupportedForMessageFormat
+                result.errorMessage = "message format v\(header.magic) is not supported; use a client that sends v2 record batches (Kafka 0.11+)"
+                return result
+            }
+            let batch = records.getSlice(at: index, length: header.totalSize)!
+            index += header.totalSize
+            switch producers.check(header, partition: target) {
+            case .append:
+                break
+            case .duplicate(let baseOffset):
+                // A retry of a batch already stored: answer as the first time.
+                first = first ?? baseOffset
+                continue
+            case .reject(let code, let message):
+                result.errorCode = code
+                result.errorMessage = message
+                return result
+            }
+            do {
+                let appended = try await broker.appendBatch(topic: topic, partition: Int(partition.index), batch: batch)
+                producers.record(header, partition: target, baseOffset: appended.baseOffset)
+                first = first ?? appended.baseOffset
+            } catch {
+                result.errorCode = KafkaErrorCode.from(error)
+                result.errorMessage = error.message
+                return result
+            }
+        }
+        result.baseOffset = first ?? -1
+        result.logStartOffset = (try? broker.offsets(topic: topic, partition: Int(partition.index)).start) ?? -1
+        return result
+    }
+
+    // MARK: - Fetch
+
+    func fetch(_ request: FetchRequest) async -> FetchResponse {
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(max(0, request.maxWaitMs)) * 1_000_000
+        let partitions = request.topics.flatMap { topic in topic.partitions.map { TopicPartition(topic.topic, Int($0.partition)) } }
+        let minBytes = max(1, Int(request.minBytes))
+        while true {
+            let ticket = broker.appends.register(partitions)
+            let response = await fetchOnce(request)
+            let bytes = response.responses.reduce(0) { $0 + $1.partitions.reduce(0) { $0 + ($1.records?.readableBytes ?? 0) } }
+            let errors = response.responses.contains { $0.partitions.contains { $0.errorCode != 0 } }
+            let now = DispatchTime.now().uptimeNanoseconds
+            if bytes >= minBytes || errors || now >= deadline {
+                broker.appends.cancel(ticket)
+                return response
+            }
+            _ = await broker.appends.wait(ticket, timeoutNanoseconds: deadline - now)
+            if DispatchTime.now().uptimeNanoseconds >= deadline { return await fetchOnce(request) }
+        }
+    }
+
+    /// One pass over the requested partitions, without waiting.
+    func fetchOnce(_ request: FetchRequest) async -> FetchResponse {
+        var response = FetchResponse()
+        var budget = request.maxBytes > 0 ? Int(request.maxBytes) : Int.max
+        for topic in request.topics {
+            var topicResponse = FetchResponse.FetchableTopicResponse()
+            topicResponse.topic = topic.topic
+            for partition in topic.partitions {
+                var data = FetchResponse.PartitionData()
+                data.partitionIndex = partition.partition
+                data.records = ByteBuffer()
+                do {
+                    let (start, end) = try broker.offsets(topic: topic.topic, partition: Int(partition.partition))
+                    data.highWatermark = end
+                    data.lastStableOffset = end
+                    data.logStartOffset = start
+                    // At least one batch when nothing was returned yet, as Kafka does.
+                    let limit = min(Int(max(partition.partitionMaxBytes, 1)), budget)
+                    if limit > 0 && partition.fetchOffset < end || partition.fetchOffset > end || partition.fetchOffset < start {
+                        let read = try await broker.fetch(
+                            topic: topic.topic, partition: Int(partition.partition), offset: partition.fetchOffset,
+                            maxBytes: max(limit, 1), maxWaitMilliseconds: 0)
+                        data.records = Self.concatenate(read.batches)
+                        budget -= read.bytes
+                        data.highWatermark = read.endOffset
+                        data.lastStableOffset = read.endOffset
+                        data.logStartOffset = read.startOffset
+                    }
+                } catch {
+                    data.errorCode = KafkaErrorCode.from(error)
+                }
+                topicResponse.partitions.append(data)
+            }
+            response.responses.append(topicResponse)
+        }
+        return response
+    }
+
+    static func concatenate(_ batches: [ByteBuffer]) -> ByteBuffer {
+        if batches.count == 1 { return batches[0] }
+        var joined = ByteBufferAllocator().buffer(capacity: batches.reduce(0) { $0 + $1.readableBytes })
+        for var batch in batches { joined.writeBuffer(&batch) }
+        return joined
+    }
+
+    // MARK: - ListOffsets
+
+    func listOffsets(_ request: ListOffsetsRequest, version: Int16) async -> ListOffsetsResponse {
+        var response = ListOffsetsResponse()
+        for topic in request.topics {
+            var topicResponse = ListOffsetsResponse.ListOffsetsTopicResponse(name: topic.name)
+            for partition in topic.partitions {
+                var result = ListOffsetsResponse.ListOffsetsPartitionResponse(partitionIndex: partition.partitionIndex)
+                do {
+                    let (start, end) = try broker.offsets(topic: topic.name, partition: Int(partition.partitionIndex))
+                    result.timestamp = -1
+                    switch partition.timestamp {
+                    case -1: result.offset = end  // latest
+                    case -2: result.offset = start  // earliest
+                    case -3:  // max timestamp (v7+): approximated by the last record
+                        result.offset = max(start, end - 1)
+                    default:
+                        if let found = try await broker.offset(forTimestamp: partition.timestamp, topic: topic.name, partition: Int(partition.partitionIndex)) {
+                            result.offset = found.offset
+                            result.timestamp = found.timestamp
+                        } else {
+                            result.offset = -1
+                        }
+                    }
+                    result.leaderEpoch = 0
+                } catch {
+                    result.errorCode = KafkaErrorCode.from(error)
+                    result.offset = -1
+                }
+                topicResponse.partitions.append(result)
+            }
+            response.topics.append(topicResponse)
+        }
+        return response
+    }
+
+    // MARK: - Topics
+
+    static func settings(from configs: [(name: String, value: String?)]) throws(BrokerError) -> TopicSettings {
+        var settings = TopicSettings()
+        for (name, value) in configs {
+            guard let value else { continue }
+            func number() throws(BrokerError) -> Int64 {
+                guard let number = Int64(value) else { throw BrokerError(.invalidConfig, "\(name) must be a whole number, not '\(value)'") }
+                return number
+            }
+            switch name {
+            case "retention.ms": settings.retentionMs = try number()
+            case "retention.bytes": settings.retentionBytes = try number()
+            case "segment.bytes": settings.segmentBytes = try number()
+            case "segment.ms": settings.segmentMs = try number()
+            case "max.message.bytes": settings.maxMessageBytes = Int(try number())
+            case "cleanup.policy" where value == "delete": break
+            case "min.insync.replicas", "compression.type", "message.timestamp.type", "unclean.leader.election.enable": break
+            default:
+                throw BrokerError(.invalidConfig, "topic config '\(name)' is not supported",
+                    hint: "supported: retention.ms, retention.bytes, segment.bytes, segment.ms, max.message.bytes")
+            }
+        }
+        return settings
+    }
+
+    func createTopics(_ request: CreateTopicsRequest) async -> CreateTopicsResponse {
+        var response = CreateTopicsResponse()
+        for topic in request.topics {
+            var result = CreateTopicsResponse.CreatableTopicResult(name: topic.name)
+            do throws(BrokerError) {
+                guard topic.replicationFactor == -1 || topic.replicationFactor == 1 else {
+                    result.errorCode = KafkaErrorCode.invalidReplicationFactor
+                    result.errorMessage = "this server keeps one replica; use replication factor 1 or -1"
+                    response.topics.append(result)
+                    continue
+                }
+                guard topic.assignments.isEmpty else {
+                    throw BrokerError(.invalidRequest, "manual replica assignment is not supported")
+                }
+                let partitions = topic.numPartitions == -1 ? max(1, listener.autoCreatePartitions) : Int(topic.numPartitions)
+                let settings = try Self.settings(from: topic.configs.map { ($0.name, $0.value) })
+                if request.validateOnly {
+                    try Broker.validateTopicName(topic.name)
+                    if (try? broker.describeTopic(topic.name)) != nil { throw BrokerError(.topicExists, "topic '\(topic.name)' already exists") }
+                    result.numPartitions = Int32(partitions)
+                } else {
+                    let created = try await broker.createTopic(topic.name, partitions: partitions, settings: settings)
+                    result.topicId = KafkaUUID(uuidString: created.id) ?? .zero
+                    result.numPartitions = Int32(created.partitions.count)
+                }
+                result.replicationFactor = 1
+            } catch {
+                result.errorCode = KafkaErrorCode.from(error)
+                result.errorMessage = error.message
+            }
+            response.topics.append(result)
+        }
+        return response
+    }
+
+    func deleteTopics(_ request: DeleteTopicsRequest) async -> DeleteTopicsResponse {
+        var response = DeleteTopicsResponse()
+        let names = request.topicNames + request.topics.compactMap(\.name)
+        for name in names {
+            var result = DeleteTopicsResponse.DeletableTopicResult(name: name)
+            do throws(BrokerError) {
+                try await broker.deleteTopic(name)
+            } catch {
+                result.errorCode = KafkaErrorCode.from(error)
+                result.errorMessage = error.message
+            }
+            response.responses.append(result)
+        }
+        return response
+    }
+
+    func createPartitions(_ request: CreatePartitionsRequest) -> CreatePartitionsResponse {
+        var response = CreatePartitionsResponse()
+        for topic in request.topics {
+            var result = CreatePartitionsResponse.CreatePartitionsTopicResult(name: topic.name)
+            if let count = try? broker.partitionCount(topic.name) {
+                if Int(topic.count) == count {
+                    result.errorCode = KafkaErrorCode.invalidPartitions
+                    result.errorMessage = "topic '\(topic.name)' already has \(count) partitions"
+                } else {
+                    result.errorCode = KafkaErrorCode.invalidPartitions
+                    result.errorMessage = "adding partitions to an existing topic is not supported yet (it has \(count))"
+                }
+            } else {
+                result.errorCode = KafkaErrorCode.unknownTopicOrPartition
+            }
+            response.results.append(result)
+        }
+        return response
+    }
+
+    func describeConfigs(_ request: DescribeConfigsRequest) -> DescribeConfigsResponse {
+        var response = DescribeConfigsResponse()
+        for resource in request.resources {
+            var result = DescribeConfigsResponse.DescribeConfigsResult(resourceType: resource.resourceType, resourceName: resource.resourceName)
+            switch resource.resourceType {
+            case 2:  // topic
+                guard let topic = try? broker.describeTopic(resource.resourceName) else {
+                    result.errorCode = KafkaErrorCode.unknownTopicOrPartition
+                    result.errorMessage = "topic '\(resource.resourceName)' does not exist"
+                    break
+                }
+                let configuration = topic.configuration
+                let entries: [(String, String)] = [
+                    ("cleanup.policy", "delete"),
+                    ("retention.ms", String(configuration.retentionMilliseconds ?? -1)),
+                    ("retention.bytes", String(configuration.retentionBytes ?? -1)),
+                    ("segment.bytes", String(configuration.segmentBytes)),
+                    ("segment.ms", String(configuration.segmentMilliseconds)),
+                    ("max.message.bytes", String(configuration.batchBytesMax)),
+                ]
+                result.configs = entries
+                    .filter { name, _ in resource.configurationKeys.map { $0.contains(name) } ?? true }
+                    .map { name, value in
+                        DescribeConfigsResponse.DescribeConfigsResourceResult(name: name, value: value, readOnly: false, configSource: 1)
+                    }
+            case 4:  // broker
+                result.configs = []
+            default:
+                result.errorCode = KafkaErrorCode.invalidRequest
+                result.errorMessage = "resource type \(resource.resourceType) is not supported"
+            }
+            response.results.append(result)
+        }
+        return response
+    }
+
+    // MARK: - Idempotent producers
+
+    func initProducerID(_ request: InitProducerIdRequest) -> InitProducerIdResponse {
+        var response = InitProducerIdResponse()
+        if let transactionalID = request.transactionalId, !transactionalID.isEmpty {
+            response.errorCode = KafkaErrorCode.invalidRequest
+            return response
+        }
+        let (id, epoch) = producers.allocate(existing: request.producerId, epoch: request.producerEpoch)
+        response.producerId = id
+        response.producerEpoch = epoch
+        return response
+    }
+}

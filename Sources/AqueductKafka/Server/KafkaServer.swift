@@ -1,0 +1,106 @@
+import Logging
+import NIOCore
+import NIOPosix
+
+/// Where the Kafka listener binds and what it tells clients to connect to.
+public struct KafkaListenerConfiguration: Sendable {
+    public var host = "127.0.0.1"
+    public var port = 9092
+    /// The address in Metadata and FindCoordinator answers; the listen address when nil.
+    public var advertisedHost: String?
+    public var advertisedPort: Int?
+    /// Largest request frame, in bytes (Kafka's socket.request.max.bytes).
+    public var frameBytesMax = 100 << 20
+    /// Partitions of topics created because a client asked for them (Kafka's
+    /// auto.create.topics.enable and num.partitions); 0 turns auto-creation off.
+    public var autoCreatePartitions = 1
+
+    public init() {}
+
+    public var advertised: (host: String, port: Int) { (advertisedHost ?? host, advertisedPort ?? port) }
+}
+
+/// The Kafka listener: accepts connections and answers each connection's requests
+/// in order, one at a time (as Kafka's broker does: a connection is muted while its
+/// request is in flight), so pipelined requests get their responses in order.
+public final class KafkaServer: Sendable {
+    public let configuration: KafkaListenerConfiguration
+    let handler: KafkaRequestHandler
+    let logger: Logger
+    private let serverChannel: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>
+
+    /// The port actually bound (useful when configured with port 0).
+    public let boundPort: Int
+
+    private init(
+        configuration: KafkaListenerConfiguration, handler: KafkaRequestHandler, logger: Logger,
+        serverChannel: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>, boundPort: Int
+    ) {
+        self.configuration = configuration
+        self.handler = handler
+        self.logger = logger
+        self.serverChannel = serverChannel
+        self.boundPort = boundPort
+    }
+
+    /// Binds the listener. `handler` answers the requests.
+    public static func bind(
+        configuration: KafkaListenerConfiguration, handler: KafkaRequestHandler, logger: Logger,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) async throws -> KafkaServer {
+        let frameBytesMax = configuration.frameBytesMax
+        let channel = try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .bind(host: configuration.host, port: configuration.port) { child in
+                child.eventLoop.makeCompletedFuture {
+                    try child.pipeline.syncOperations.addHandler(ByteToMessageHandler(KafkaFrameDecoder(frameBytesMax: frameBytesMax)))
+                    return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: child)
+                }
+            }
+        let port = channel.channel.localAddress?.port ?? configuration.port
+        return KafkaServer(configuration: configuration, handler: handler, logger: logger, serverChannel: channel, boundPort: port)
+    }
+
+    /// Serves connections until the listener is closed (`close()`) or the task is cancelled.
+    public func run() async throws {
+        try await withThrowingDiscardingTaskGroup { group in
+            try await serverChannel.executeThenClose { inbound in
+                for try await connection in inbound {
+                    group.addTask { await self.serve(connection) }
+                }
+            }
+        }
+    }
+
+    public func close() async {
+        try? await serverChannel.channel.close()
+    }
+
+    private func serve(_ connection: NIOAsyncChannel<ByteBuffer, ByteBuffer>) async {
+        let peer = connection.channel.remoteAddress?.description ?? "unknown"
+        do {
+            try await connection.executeThenClose { inbound, outbound in
+                var session = KafkaSession(peer: peer)
+                for try await frame in inbound {
+                    if let response = await handler.handle(frame: frame, session: &session) {
+                        try await outbound.write(response)
+                    }
+                    if session.closeAfterResponse { break }
+                }
+            }
+        } catch {
+            logger.debug("Kafka connection closed", metadata: ["peer": "\(peer)", "reason": "\(error)"])
+        }
+    }
+}
+
+/// What a handler knows of one connection.
+public struct KafkaSession: Sendable {
+    public var peer: String
+    public var clientID: String?
+    /// Set by a handler that cannot go on with this connection.
+    public var closeAfterResponse = false
+}
