@@ -16,6 +16,14 @@ public enum KafkaAPIVersions {
         .initProducerId: 0...4,
         .describeConfigs: 1...4,
         .createPartitions: 0...3,
+        .joinGroup: 0...7,
+        .syncGroup: 0...5,
+        .heartbeat: 0...4,
+        .leaveGroup: 0...4,
+        .offsetCommit: 2...8,
+        .offsetFetch: 1...8,
+        .describeGroups: 0...5,
+        .listGroups: 0...4,
     ]
 
     /// What ApiVersions advertises: the served ranges, except that Produce starts at

@@ -58,9 +58,11 @@ public final class KafkaRequestHandler: Sendable {
     let logger: Logger
     let nodeID: Int32 = 0
     let producers: ProducerStateTable
+    let groups: GroupCoordinator
 
-    public init(broker: Broker, listener: KafkaListenerConfiguration, clusterID: String, logger: Logger) {
+    public init(broker: Broker, groups: GroupCoordinator, listener: KafkaListenerConfiguration, clusterID: String, logger: Logger) {
         self.broker = broker
+        self.groups = groups
         self.listener = listener
         self.clusterID = clusterID
         self.logger = logger
@@ -116,8 +118,22 @@ public final class KafkaRequestHandler: Sendable {
                 return respond(initProducerID(try InitProducerIdRequest(from: &reader, version: version)))
             case .describeConfigs:
                 return respond(describeConfigs(try DescribeConfigsRequest(from: &reader, version: version)))
-            default:
-                return unsupportedVersion(apiKey: rawKey, correlationID: correlationID)
+            case .joinGroup:
+                return respond(await joinGroup(try JoinGroupRequest(from: &reader, version: version), version: version, session: session))
+            case .syncGroup:
+                return respond(await syncGroup(try SyncGroupRequest(from: &reader, version: version)))
+            case .heartbeat:
+                return respond(heartbeat(try HeartbeatRequest(from: &reader, version: version)))
+            case .leaveGroup:
+                return respond(leaveGroup(try LeaveGroupRequest(from: &reader, version: version), version: version))
+            case .offsetCommit:
+                return respond(await offsetCommit(try OffsetCommitRequest(from: &reader, version: version)))
+            case .offsetFetch:
+                return respond(offsetFetch(try OffsetFetchRequest(from: &reader, version: version), version: version))
+            case .describeGroups:
+                return respond(describeGroups(try DescribeGroupsRequest(from: &reader, version: version)))
+            case .listGroups:
+                return respond(listGroups(try ListGroupsRequest(from: &reader, version: version)))
             }
         } catch {
             // The stream is still framed, but this request cannot be answered in its

@@ -90,9 +90,14 @@ public enum Server {
     public static func run(_ configuration: ServerConfiguration, logger: Logger, onListening: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
         let components = try await open(configuration, logger: logger)
         var kafkaServer: KafkaServer?
+        var groupCoordinator: GroupCoordinator?
         if configuration.kafkaEnabled {
+            let offsets = try await OffsetStore.open(logs: components.logs, logger: logger)
+            let coordinator = GroupCoordinator(offsets: offsets, logger: logger)
+            groupCoordinator = coordinator
             let handler = KafkaRequestHandler(
-                broker: components.broker, listener: configuration.kafka, clusterID: components.broker.clusterID, logger: logger)
+                broker: components.broker, groups: coordinator, listener: configuration.kafka, clusterID: components.broker.clusterID,
+                logger: logger)
             do {
                 kafkaServer = try await KafkaServer.bind(configuration: configuration.kafka, handler: handler, logger: logger)
             } catch {
@@ -121,7 +126,7 @@ public enum Server {
             configuration: .init(
                 services: [
                     .init(service: application),
-                ] + (kafkaServer.map { [ServiceGroupConfiguration.ServiceConfiguration(service: KafkaService(server: $0))] } ?? []) + [
+                ] + (kafkaServer.map { [ServiceGroupConfiguration.ServiceConfiguration(service: KafkaService(server: $0, groups: groupCoordinator))] } ?? []) + [
                     .init(service: retention),
                     .init(service: DrainOnShutdown(storage: components.storage), successTerminationBehavior: .ignore),
                 ],
@@ -154,10 +159,16 @@ struct DrainOnShutdown: Service {
 /// Serves Kafka clients until shutdown begins, then closes the listener and its connections.
 struct KafkaService: Service {
     let server: KafkaServer
+    let groups: GroupCoordinator?
 
     func run() async throws {
         try await cancelWhenGracefulShutdown {
-            try await server.run()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                if let groups { group.addTask { await groups.runTicker() } }
+                group.addTask { try await server.run() }
+                try await group.next()
+                group.cancelAll()
+            }
         }
         await server.close()
     }
