@@ -163,7 +163,13 @@ let package = Package(
         .testTarget(name: "AqueductStorageTests", dependencies: ["AqueductStorage", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(name: "AqueductLogTests", dependencies: ["AqueductLog", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(name: "AqueductBrokerTests", dependencies: ["AqueductBroker", "AqueductTestSupport"], swiftSettings: strict),
-        .testTarget(name: "AqueductKafkaTests", dependencies: ["AqueductKafka", "AqueductTestSupport"], swiftSettings: strict),
+        .testTarget(
+            name: "AqueductKafkaTests",
+            dependencies: [
+                "AqueductKafka", "AqueductTestSupport",
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ],
+            swiftSettings: strict),
         .testTarget(
             name: "AqueductHTTPTests",
             dependencies: [

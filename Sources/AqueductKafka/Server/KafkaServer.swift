@@ -103,4 +103,8 @@ public struct KafkaSession: Sendable {
     public var clientID: String?
     /// Set by a handler that cannot go on with this connection.
     public var closeAfterResponse = false
+
+    public init(peer: String) {
+        self.peer = peer
+    }
 }

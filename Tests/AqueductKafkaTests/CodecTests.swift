@@ -1,7 +1,0 @@
-import AqueductKafka
-import NIOCore
-import Testing
-
-@Suite struct CodecTests {
-    @Test func placeholder() {}
-}
