@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: builds everything (the `aqueduct`
 # binary included, which the integration tests run as a child process on
-# 127.0.0.1), then runs unit and integration tests. Installs anything the tests
-# need first (nothing beyond the Swift toolchain yet; the Kafka client suite will
-# add its clients here, idempotently).
+# 127.0.0.1), then runs unit and integration tests, then the Kafka client
+# compatibility suite (Tests/compat/run.sh), which installs its clients itself,
+# idempotently: kcat, Go and sarama via apt, confluent-kafka, kafka-python and
+# aiokafka into a venv under ~/.cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
+
+echo "== generated Kafka codecs match their definitions"
+python3 scripts/kafka-codegen.py --check
 
 echo "== build (debug, with tests)"
 swift build --build-tests
@@ -14,5 +18,8 @@ swift build --build-tests
 echo "== tests"
 rm -rf "${TMPDIR:-/tmp}/aqueduct-tests"
 swift test --skip-build "$@"
+
+echo "== Kafka client compatibility"
+Tests/compat/run.sh .build/debug/aqueduct
 
 echo "== all tests passed in $(( $(date +%s) - started )) s"

@@ -20,7 +20,7 @@ public enum KafkaAPIVersions {
         .syncGroup: 0...5,
         .heartbeat: 0...4,
         .leaveGroup: 0...4,
-        .offsetCommit: 2...8,
+        .offsetCommit: 0...8,
         .offsetFetch: 1...8,
         .describeGroups: 0...5,
         .listGroups: 0...4,

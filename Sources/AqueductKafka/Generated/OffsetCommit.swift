@@ -22,12 +22,16 @@ public struct OffsetCommitRequest: KafkaMessage {
     public init(from reader: inout KafkaReader, version: Int16) throws(KafkaProtocolError) {
         let flexible = version >= 8
         self.groupId = try reader.readString("OffsetCommitRequest.GroupId", compact: flexible)
-        self.generationIdOrMemberEpoch = try reader.readInt32("OffsetCommitRequest.GenerationIdOrMemberEpoch")
-        self.memberId = try reader.readString("OffsetCommitRequest.MemberId", compact: flexible)
+        if version >= 1 {
+            self.generationIdOrMemberEpoch = try reader.readInt32("OffsetCommitRequest.GenerationIdOrMemberEpoch")
+        }
+        if version >= 1 {
+            self.memberId = try reader.readString("OffsetCommitRequest.MemberId", compact: flexible)
+        }
         if version >= 7 {
             self.groupInstanceId = try reader.readNullableString("OffsetCommitRequest.GroupInstanceId", compact: flexible)
         }
-        if version <= 4 {
+        if version >= 2 && version <= 4 {
             self.retentionTimeMs = try reader.readInt64("OffsetCommitRequest.RetentionTimeMs")
         }
         do {
@@ -51,12 +55,16 @@ public struct OffsetCommitRequest: KafkaMessage {
     public func encode(to writer: inout KafkaWriter, version: Int16) {
         let flexible = version >= 8
         writer.writeString(self.groupId, compact: flexible)
-        writer.writeInt32(self.generationIdOrMemberEpoch)
-        writer.writeString(self.memberId, compact: flexible)
+        if version >= 1 {
+            writer.writeInt32(self.generationIdOrMemberEpoch)
+        }
+        if version >= 1 {
+            writer.writeString(self.memberId, compact: flexible)
+        }
         if version >= 7 {
             writer.writeString(self.groupInstanceId, compact: flexible)
         }
-        if version <= 4 {
+        if version >= 2 && version <= 4 {
             writer.writeInt64(self.retentionTimeMs)
         }
         writer.writeArrayCount(self.topics.count, compact: flexible)
@@ -95,7 +103,7 @@ public struct OffsetCommitRequest: KafkaMessage {
             if version >= 6 {
                 self.committedLeaderEpoch = try reader.readInt32("OffsetCommitRequestPartition.CommittedLeaderEpoch")
             }
-            if version <= 1 {
+            if version >= 1 && version <= 1 {
                 self.commitTimestamp = try reader.readInt64("OffsetCommitRequestPartition.CommitTimestamp")
             }
             self.committedMetadata = try reader.readNullableString("OffsetCommitRequestPartition.CommittedMetadata", compact: flexible)
@@ -117,7 +125,7 @@ public struct OffsetCommitRequest: KafkaMessage {
             if version >= 6 {
                 writer.writeInt32(self.committedLeaderEpoch)
             }
-            if version <= 1 {
+            if version >= 1 && version <= 1 {
                 writer.writeInt64(self.commitTimestamp)
             }
             writer.writeString(self.committedMetadata, compact: flexible)
@@ -186,7 +194,7 @@ public struct OffsetCommitRequest: KafkaMessage {
     }
 
     /// Versions the definition describes.
-    public static let validVersions: ClosedRange<Int16> = 2...10
+    public static let validVersions: ClosedRange<Int16> = 0...10
     /// The first version with compact encodings and tagged fields (nil: none).
     public static let firstFlexibleVersion: Int16? = 8
     public static let apiKey: Int16 = 8
@@ -332,7 +340,7 @@ public struct OffsetCommitResponse: KafkaMessage {
     }
 
     /// Versions the definition describes.
-    public static let validVersions: ClosedRange<Int16> = 2...10
+    public static let validVersions: ClosedRange<Int16> = 0...10
     /// The first version with compact encodings and tagged fields (nil: none).
     public static let firstFlexibleVersion: Int16? = 8
     public static let apiKey: Int16 = 8

@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""Kafka client compatibility scenarios against a running Aqueduct server.
+
+Each scenario checks content, keys, headers and order, not exit codes.
+Usage: clients.py BOOTSTRAP SCENARIO   (run.sh starts the server and runs them all)
+"""
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+BOOTSTRAP = sys.argv[1]
+
+
+def fresh(name):
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def check(condition, message):
+    if not condition:
+        raise AssertionError(message)
+
+
+# ---------------------------------------------------------------- confluent-kafka
+
+def confluent_compression():
+    """acks=all idempotent producer with every codec; read back in order."""
+    from confluent_kafka import Producer, Consumer
+    from confluent_kafka.admin import AdminClient, NewTopic
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"]:
+        topic = fresh(f"cf-{codec}")
+        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(10)
+        producer = Producer({"bootstrap.servers": BOOTSTRAP, "acks": "all", "enable.idempotence": True,
+                             "compression.type": codec, "linger.ms": 5})
+        sent = [(f"key-{i % 7}".encode(), f"{codec}-value-{i}-".encode() * 20, [("n", str(i).encode())]) for i in range(500)]
+        errors = []
+        for key, value, headers in sent:
+            producer.produce(topic, value=value, key=key, headers=headers,
+                             on_delivery=lambda err, msg: errors.append(err) if err else None)
+        check(producer.flush(30) == 0, f"{codec}: messages left unflushed")
+        check(not errors, f"{codec}: delivery errors {errors[:3]}")
+        consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": fresh("cf-reader"),
+                             "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        consumer.subscribe([topic])
+        got = []
+        deadline = time.time() + 30
+        while len(got) < len(sent) and time.time() < deadline:
+            message = consumer.poll(1.0)
+            if message is None:
+                continue
+            check(message.error() is None, f"{codec}: consume error {message.error()}")
+            got.append((message.key(), message.value(), message.headers(), message.offset()))
+        consumer.close()
+        check([g[:3] for g in got] == [(k, v, h) for k, v, h in sent], f"{codec}: read back differs ({len(got)} of {len(sent)})")
+        check([g[3] for g in got] == list(range(len(sent))), f"{codec}: offsets not dense")
+        print(f"  confluent-kafka {codec}: 500 records, idempotent acks=all, read back in order")
+
+
+CONSUMER_SCRIPT = r"""
+import sys, time, json, os
+from confluent_kafka import Consumer
+bootstrap, topic, group, name, stop_file = sys.argv[1:6]
+def report(**fields):
+    print(json.dumps(dict(who=name, **fields)), flush=True)
+consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+                     "enable.auto.commit": False, "session.timeout.ms": 6000, "heartbeat.interval.ms": 500,
+                     "partition.assignment.strategy": "range"})
+consumer.subscribe([topic], on_assign=lambda c, ps: report(assigned=sorted(p.partition for p in ps)))
+while not os.path.exists(stop_file):
+    message = consumer.poll(0.2)
+    if message is None or message.error():
+        continue
+    # Committed before it is reported, so a record seen by the test is never re-read.
+    consumer.commit(message=message, asynchronous=False)
+    report(partition=message.partition(), offset=message.offset(), value=message.value().decode())
+consumer.close()
+report(closed=True)
+"""
+
+
+class ConsumerProcess:
+    """A consumer in its own process; its reports are collected by a thread."""
+
+    def __init__(self, script, topic, group, name):
+        import json
+        import threading
+        self.stop_file = os.path.join(os.path.dirname(script), f"stop-{name}-{uuid.uuid4().hex[:6]}")
+        self.process = subprocess.Popen([sys.executable, script, BOOTSTRAP, topic, group, name, self.stop_file],
+                                        stdout=subprocess.PIPE, text=True)
+        self.reports = []
+        self.thread = threading.Thread(target=lambda: [self.reports.append(json.loads(line)) for line in self.process.stdout], daemon=True)
+        self.thread.start()
+
+    def values(self):
+        return [r["value"] for r in list(self.reports) if "value" in r]
+
+    def assigned(self):
+        assignments = [r["assigned"] for r in list(self.reports) if "assigned" in r]
+        return assignments[-1] if assignments else []
+
+    def stop(self):
+        open(self.stop_file, "w").close()
+        self.process.wait(30)
+        self.thread.join(5)
+
+
+def wait_for(condition, seconds, what):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def confluent_group():
+    """Two consumer processes share four partitions; one leaves, the other takes over;
+    after a restart the group resumes from its committed offsets."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+    topic, group = fresh("cf-group"), fresh("cf-group")
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    admin.create_topics([NewTopic(topic, 4, 1)])[topic].result(10)
+    producer = Producer({"bootstrap.servers": BOOTSTRAP, "acks": "all"})
+
+    def produce(prefix, count):
+        for i in range(count):
+            producer.produce(topic, key=f"k{i}".encode(), value=f"{prefix}-{i}".encode(), partition=i % 4)
+        producer.flush(10)
+
+    script = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"consumer-{uuid.uuid4().hex[:6]}.py")
+    open(script, "w").write(CONSUMER_SCRIPT)
+    a = ConsumerProcess(script, topic, group, "a")
+    b = ConsumerProcess(script, topic, group, "b")
+    wait_for(lambda: len(a.assigned()) == 2 and len(b.assigned()) == 2 and set(a.assigned() + b.assigned()) == {0, 1, 2, 3},
+             40, "the two consumers to share the four partitions")
+    produce("first", 40)
+    wait_for(lambda: len(a.values()) + len(b.values()) == 40, 30, "the first 40 records")
+    check(a.values() and b.values(), "both consumers must have received records")
+    check(sorted(a.values() + b.values()) == sorted(f"first-{i}" for i in range(40)), "first records differ")
+    b.stop()
+    wait_for(lambda: a.assigned() == [0, 1, 2, 3], 30, "the remaining consumer to take every partition")
+    produce("second", 40)
+    wait_for(lambda: sum(v.startswith("second") for v in a.values()) == 40, 30, "the take-over to read the second 40")
+    a.stop()
+    produce("third", 8)
+    c = ConsumerProcess(script, topic, group, "c")
+    wait_for(lambda: len(c.values()) >= 8, 40, "the restarted group to read the third batch")
+    time.sleep(1)
+    c.stop()
+    check(sorted(c.values()) == sorted(f"third-{i}" for i in range(8)), f"restart did not resume at the committed offsets: {c.values()[:5]}")
+    print("  confluent-kafka group: 2 processes share 4 partitions, take-over after a leave, resume after restart")
+
+
+# ---------------------------------------------------------------- kafka-python
+
+def kafka_python():
+    from kafka import KafkaProducer, KafkaConsumer, KafkaAdminClient
+    from kafka.admin import NewTopic
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    topic, doomed = fresh("kp"), fresh("kp-doomed")
+    admin.create_topics([NewTopic(topic, 3, 1), NewTopic(doomed, 1, 1)])
+    check({topic, doomed} <= set(admin.list_topics()), "created topics not listed")
+    admin.delete_topics([doomed])
+    check(doomed not in admin.list_topics(), "deleted topic still listed")
+    producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all")
+    sent = [(f"key-{i}".encode(), f"value-{i}".encode(), [("trace", f"t{i}".encode()), ("empty", b"")]) for i in range(60)]
+    for key, value, headers in sent:
+        producer.send(topic, key=key, value=value, headers=headers)
+    producer.flush()
+    group = fresh("kp-group")
+    consumer = KafkaConsumer(topic, bootstrap_servers=BOOTSTRAP, group_id=group, auto_offset_reset="earliest",
+                             consumer_timeout_ms=5000, enable_auto_commit=False)
+    got = {}
+    for message in consumer:
+        got.setdefault(message.partition, []).append((message.key, message.value, message.headers, message.offset))
+    consumer.commit()
+    consumer.close()
+    flat = [m for messages in got.values() for m in messages]
+    check(sorted((k, v, list(h)) for k, v, h, _ in flat) == sorted((k, v, list(h)) for k, v, h in sent), "kafka-python: content differs")
+    for partition, messages in got.items():
+        check([m[3] for m in messages] == list(range(len(messages))), f"partition {partition} out of order")
+        # Same key, same partition, in send order.
+        by_key = [int(m[1].split(b"-")[1]) for m in messages]
+        check(by_key == sorted(by_key), f"partition {partition} not in send order")
+    offsets = admin.list_group_offsets(group)[group]
+    check(sum(o.offset for o in offsets.values()) == 60, f"committed offsets {offsets}")
+    print("  kafka-python: admin create/list/delete, 60 records with headers, group commit")
+
+
+def aiokafka_scenario():
+    from aiokafka import AIOKafkaProducer, AIOKafkaConsumer
+
+    async def run():
+        topic, group = fresh("aio"), fresh("aio-group")
+        producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all")
+        await producer.start()
+        try:
+            for i in range(30):
+                await producer.send_and_wait(topic, key=f"k{i}".encode(), value=f"v{i}".encode(), headers=[("i", str(i).encode())])
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=BOOTSTRAP, group_id=group, auto_offset_reset="earliest",
+                                    enable_auto_commit=False)
+        await consumer.start()
+        got = []
+        try:
+            while len(got) < 30:
+                batch = await consumer.getmany(timeout_ms=5000)
+                if not batch:
+                    break
+                for messages in batch.values():
+                    got += [(m.key, m.value, list(m.headers), m.offset) for m in messages]
+            await consumer.commit()
+        finally:
+            await consumer.stop()
+        expected = [(f"k{i}".encode(), f"v{i}".encode(), [("i", str(i).encode())], i) for i in range(30)]
+        check(got == expected, f"aiokafka: read back differs: {got[:3]}")
+
+    asyncio.run(run())
+    print("  aiokafka: auto-created topic, 30 records with headers, group consume and commit")
+
+
+SCENARIOS = {
+    "confluent-compression": confluent_compression,
+    "confluent-group": confluent_group,
+    "kafka-python": kafka_python,
+    "aiokafka": aiokafka_scenario,
+}
+
+if __name__ == "__main__":
+    SCENARIOS[sys.argv[2]]()
