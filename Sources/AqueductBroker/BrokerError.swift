@@ -20,6 +20,7 @@ public enum ErrorCode: String, Sendable, CaseIterable, Codable {
     case notWritable = "NOT_WRITABLE"
     case unavailable = "UNAVAILABLE"
     case internalError = "INTERNAL_ERROR"
+    case groupNotFound = "GROUP_NOT_FOUND"
 
     /// The closest Kafka protocol error code.
     public var kafkaCode: Int16 {
@@ -37,6 +38,7 @@ public enum ErrorCode: String, Sendable, CaseIterable, Codable {
         case .invalidRecord: 87
         case .unavailable: 6  // NOT_LEADER_OR_FOLLOWER: clients retry
         case .internalError: -1
+        case .groupNotFound: 69
         }
     }
 }

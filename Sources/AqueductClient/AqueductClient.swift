@@ -73,6 +73,14 @@ public struct AqueductClient: Sendable {
         try await call(.GET, "/v1/topics/\(escape(name))")
     }
 
+    public func listGroups() async throws -> GroupList {
+        try await call(.GET, "/v1/groups")
+    }
+
+    public func describeGroup(_ name: String) async throws -> GroupDescription {
+        try await call(.GET, "/v1/groups/\(escape(name))")
+    }
+
     public func deleteTopic(_ name: String) async throws {
         let _: Empty = try await call(.DELETE, "/v1/topics/\(escape(name))")
     }

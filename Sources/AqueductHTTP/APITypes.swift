@@ -156,3 +156,12 @@ public struct ErrorBody: Codable, Sendable {
     }
     public var error: Detail
 }
+
+/// `GET /v1/groups`.
+public struct GroupList: Codable, Sendable {
+    public var groups: [GroupSummary]
+
+    public init(groups: [GroupSummary]) {
+        self.groups = groups
+    }
+}

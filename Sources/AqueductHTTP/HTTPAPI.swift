@@ -14,7 +14,7 @@ struct APIError: HTTPResponseError {
 
     var status: HTTPResponse.Status {
         switch error.code {
-        case .topicNotFound, .partitionNotFound: .notFound
+        case .topicNotFound, .partitionNotFound, .groupNotFound: .notFound
         case .topicExists: .conflict
         case .recordTooLarge: .contentTooLarge
         case .offsetOutOfRange: .rangeNotSatisfiable
@@ -42,7 +42,9 @@ public enum HTTPAPI {
     /// Most records one fetch returns.
     public static let fetchRecordsMax = 10_000
 
-    public static func router(broker: Broker, metricsText: @escaping @Sendable () -> String) -> Router<BasicRequestContext> {
+    public static func router(
+        broker: Broker, groups: (any GroupDirectory)? = nil, metricsText: @escaping @Sendable () -> String
+    ) -> Router<BasicRequestContext> {
         let router = Router()
         router.middlewares.add(ErrorTranslation())
 
@@ -89,6 +91,18 @@ public enum HTTPAPI {
             let partition = try partitionParameter(context)
             let offsets = try broker.offsets(topic: try topicParameter(context), partition: partition)
             return try json(OffsetsResponse(partition: partition, startOffset: offsets.start, endOffset: offsets.end))
+        }
+
+        router.get("/v1/groups") { _, _ in
+            try json(GroupList(groups: groups?.groupSummaries() ?? []))
+        }
+        router.get("/v1/groups/:group") { _, context in
+            let name = context.parameters.get("group") ?? ""
+            guard let description = groups?.describeGroup(name) else {
+                throw BrokerError(.groupNotFound, "consumer group '\(name)' does not exist (no members, no committed offsets)",
+                    hint: "list the groups with `aqueduct group list`")
+            }
+            return try json(description)
         }
         return router
     }

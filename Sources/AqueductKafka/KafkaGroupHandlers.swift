@@ -11,7 +11,7 @@ extension KafkaRequestHandler {
         }
         let reply = await groups.join(groupID: request.groupId, GroupStateMachine.JoinRequest(
             memberID: request.memberId, instanceID: request.groupInstanceId, clientID: session.clientID ?? "",
-            clientHost: "/" + session.peer, protocolType: request.protocolType,
+            clientHost: "/" + (session.peer.split(separator: ":").first.map(String.init) ?? session.peer), protocolType: request.protocolType,
             protocols: request.protocols.map { GroupStateMachine.SupportedProtocol(name: $0.name, metadata: $0.metadata) },
             sessionTimeoutMilliseconds: Int64(request.sessionTimeoutMs),
             // v0 has no rebalance timeout: the session timeout serves for both.

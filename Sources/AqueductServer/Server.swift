@@ -107,7 +107,11 @@ public enum Server {
             }
         }
         let kafkaPort = kafkaServer?.boundPort
-        let router = HTTPAPI.router(broker: components.broker, metricsText: { components.metricsText() })
+        let directory = groupCoordinator.map { KafkaGroupDirectory(coordinator: $0, broker: components.broker) }
+        let router = HTTPAPI.router(broker: components.broker, groups: directory, metricsText: {
+            directory.map(Self.recordGroupMetrics)
+            return components.metricsText()
+        })
         let application = Application(
             router: router,
             configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "aqueduct"),
@@ -142,6 +146,21 @@ public enum Server {
         logger.info("shutting down: flushing entry storage and closing")
         await components.close()
         logger.info("aqueduct stopped cleanly")
+    }
+}
+
+extension Server {
+    /// Per group and partition lag, and members per group, refreshed at scrape time.
+    static func recordGroupMetrics(_ directory: KafkaGroupDirectory) {
+        for summary in directory.groupSummaries() {
+            Gauge(label: "aqueduct_group_members", dimensions: [("group", summary.name)]).record(summary.members)
+            guard let description = directory.describeGroup(summary.name) else { continue }
+            for offset in description.offsets {
+                Gauge(label: "aqueduct_group_lag", dimensions: [
+                    ("group", summary.name), ("topic", offset.topic), ("partition", String(offset.partition)),
+                ]).record(offset.lag)
+            }
+        }
     }
 }
 

@@ -89,7 +89,7 @@ struct TopicCommand: AsyncParsableCommand {
 }
 
 /// Fields padded to `widths` (the last field unpadded), two spaces apart.
-private func row(_ fields: [String], widths: [Int]) -> String {
+func row(_ fields: [String], widths: [Int]) -> String {
     fields.enumerated().map { index, field in
         index < widths.count ? field.padding(toLength: widths[index], withPad: " ", startingAt: 0) : field
     }.joined(separator: "  ")

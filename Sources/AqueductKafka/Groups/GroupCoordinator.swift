@@ -2,6 +2,7 @@ import AqueductBroker
 import AqueductCommon
 import Logging
 import Metrics
+import NIOCore
 import Synchronization
 
 /// The I/O shell around the groups' state machines: holds one `GroupStateMachine` per
@@ -160,5 +161,59 @@ public final class GroupCoordinator: Sendable {
             }
             Self.deliver(due)
         }
+    }
+}
+
+/// Groups as the HTTP API, the CLI and the metrics see them: members with their
+/// decoded assignments, committed offsets with lag against the partitions' ends.
+public struct KafkaGroupDirectory: GroupDirectory {
+    let coordinator: GroupCoordinator
+    let broker: Broker
+
+    public init(coordinator: GroupCoordinator, broker: Broker) {
+        self.coordinator = coordinator
+        self.broker = broker
+    }
+
+    public func groupSummaries() -> [GroupSummary] {
+        coordinator.allGroups().sorted { $0.groupID < $1.groupID }.map { group in
+            GroupSummary(name: group.groupID, state: group.state.rawValue, members: group.members.count,
+                lag: describe(group).lag)
+        }
+    }
+
+    public func describeGroup(_ name: String) -> GroupDescription? {
+        coordinator.describe(name).map(describe)
+    }
+
+    private func describe(_ group: GroupStateMachine) -> GroupDescription {
+        var owners: [TopicPartition: String] = [:]
+        let members = group.members.map { member -> GroupDescription.Member in
+            var assignment: [String: [Int]] = [:]
+            if group.protocolType == "consumer", !member.assignment.isEmpty {
+                var reader = KafkaReader(ByteBuffer(bytes: member.assignment))
+                if let version = try? reader.readInt16("version"),
+                    let decoded = try? ConsumerProtocolAssignment(from: &reader, version: max(0, min(version, 3)))
+                {
+                    for topic in decoded.assignedPartitions {
+                        assignment[topic.topic] = topic.partitions.map(Int.init).sorted()
+                        for partition in topic.partitions { owners[TopicPartition(topic.topic, Int(partition))] = member.id }
+                    }
+                }
+            }
+            return GroupDescription.Member(
+                memberID: member.id, instanceID: member.instanceID, clientID: member.clientID, clientHost: member.clientHost,
+                assignment: assignment)
+        }
+        let committed = coordinator.offsets.offsets(group: group.groupID)
+        let offsets = committed.sorted { ($0.key.topic, $0.key.partition) < ($1.key.topic, $1.key.partition) }.map { partition, committed in
+            let end = (try? broker.offsets(topic: partition.topic, partition: partition.partition).end) ?? committed.offset
+            return GroupDescription.PartitionOffset(
+                topic: partition.topic, partition: partition.partition, committedOffset: committed.offset, endOffset: end,
+                lag: max(0, end - committed.offset), metadata: committed.metadata, memberID: owners[partition])
+        }
+        return GroupDescription(
+            name: group.groupID, state: group.state.rawValue, protocolType: group.protocolType ?? "",
+            assignmentProtocol: group.protocolName ?? "", generation: group.generation, members: members, offsets: offsets)
     }
 }

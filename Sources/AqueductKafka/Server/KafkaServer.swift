@@ -80,7 +80,8 @@ public final class KafkaServer: Sendable {
     }
 
     private func serve(_ connection: NIOAsyncChannel<ByteBuffer, ByteBuffer>) async {
-        let peer = connection.channel.remoteAddress?.description ?? "unknown"
+        let address = connection.channel.remoteAddress
+        let peer = address.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "unknown"
         do {
             try await connection.executeThenClose { inbound, outbound in
                 var session = KafkaSession(peer: peer)
