@@ -49,6 +49,13 @@ public enum KafkaErrorCode {
     static func from(_ error: BrokerError) -> Int16 { error.code.kafkaCode }
 }
 
+/// What a request gets: nothing (acks=0), an answer now, or an answer later.
+public enum KafkaReply: Sendable {
+    case none
+    case ready(ByteBuffer)
+    case deferred(@Sendable () async -> ByteBuffer)
+}
+
 /// Answers Kafka requests with the broker: decodes the header and body with the
 /// generated codecs, runs the API, and encodes the response at the request's version.
 public final class KafkaRequestHandler: Sendable {
@@ -69,16 +76,30 @@ public final class KafkaRequestHandler: Sendable {
         self.producers = ProducerStateTable()
     }
 
-    /// Returns the response frame (size prefix included), or nil when none is due
-    /// (Produce with acks=0) or the connection must close (`session.closeAfterResponse`).
+    /// Handles a request to the end: the response frame (size prefix included), or nil
+    /// when none is due (Produce with acks=0) or the connection must close
+    /// (`session.closeAfterResponse`).
     public func handle(frame: ByteBuffer, session: inout KafkaSession) async -> ByteBuffer? {
+        switch await dispatch(frame: frame, session: &session) {
+        case .none: return nil
+        case .ready(let response): return response
+        case .deferred(let later): return await later()
+        }
+    }
+
+    /// Handles a request up to the point where it would wait (a fetch for records not
+    /// there yet, a group join or sync waiting for the other members). The listener
+    /// goes on with the connection's next requests meanwhile and still writes the
+    /// answers in order: so a producer's request behind a consumer's long-poll on the
+    /// same connection (sarama shares one) is not held up by it.
+    public func dispatch(frame: ByteBuffer, session: inout KafkaSession) async -> KafkaReply {
         // The frame decoder guarantees the 8 bytes of key, version and correlation id.
         let rawKey: Int16 = frame.getInteger(at: frame.readerIndex)!
         let version: Int16 = frame.getInteger(at: frame.readerIndex + 2)!
         let correlationID: Int32 = frame.getInteger(at: frame.readerIndex + 4)!
         guard let key = KafkaAPIKey(rawValue: rawKey), let served = KafkaAPIVersions.served[key], served.contains(version) else {
             logger.debug("unsupported Kafka request", metadata: ["apiKey": "\(rawKey)", "version": "\(version)", "peer": "\(session.peer)"])
-            return unsupportedVersion(apiKey: rawKey, correlationID: correlationID)
+            return .ready(unsupportedVersion(apiKey: rawKey, correlationID: correlationID))
         }
         let flexible = KafkaAPIVersions.isFlexible(key, version)
         var reader = KafkaReader(frame)
@@ -87,8 +108,11 @@ public final class KafkaRequestHandler: Sendable {
             session.clientID = header.clientId
             // ApiVersions' response header stays v0 so any client can read it.
             let flexibleResponse = flexible && key != .apiVersions
-            func respond(_ message: some KafkaMessage, capacity: Int = 256) -> ByteBuffer {
-                Self.frame(message, version: version, correlationID: correlationID, flexibleHeader: flexibleResponse, capacity: capacity)
+            func respond(_ message: some KafkaMessage, capacity: Int = 256) -> KafkaReply {
+                .ready(Self.frame(message, version: version, correlationID: correlationID, flexibleHeader: flexibleResponse, capacity: capacity))
+            }
+            @Sendable func later(_ message: some KafkaMessage) -> ByteBuffer {
+                Self.frame(message, version: version, correlationID: correlationID, flexibleHeader: flexibleResponse, capacity: Self.capacity(for: message))
             }
             switch key {
             case .apiVersions:
@@ -99,11 +123,13 @@ public final class KafkaRequestHandler: Sendable {
             case .produce:
                 let request = try ProduceRequest(from: &reader, version: version)
                 let response = await produce(request, version: version)
-                return request.acks == 0 ? nil : respond(response)
+                return request.acks == 0 ? .none : respond(response)
             case .fetch:
-                let response = await fetch(try FetchRequest(from: &reader, version: version))
-                let bytes = response.responses.reduce(0) { $0 + $1.partitions.reduce(0) { $0 + ($1.records?.readableBytes ?? 0) + 64 } }
-                return respond(response, capacity: bytes + 256)
+                let request = try FetchRequest(from: &reader, version: version)
+                let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(max(0, request.maxWaitMs)) * 1_000_000
+                let (response, ticket) = await fetchPass(request, deadline: deadline)
+                guard let ticket else { return .ready(later(response)) }
+                return .deferred { [self] in later(await fetchWaiting(request, ticket: ticket, deadline: deadline)) }
             case .listOffsets:
                 return respond(await listOffsets(try ListOffsetsRequest(from: &reader, version: version), version: version))
             case .findCoordinator:
@@ -119,9 +145,12 @@ public final class KafkaRequestHandler: Sendable {
             case .describeConfigs:
                 return respond(describeConfigs(try DescribeConfigsRequest(from: &reader, version: version)))
             case .joinGroup:
-                return respond(await joinGroup(try JoinGroupRequest(from: &reader, version: version), version: version, session: session))
+                let request = try JoinGroupRequest(from: &reader, version: version)
+                let client = session
+                return .deferred { [self] in later(await joinGroup(request, version: version, session: client)) }
             case .syncGroup:
-                return respond(await syncGroup(try SyncGroupRequest(from: &reader, version: version)))
+                let request = try SyncGroupRequest(from: &reader, version: version)
+                return .deferred { [self] in later(await syncGroup(request)) }
             case .heartbeat:
                 return respond(heartbeat(try HeartbeatRequest(from: &reader, version: version)))
             case .leaveGroup:
@@ -142,8 +171,14 @@ public final class KafkaRequestHandler: Sendable {
                 "apiKey": "\(rawKey)", "version": "\(version)", "peer": "\(session.peer)", "error": "\(error)",
             ])
             session.closeAfterResponse = true
-            return nil
+            return .none
         }
+    }
+
+    /// Room for a response: fetches carry their record batches.
+    static func capacity(for message: some KafkaMessage) -> Int {
+        guard let fetch = message as? FetchResponse else { return 256 }
+        return fetch.responses.reduce(256) { $0 + $1.partitions.reduce(0) { $0 + ($1.records?.readableBytes ?? 0) + 64 } }
     }
 
     /// A response frame: size, correlation id, tagged fields (flexible header), body.
@@ -331,22 +366,32 @@ public final class KafkaRequestHandler: Sendable {
 
     // MARK: - Fetch
 
-    func fetch(_ request: FetchRequest) async -> FetchResponse {
-        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(max(0, request.maxWaitMs)) * 1_000_000
+    /// Reads the requested partitions once. Returns a ticket to wait on when the answer
+    /// should wait for more records (fewer than `min_bytes`, before the deadline); the
+    /// ticket is registered before the read, so an append meanwhile is not missed.
+    func fetchPass(_ request: FetchRequest, deadline: UInt64) async -> (FetchResponse, AppendNotifier.Ticket?) {
         let partitions = request.topics.flatMap { topic in topic.partitions.map { TopicPartition(topic.topic, Int($0.partition)) } }
-        let minBytes = max(1, Int(request.minBytes))
+        let ticket = broker.appends.register(partitions)
+        let response = await fetchOnce(request)
+        let bytes = response.responses.reduce(0) { $0 + $1.partitions.reduce(0) { $0 + ($1.records?.readableBytes ?? 0) } }
+        let errors = response.responses.contains { $0.partitions.contains { $0.errorCode != 0 } }
+        if bytes >= max(1, Int(request.minBytes)) || errors || DispatchTime.now().uptimeNanoseconds >= deadline {
+            broker.appends.cancel(ticket)
+            return (response, nil)
+        }
+        return (response, ticket)
+    }
+
+    /// Waits for appends to the fetched partitions until `min_bytes` are there or the
+    /// deadline passes.
+    func fetchWaiting(_ request: FetchRequest, ticket: AppendNotifier.Ticket, deadline: UInt64) async -> FetchResponse {
+        var ticket = ticket
         while true {
-            let ticket = broker.appends.register(partitions)
-            let response = await fetchOnce(request)
-            let bytes = response.responses.reduce(0) { $0 + $1.partitions.reduce(0) { $0 + ($1.records?.readableBytes ?? 0) } }
-            let errors = response.responses.contains { $0.partitions.contains { $0.errorCode != 0 } }
             let now = DispatchTime.now().uptimeNanoseconds
-            if bytes >= minBytes || errors || now >= deadline {
-                broker.appends.cancel(ticket)
-                return response
-            }
-            _ = await broker.appends.wait(ticket, timeoutNanoseconds: deadline - now)
-            if DispatchTime.now().uptimeNanoseconds >= deadline { return await fetchOnce(request) }
+            if now < deadline { _ = await broker.appends.wait(ticket, timeoutNanoseconds: deadline - now) } else { broker.appends.cancel(ticket) }
+            let (response, next) = await fetchPass(request, deadline: deadline)
+            guard let next else { return response }
+            ticket = next
         }
     }
 

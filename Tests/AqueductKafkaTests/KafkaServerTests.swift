@@ -93,6 +93,26 @@ func sized(_ frame: ByteBuffer) -> ByteBuffer {
             #expect(frame.getInteger(at: 0, as: Int32.self) == expected)
         }
 
+        // A produce behind a long-polling fetch on the same connection (sarama shares
+        // one): it is not held up by the fetch, and its records answer the fetch.
+        fetch.maxWaitMs = 10_000
+        fetch.topics[0].partitions[0].fetchOffset = 0
+        var produce = ProduceRequest()
+        produce.acks = -1
+        produce.topicData = [.init(name: "t", partitionData: [.init(index: 0, records: batch(["wake"]))])]
+        var both = sized(KafkaStack.requestFrame(.fetch, version: 11, fetch, correlationID: 5))
+        var append = sized(KafkaStack.requestFrame(.produce, version: 8, produce, correlationID: 6))
+        both.writeBuffer(&append)
+        let began = Date()
+        connection.send(both)
+        var fetched = try #require(connection.receiveFrame())
+        #expect(fetched.readInteger(as: Int32.self) == 5)
+        var reader = KafkaReader(fetched)
+        let answer = try FetchResponse(from: &reader, version: 11)
+        #expect(try values(of: answer.responses[0].partitions[0].records) == ["wake"])
+        #expect(connection.receiveFrame()?.getInteger(at: 0, as: Int32.self) == 6)
+        #expect(Date().timeIntervalSince(began) < 5, "the fetch must be answered by the produce behind it")
+
         // An oversized frame: that connection is closed, the other one goes on.
         let bad = try RawConnection(port: server.boundPort)
         var huge = ByteBuffer()
@@ -100,8 +120,8 @@ func sized(_ frame: ByteBuffer) -> ByteBuffer {
         huge.writeRepeatingByte(0, count: 64)
         bad.send(huge)
         #expect(bad.receiveFrame() == nil)
-        connection.send(sized(KafkaStack.requestFrame(.apiVersions, version: 3, ApiVersionsRequest(), correlationID: 4)))
-        #expect(connection.receiveFrame()?.getInteger(at: 0, as: Int32.self) == 4)
+        connection.send(sized(KafkaStack.requestFrame(.apiVersions, version: 3, ApiVersionsRequest(), correlationID: 7)))
+        #expect(connection.receiveFrame()?.getInteger(at: 0, as: Int32.self) == 7)
 
         serving.cancel()
         await server.close()

@@ -1,3 +1,4 @@
+import AqueductCommon
 import Logging
 import NIOCore
 import NIOPosix
@@ -79,23 +80,55 @@ public final class KafkaServer: Sendable {
         try? await serverChannel.channel.close()
     }
 
+    /// Most answers of one connection waiting to be written (requests read ahead of
+    /// their answers); past it the connection is not read until answers go out.
+    static let repliesInFlightMax = 64
+
     private func serve(_ connection: NIOAsyncChannel<ByteBuffer, ByteBuffer>) async {
         let address = connection.channel.remoteAddress
         let peer = address.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "unknown"
         do {
             try await connection.executeThenClose { inbound, outbound in
-                var session = KafkaSession(peer: peer)
-                for try await frame in inbound {
-                    if let response = await handler.handle(frame: frame, session: &session) {
-                        try await outbound.write(response)
+                // Requests are handled in order up to where they would wait; their
+                // answers are written in order by a second task.
+                let (replies, queue) = AsyncStream<QueuedReply>.makeStream()
+                let slots = WeightedSemaphore(capacity: Self.repliesInFlightMax)
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        for await reply in replies {
+                            let response: ByteBuffer?
+                            switch reply {
+                            case .now(let ready): response = ready
+                            case .later(let task): response = await task.value
+                            }
+                            slots.release(1)
+                            if let response { try await outbound.write(response) }
+                        }
                     }
-                    if session.closeAfterResponse { break }
+                    var session = KafkaSession(peer: peer)
+                    for try await frame in inbound {
+                        await slots.acquire(1)
+                        switch await handler.dispatch(frame: frame, session: &session) {
+                        case .none: queue.yield(.now(nil))
+                        case .ready(let response): queue.yield(.now(response))
+                        case .deferred(let later): queue.yield(.later(Task { await later() }))
+                        }
+                        if session.closeAfterResponse { break }
+                    }
+                    queue.finish()
+                    try await group.waitForAll()
                 }
             }
         } catch {
             logger.debug("Kafka connection closed", metadata: ["peer": "\(peer)", "reason": "\(error)"])
         }
     }
+}
+
+/// An answer in a connection's queue: written as soon as those before it are.
+private enum QueuedReply: Sendable {
+    case now(ByteBuffer?)
+    case later(Task<ByteBuffer, Never>)
 }
 
 /// What a handler knows of one connection.
