@@ -91,6 +91,9 @@ public final class Log: Sendable {
         let epoch = record.writerEpoch + 1
         let now = clock.nowMilliseconds()
         var retired: [SegmentID] = []
+        // Numbers only grow: an empty last segment is retired below, and its number must
+        // not be taken again (it still exists in storage until it is deleted).
+        let highestNumber = record.segments.last?.number ?? 0
         if let last = record.segments.last, last.state == .open {
             let segment = SegmentID(logID: id, number: last.number)
             var info: SegmentInfo?
@@ -109,7 +112,7 @@ public final class Log: Sendable {
                 if info != nil { retired.append(segment) }
             }
         }
-        let number = (record.segments.last?.number ?? 0) + 1 + UInt64(retired.count)
+        let number = highestNumber + 1
         let baseOffset = record.segments.last.map { $0.endOffset ?? $0.baseOffset } ?? record.startOffset
         record.writerEpoch = epoch
         record.segments.append(LogRecord.Segment(

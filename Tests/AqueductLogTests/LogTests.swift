@@ -90,6 +90,28 @@ func readValues(_ log: Log, from offset: Int64, maxBytes: Int = 300) async throw
         try await stack.close()
     }
 
+    /// An empty log reopened many times (the consumer offsets log of a server that
+    /// restarts without commits): each writer retires the empty segment and starts a
+    /// new one, whose number must never be one still in storage.
+    @Test func writersOnAnEmptyLogNeverReuseASegmentNumber() async throws {
+        let directory = temporaryDirectory()
+        var stack = try await Stack.open(directory)
+        _ = try await stack.logs.createLog(name: "empty", configuration: LogConfiguration())
+        try await stack.close()
+        for _ in 0..<4 {
+            stack = try await Stack.open(directory)
+            let log = try #require(stack.logs.allLogs.first { $0.name == "empty" })
+            _ = try await log.openWriter()
+            _ = try await log.openWriter()
+            try await stack.close()
+        }
+        stack = try await Stack.open(directory)
+        let log = try #require(stack.logs.allLogs.first { $0.name == "empty" })
+        let writer = try await log.openWriter()
+        #expect(try await writer.append(batch(["finally"])).baseOffset == 0)
+        try await stack.close()
+    }
+
     @Test func aNewWriterFencesTheOldOneWhoseAppendsNeverReachDisk() async throws {
         let directory = temporaryDirectory()
         let stack = try await Stack.open(directory)
