@@ -90,6 +90,29 @@ public final class DataFile: @unchecked Sendable {
         }
     }
 
+    /// Writes the readable bytes of `buffers`, one after another, at `offset`, without
+    /// copying them into one buffer first (pwritev). With `durably`, they are on stable
+    /// storage on return, as after `syncData`.
+    public func write(gathering buffers: [ByteBuffer], at offset: Int64, durably: Bool) throws {
+        var vectors: [iovec] = []
+        vectors.reserveCapacity(buffers.count)
+        var storages: [Unmanaged<AnyObject>] = []
+        storages.reserveCapacity(buffers.count)
+        defer { for storage in storages { storage.release() } }
+        for buffer in buffers where buffer.readableBytes > 0 {
+            // The storage is retained until the write is done, so the pointer stays valid.
+            buffer.withUnsafeReadableBytesWithStorageManagement { bytes, storage in
+                storages.append(storage.retain())
+                vectors.append(iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count))
+            }
+        }
+        guard !vectors.isEmpty else { return }
+        let written = vectors.withUnsafeMutableBufferPointer { vectors in
+            aq_write_gathered(descriptor, vectors.baseAddress, Int32(vectors.count), offset, durably ? 1 : 0)
+        }
+        if written < 0 { throw FileIOError(durably ? "pwritev2(RWF_DSYNC)" : "pwritev", path: path, errno: errno) }
+    }
+
     /// Writes the readable bytes of `buffer` at `offset`.
     public func write(_ buffer: ByteBuffer, at offset: Int64) throws {
         try buffer.withUnsafeReadableBytes { try write($0, at: offset) }

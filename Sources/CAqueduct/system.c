@@ -6,6 +6,7 @@
 #include <unistd.h>
 #include <errno.h>
 #include <sys/uio.h>
+#include <limits.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
@@ -69,4 +70,54 @@ long long aq_write_data_sync(int fd, const void *bytes, size_t length, long long
     if (plain < 0) return -1;
     if (fdatasync(fd) != 0) return -1;
     return (long long)plain;
+}
+
+long long aq_write_gathered(int fd, struct iovec *vectors, int count, long long offset, int data_sync) {
+    long long total = 0;
+    int index = 0, calls = 0, synced = 0, dsync_unsupported = 0;
+    while (index < count && vectors[index].iov_len == 0) index++;
+    while (index < count) {
+        int batch = count - index;
+        if (batch > IOV_MAX) batch = IOV_MAX;
+        int use_dsync = 0;
+#if defined(__linux__) && defined(RWF_DSYNC)
+        use_dsync = data_sync && !dsync_unsupported && calls == 0 && index + batch == count;
+#endif
+        ssize_t written;
+        if (use_dsync) {
+#if defined(__linux__) && defined(RWF_DSYNC)
+            written = pwritev2(fd, vectors + index, batch, (off_t)(offset + total), RWF_DSYNC);
+            if (written < 0 && errno == EOPNOTSUPP) {
+                dsync_unsupported = 1;
+                continue;
+            }
+#else
+            written = -1;
+#endif
+        } else {
+            written = pwritev(fd, vectors + index, batch, (off_t)(offset + total));
+        }
+        if (written < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        calls++;
+        total += written;
+        /* Step over what was written; a short write resumes inside a vector. */
+        size_t left = (size_t)written;
+        while (index < count && left >= vectors[index].iov_len) {
+            left -= vectors[index].iov_len;
+            index++;
+        }
+        if (index < count && left > 0) {
+            vectors[index].iov_base = (char *)vectors[index].iov_base + left;
+            vectors[index].iov_len -= left;
+        }
+        while (index < count && vectors[index].iov_len == 0) index++;
+        synced = use_dsync && index == count;
+    }
+    if (data_sync && !(synced && calls == 1)) {
+        if (fdatasync(fd) != 0) return -1;
+    }
+    return total;
 }

@@ -197,9 +197,18 @@ final class SegmentFile: Sendable {
     func append(_ batches: [(header: RecordBatchHeader, bytes: ByteBuffer)], scratch: inout ByteBuffer) throws {
         guard !batches.isEmpty else { return }
         var (position, sinceEntry) = state.withLock { ($0.sizeBytes, $0.bytesSinceIndexEntry) }
-        scratch.clear()
         var newEntries: [IndexEntry] = []
         var writeAt = position
+        // Batches are written from their own buffers (pwritev), about 1 MiB per call.
+        var pending: [ByteBuffer] = []
+        var pendingBytes = 0
+        func writePending() throws {
+            try data.write(gathering: pending, at: writeAt, durably: false)
+            data.startWriteback(offset: writeAt, length: Int64(pendingBytes))
+            writeAt += Int64(pendingBytes)
+            pending.removeAll(keepingCapacity: true)
+            pendingBytes = 0
+        }
         for (header, bytes) in batches {
             if sinceEntry >= indexIntervalBytes {
                 newEntries.append(IndexEntry(relativeOffset: UInt32(header.baseOffset - baseOffset), position: UInt32(position)))
@@ -207,20 +216,11 @@ final class SegmentFile: Sendable {
             }
             sinceEntry += bytes.readableBytes
             position += Int64(bytes.readableBytes)
-            var copy = bytes
-            scratch.writeBuffer(&copy)
-            if scratch.readableBytes >= 1 << 20 {
-                try data.write(scratch, at: writeAt)
-                data.startWriteback(offset: writeAt, length: Int64(scratch.readableBytes))
-                writeAt += Int64(scratch.readableBytes)
-                scratch.clear()
-            }
+            pending.append(bytes)
+            pendingBytes += bytes.readableBytes
+            if pendingBytes >= 1 << 20 || pending.count >= 512 { try writePending() }
         }
-        if scratch.readableBytes > 0 {
-            try data.write(scratch, at: writeAt)
-            data.startWriteback(offset: writeAt, length: Int64(scratch.readableBytes))
-            scratch.clear()
-        }
+        if !pending.isEmpty { try writePending() }
         let persistedAt = state.withLock { state -> Int in
             state.index.append(contentsOf: newEntries)
             state.sizeBytes = position

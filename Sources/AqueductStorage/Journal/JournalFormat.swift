@@ -61,6 +61,19 @@ enum JournalFormat {
         return start
     }
 
+    /// Fills in a block header's magic, length and sequence (the CRC comes last, with
+    /// `setBlockChecksum`), for a block whose records are written in pieces.
+    static func setBlockHeader(_ buffer: inout ByteBuffer, start: Int, recordsBytes: Int, sequence: UInt64) {
+        buffer.setInteger(blockMagic, at: start)
+        buffer.setInteger(UInt32(recordsBytes), at: start + 4)
+        buffer.setInteger(sequence, at: start + 8)
+    }
+
+    /// The CRC-32C of length, sequence and records (`CRC32C.extend` over them in order).
+    static func setBlockChecksum(_ buffer: inout ByteBuffer, start: Int, crc: UInt32) {
+        buffer.setInteger(crc, at: start + 16)
+    }
+
     static func sealBlock(_ buffer: inout ByteBuffer, start: Int, sequence: UInt64) {
         let recordsBytes = buffer.writerIndex - start - blockHeaderBytes
         buffer.setInteger(blockMagic, at: start)

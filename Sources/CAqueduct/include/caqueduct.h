@@ -43,6 +43,13 @@ int aq_set_thread_io_priority(int io_class, int level);
    short, then nothing is promised about durability) or -1 with errno. */
 long long aq_write_data_sync(int fd, const void *bytes, size_t length, long long offset);
 
+/* Writes the `count` vectors one after another at `offset` (pwritev, IOV_MAX at a time,
+   short writes resumed; `vectors` is modified). With `data_sync`, the bytes are durable
+   on return: one pwritev2(RWF_DSYNC) when one call wrote everything, else an fdatasync
+   at the end. Returns the bytes written or -1 with errno. */
+struct iovec;
+long long aq_write_gathered(int fd, struct iovec *vectors, int count, long long offset, int data_sync);
+
 /// A pool of large buffers (64 KiB to 16 MiB) reused across reads, for a custom
 /// ByteBufferAllocator: the four functions NIO's allocator takes.
 void *aq_pool_allocate(size_t size);
