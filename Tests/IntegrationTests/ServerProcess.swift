@@ -31,7 +31,7 @@ final class ServerProcess: @unchecked Sendable {
     init(dataDirectory: String, extraArguments: [String] = []) {
         self.dataDirectory = dataDirectory
         process.executableURL = URL(fileURLWithPath: Self.binaryPath)
-        process.arguments = ["server", "--data-dir", dataDirectory, "--http-listen", "127.0.0.1:0"] + extraArguments
+        process.arguments = ["server", "--data-dir", dataDirectory, "--http-listen", "127.0.0.1:0", "--kafka-listen", "127.0.0.1:0"] + extraArguments
     }
 
     /// Starts the server and waits until it serves HTTP.
