@@ -252,6 +252,44 @@ public final class Broker: Sendable {
         }
     }
 
+    /// Adds partitions to a topic, up to `count` in all (Kafka's CreatePartitions).
+    /// Existing partitions keep their records; keys map to partitions by the new count
+    /// from now on, as in Kafka.
+    public func addPartitions(_ name: String, count: Int, validateOnly: Bool = false) async throws(BrokerError) -> TopicDescription {
+        await adminLock.acquire(1)
+        defer { adminLock.release(1) }
+        guard let topic = topics.withLock({ $0[name] }) else { throw Self.unknownTopic(name) }
+        let current = topic.logs.count
+        guard count > current else {
+            throw BrokerError(.invalidPartitions, "topic '\(name)' has \(current) partitions; the new count must be larger, not \(count)",
+                hint: "partitions can be added, never removed")
+        }
+        guard count <= Self.partitionsPerTopicMax else {
+            throw BrokerError(.invalidPartitions, "a topic has at most \(Self.partitionsPerTopicMax) partitions, not \(count)")
+        }
+        if validateOnly { return try describeTopic(name) }
+        do {
+            let ids = try await logs.allocateIDs(count - current)
+            var record = topic.record
+            record.partitionLogIDs += ids
+            var operations: [MetadataOperation] = [
+                .put(key: TopicRecord.key(name), value: try EmbeddedMetadataStore.encodeJSON(record), expect: .any)
+            ]
+            for (index, id) in ids.enumerated() {
+                operations.append(try logs.newLogRecordOperation(id: id, name: "\(name)-\(current + index)", configuration: record.configuration))
+            }
+            try await metadata.commit(operations)
+            let added = try await logs.adopt(ids: ids)
+            var writers: [LogWriter] = []
+            for log in added { writers.append(try await log.openWriter()) }
+            topics.withLock { $0[name] = Topic(record: record, logs: topic.logs + added, writers: topic.writers + writers) }
+            logger.info("partitions added", metadata: ["topic": "\(name)", "partitions": "\(count)"])
+            return try describeTopic(name)
+        } catch {
+            throw BrokerError.from(error)
+        }
+    }
+
     public func deleteTopic(_ name: String) async throws(BrokerError) {
         await adminLock.acquire(1)
         defer { adminLock.release(1) }

@@ -139,7 +139,7 @@ public final class KafkaRequestHandler: Sendable {
             case .deleteTopics:
                 return respond(await deleteTopics(try DeleteTopicsRequest(from: &reader, version: version)))
             case .createPartitions:
-                return respond(createPartitions(try CreatePartitionsRequest(from: &reader, version: version)))
+                return respond(await createPartitions(try CreatePartitionsRequest(from: &reader, version: version)))
             case .initProducerId:
                 return respond(initProducerID(try InitProducerIdRequest(from: &reader, version: version)))
             case .describeConfigs:
@@ -553,20 +553,18 @@ public final class KafkaRequestHandler: Sendable {
         return response
     }
 
-    func createPartitions(_ request: CreatePartitionsRequest) -> CreatePartitionsResponse {
+    func createPartitions(_ request: CreatePartitionsRequest) async -> CreatePartitionsResponse {
         var response = CreatePartitionsResponse()
         for topic in request.topics {
             var result = CreatePartitionsResponse.CreatePartitionsTopicResult(name: topic.name)
-            if let count = try? broker.partitionCount(topic.name) {
-                if Int(topic.count) == count {
-                    result.errorCode = KafkaErrorCode.invalidPartitions
-                    result.errorMessage = "topic '\(topic.name)' already has \(count) partitions"
-                } else {
-                    result.errorCode = KafkaErrorCode.invalidPartitions
-                    result.errorMessage = "adding partitions to an existing topic is not supported yet (it has \(count))"
+            do throws(BrokerError) {
+                guard topic.assignments == nil || topic.assignments?.isEmpty == true else {
+                    throw BrokerError(.invalidRequest, "manual replica assignment is not supported")
                 }
-            } else {
-                result.errorCode = KafkaErrorCode.unknownTopicOrPartition
+                _ = try await broker.addPartitions(topic.name, count: Int(topic.count), validateOnly: request.validateOnly)
+            } catch {
+                result.errorCode = KafkaErrorCode.from(error)
+                result.errorMessage = error.message
             }
             response.results.append(result)
         }

@@ -236,6 +236,28 @@ func values(of records: ByteBuffer?) throws -> [String] {
         try await stack.close()
     }
 
+    @Test func partitionsCanBeAddedNeverRemoved() async throws {
+        let directory = temporaryDirectory()
+        var stack = try await KafkaStack.open(directory)
+        _ = try await stack.broker.createTopic("t", partitions: 2)
+        _ = try await stack.produce("t", partition: 1, batch(["kept"]))
+        func grow(to count: Int32) async throws -> Int16 {
+            var request = CreatePartitionsRequest()
+            request.topics = [.init(name: "t", count: count)]
+            return try await stack.call(.createPartitions, version: 2, request, as: CreatePartitionsResponse.self).results[0].errorCode
+        }
+        #expect(try await grow(to: 4) == 0)
+        #expect(try await grow(to: 3) == KafkaErrorCode.invalidPartitions)
+        #expect(try await stack.produce("t", partition: 3, batch(["new"])).errorCode == 0)
+        try await stack.close()
+
+        stack = try await KafkaStack.open(directory)
+        #expect(try stack.broker.partitionCount("t") == 4)
+        #expect(try values(of: try await stack.fetch("t", partition: 1, offset: 0).records) == ["kept"])
+        #expect(try values(of: try await stack.fetch("t", partition: 3, offset: 0).records) == ["new"])
+        try await stack.close()
+    }
+
     @Test func committedOffsetsSurviveARestart() async throws {
         let directory = temporaryDirectory()
         var stack = try await KafkaStack.open(directory)

@@ -159,13 +159,18 @@ def confluent_group():
 
 def kafka_python():
     from kafka import KafkaProducer, KafkaConsumer, KafkaAdminClient
-    from kafka.admin import NewTopic
+    from kafka.admin import NewTopic, NewPartitions
     admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
     topic, doomed = fresh("kp"), fresh("kp-doomed")
     admin.create_topics([NewTopic(topic, 3, 1), NewTopic(doomed, 1, 1)])
     check({topic, doomed} <= set(admin.list_topics()), "created topics not listed")
     admin.delete_topics([doomed])
     check(doomed not in admin.list_topics(), "deleted topic still listed")
+    grown = fresh("kp-grown")
+    admin.create_topics([NewTopic(grown, 1, 1)])
+    admin.create_partitions({grown: NewPartitions(total_count=3)})
+    described = admin.describe_topics([grown])[0]
+    check(len(described["partitions"]) == 3, f"partitions not added: {described}")
     producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all")
     sent = [(f"key-{i}".encode(), f"value-{i}".encode(), [("trace", f"t{i}".encode()), ("empty", b"")]) for i in range(60)]
     for key, value, headers in sent:
@@ -188,7 +193,7 @@ def kafka_python():
         check(by_key == sorted(by_key), f"partition {partition} not in send order")
     offsets = admin.list_group_offsets(group)[group]
     check(sum(o.offset for o in offsets.values()) == 60, f"committed offsets {offsets}")
-    print("  kafka-python: admin create/list/delete, 60 records with headers, group commit")
+    print("  kafka-python: admin create/list/delete/add partitions, 60 records with headers, group commit")
 
 
 def aiokafka_scenario():
