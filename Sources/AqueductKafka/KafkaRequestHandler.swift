@@ -337,6 +337,7 @@ public final class KafkaRequestHandler: Sendable {
             }
             let batch = records.getSlice(at: index, length: header.totalSize)!
             index += header.totalSize
+            await producers.restoreIfNeeded(producerID: header.producerId, partition: target, broker: broker)
             switch producers.check(header, partition: target) {
             case .append:
                 break

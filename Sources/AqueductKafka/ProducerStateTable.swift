@@ -1,4 +1,5 @@
 import AqueductBroker
+import AqueductLog
 import AqueductRecords
 import Foundation
 import Synchronization
@@ -9,9 +10,10 @@ import Synchronization
 /// gap before it is refused (OUT_OF_ORDER_SEQUENCE_NUMBER) so the client resends in
 /// order.
 ///
-/// The state lives in memory: after a restart a producer's next batch is taken as is
-/// and tracking starts again from it (Kafka rebuilds this state from the log; not yet
-/// done here).
+/// The state lives in memory. After a restart, the first batch of a producer on a
+/// partition makes the table read the partition's recent batches (the last
+/// `restoreOffsetsMax` offsets) for that producer, so a retry of a batch stored before
+/// the restart is still recognised.
 final class ProducerStateTable: Sendable {
     /// Batches remembered per producer and partition (Kafka: the client's
     /// max.in.flight.requests.per.connection must be at most 5 for idempotence).
@@ -40,7 +42,12 @@ final class ProducerStateTable: Sendable {
         case reject(code: Int16, message: String)
     }
 
+    /// How far back (in offsets) a restore reads a partition for a producer's batches.
+    static let restoreOffsetsMax: Int64 = 20_000
+
     private let entries = Mutex<[Key: Entry]>([:])
+    /// Producer and partition pairs already restored or seen since start.
+    private let known = Mutex<Set<Key>>([])
     private let nextProducerID: Atomic<Int64>
 
     init(seedMilliseconds: Int64 = Int64(Date().timeIntervalSince1970 * 1_000)) {
@@ -90,6 +97,29 @@ final class ProducerStateTable: Sendable {
             return .reject(code: KafkaErrorCode.outOfOrderSequenceNumber,
                 message: "sequence \(header.baseSequence) does not follow \(previous.lastSequence) for producer \(header.producerId)")
         }
+    }
+
+    /// Reads the partition's recent batches for this producer once per producer and
+    /// partition since start, so the checks see what was stored before a restart.
+    func restoreIfNeeded(producerID: Int64, partition: TopicPartition, broker: Broker) async {
+        guard producerID >= 0 else { return }
+        let key = Key(producerID: producerID, partition: partition)
+        guard known.withLock({ $0.insert(key).inserted }) else { return }
+        guard let (start, end) = try? broker.offsets(topic: partition.topic, partition: partition.partition) else { return }
+        var offset = max(start, end - Self.restoreOffsetsMax)
+        var found: [(RecordBatchHeader, Int64)] = []
+        while offset < end {
+            guard let read = try? await broker.fetch(
+                topic: partition.topic, partition: partition.partition, offset: offset, maxBytes: 4 << 20, maxWaitMilliseconds: 0),
+                !read.batches.isEmpty
+            else { break }
+            for batch in read.batches {
+                guard let header = RecordBatchHeader(from: batch), header.producerId == producerID else { continue }
+                found.append((header, header.baseOffset))
+            }
+            offset = read.nextOffset
+        }
+        for (header, baseOffset) in found.suffix(Self.batchesRemembered) { record(header, partition: partition, baseOffset: baseOffset) }
     }
 
     /// Records a batch that was appended at `baseOffset`.

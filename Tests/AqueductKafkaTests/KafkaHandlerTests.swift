@@ -94,6 +94,27 @@ struct KafkaStack {
     }
 }
 
+extension KafkaStack {
+    /// Every record of a partition, fetching on until the high watermark (a fetch stops
+    /// at the end of a segment, as Kafka's does).
+    func readAll(_ topic: String, partition: Int32 = 0) async throws -> [String] {
+        var offset: Int64 = 0
+        var result: [String] = []
+        while true {
+            let data = try await fetch(topic, partition: partition, offset: offset)
+            guard var records = data.records, records.readableBytes > 0 else { return result }
+            while let header = RecordBatchHeader(from: records) {
+                let one = records.readSlice(length: header.totalSize)!
+                for record in try RecordBatch.records(of: one) where record.offset >= offset {
+                    result.append(String(decoding: record.value ?? [], as: UTF8.self))
+                }
+                offset = header.lastOffset + 1
+            }
+            if offset >= data.highWatermark { return result }
+        }
+    }
+}
+
 struct KafkaTestError: Error, CustomStringConvertible {
     var description: String
     init(_ description: String) { self.description = description }
@@ -196,6 +217,24 @@ func values(of records: ByteBuffer?) throws -> [String] {
         let gap = try await stack.produce("t", batch(["lost"], producerID: ids.producerId, sequence: 7))
         #expect(gap.errorCode == KafkaErrorCode.outOfOrderSequenceNumber)
         #expect(try values(of: try await stack.fetch("t", offset: 0).records) == ["one", "two", "three"])
+        try await stack.close()
+    }
+
+    @Test func retriesAreRecognisedAcrossARestart() async throws {
+        let directory = temporaryDirectory()
+        var stack = try await KafkaStack.open(directory)
+        _ = try await stack.broker.createTopic("t", partitions: 1)
+        let first = batch(["one", "two"], producerID: 4_242, sequence: 0)
+        #expect(try await stack.produce("t", first).baseOffset == 0)
+        _ = try await stack.produce("t", batch(["other"]))  // another producer's records between
+        try await stack.close()
+
+        // The response was lost in the crash; the client retries after the restart.
+        stack = try await KafkaStack.open(directory)
+        #expect(try await stack.produce("t", first).baseOffset == 0)
+        #expect(try await stack.produce("t", batch(["three"], producerID: 4_242, sequence: 2)).baseOffset == 3)
+        #expect(try await stack.produce("t", batch(["gap"], producerID: 4_242, sequence: 9)).errorCode == KafkaErrorCode.outOfOrderSequenceNumber)
+        #expect(try await stack.readAll("t") == ["one", "two", "other", "three"])
         try await stack.close()
     }
 
