@@ -14,6 +14,12 @@ public enum CRC32C {
         return aq_crc32c_extend(crc, base, bytes.count)
     }
 
+    /// The CRC-32C of bytes A followed by bytes B, from `crcA`, `crcB` and B's length,
+    /// without reading B (for data whose checksum is already known and verified).
+    public static func combine(_ crcA: UInt32, _ crcB: UInt32, lengthB: Int) -> UInt32 {
+        aq_crc32c_combine(crcA, crcB, UInt64(lengthB))
+    }
+
     /// The CRC-32C of `bytes`.
     @inlinable
     public static func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt32 {

@@ -176,7 +176,9 @@ public final class Log: Sendable {
                     assigned.baseOffset = baseOffset
                     let result = AppendResult(baseOffset: baseOffset, lastOffset: assigned.lastOffset, segment: active.segment)
                     do throws(StorageError) {
-                        try storage.submitAppend(active.handle, epoch: epoch, batch: batch, header: assigned, reservedBytes: reserved) { outcome in
+                        try storage.submitAppend(
+                            active.handle, epoch: epoch, batch: batch, header: assigned, reservedBytes: reserved, checksumVerified: true
+                        ) { outcome in
                             switch outcome {
                             case .success: continuation.resume(returning: .done(.success(result)))
                             case .failure(let error): continuation.resume(returning: .done(.failure(.storage(error))))

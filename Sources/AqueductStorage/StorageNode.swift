@@ -184,15 +184,21 @@ public final class StorageNode: Sendable {
         _ id: SegmentID, epoch: UInt64, batch: ByteBuffer, reservedBytes: Int,
         completion: @escaping @Sendable (Result<Void, StorageError>) -> Void
     ) throws(StorageError) {
-        guard let header = RecordBatchHeader(from: batch) else { throw .invalidEntry("not a record batch") }
-        try submitAppend(try handle(id), epoch: epoch, batch: batch, header: header, reservedBytes: reservedBytes, completion: completion)
+        let header: RecordBatchHeader
+        do { header = try RecordBatch.validate(batch, maxBytes: .max) } catch { throw .invalidEntry("not a valid record batch: \(error)") }
+        try submitAppend(
+            try handle(id), epoch: epoch, batch: batch, header: header, reservedBytes: reservedBytes, checksumVerified: true,
+            completion: completion)
         settleBudget(reservedBytes: reservedBytes, batchBytes: batch.readableBytes)
     }
 
     /// The hot path: `header` is the batch's parsed header. The caller settles the
     /// budget with `settleBudget` after it (outside any lock of its own).
+    /// `checksumVerified`: the caller checked the batch's CRC-32C against its contents
+    /// (the log does, for every batch), so the journal can reuse it.
     public func submitAppend(
         _ handle: SegmentHandle, epoch: UInt64, batch: ByteBuffer, header: RecordBatchHeader, reservedBytes: Int,
+        checksumVerified: Bool = false,
         completion: @escaping @Sendable (Result<Void, StorageError>) -> Void
     ) throws(StorageError) {
         try checkWritable()
@@ -219,7 +225,7 @@ public final class StorageNode: Sendable {
             try journal.submit(JournalWriter.Item(
                 kind: .add, segment: id, epoch: epoch, value: header.baseOffset, payload: batch,
                 acknowledges: JournalWriter.Acknowledgement(state: state, end: header.lastOffset + 1, maxTimestamp: header.maxTimestamp),
-                completion: completion))
+                verifiedBatchCRC: checksumVerified ? header.crc : nil, completion: completion))
             guarded.cache.append(SegmentState.CachedEntry(header: header, bytes: batch))
             guarded.nextOffset = header.lastOffset + 1
             guarded.acceptedBytes += Int64(batch.readableBytes)

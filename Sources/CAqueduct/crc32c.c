@@ -158,3 +158,41 @@ uint32_t aq_crc32c_extend(uint32_t crc, const void *data, size_t length) {
 #endif
     return aq_crc32c_extend_portable(crc, data, length);
 }
+
+/* Combining CRCs: the CRC of A followed by B from crc(A), crc(B) and B's length, without
+   reading B. In GF(2) modulo the (reflected) Castagnoli polynomial, appending len(B)
+   bytes multiplies the register by x^(8 len(B)); that power is built from the squares
+   x^(2^k), computed once. */
+#define AQ_CRC32C_POLY 0x82F63B78u
+
+/* a * b modulo the polynomial; bit 31 is x^0 (reflected order). */
+static uint32_t aq_multiply_mod(uint32_t a, uint32_t b) {
+    uint32_t product = 0;
+    for (uint32_t bit = 1u << 31; bit != 0; bit >>= 1) {
+        if (a & bit) product ^= b;
+        b = (b & 1) ? (b >> 1) ^ AQ_CRC32C_POLY : b >> 1;
+    }
+    return product;
+}
+
+static uint32_t aq_square_powers[64]; /* x^(2^k) mod P */
+static int aq_square_powers_ready;
+
+static void aq_prepare_square_powers(void) {
+    uint32_t power = 1u << 30; /* x^1 */
+    for (int k = 0; k < 64; k++) {
+        aq_square_powers[k] = power;
+        power = aq_multiply_mod(power, power);
+    }
+    __atomic_store_n(&aq_square_powers_ready, 1, __ATOMIC_RELEASE);
+}
+
+uint32_t aq_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t length_b) {
+    if (!__atomic_load_n(&aq_square_powers_ready, __ATOMIC_ACQUIRE)) aq_prepare_square_powers();
+    uint32_t shift = 1u << 31; /* x^0 */
+    uint64_t bits = length_b * 8;
+    for (int k = 0; bits != 0 && k < 64; k++, bits >>= 1) {
+        if (bits & 1) shift = aq_multiply_mod(aq_square_powers[k], shift);
+    }
+    return aq_multiply_mod(shift, crc_a) ^ crc_b;
+}

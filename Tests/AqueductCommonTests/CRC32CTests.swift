@@ -36,5 +36,14 @@ import Testing
             }
         }
     }
-}
 
+    @Test func combiningEqualsTheChecksumOfBoth() {
+        var generator = SplitMix64(seed: 32)
+        for length in [0, 1, 7, 61, 1_024, 65_537] {
+            let a = (0..<Int.random(in: 0...300, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            let b = (0..<length).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            let combined = CRC32C.combine(CRC32C.checksum(a), CRC32C.checksum(b), lengthB: b.count)
+            #expect(combined == CRC32C.checksum(a + b), "length \(length)")
+        }
+    }
+}

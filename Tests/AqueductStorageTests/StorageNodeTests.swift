@@ -91,6 +91,43 @@ import Testing
         }
     }
 
+    /// Large batches are written from their own buffers and their journal blocks'
+    /// checksums combine the batches' verified CRCs: recovery must accept those blocks
+    /// and still catch a flipped byte in one.
+    @Test func blocksWithLargeBatchesRecoverAndDamageInThemIsCaught() async throws {
+        let directory = temporaryDirectory()
+        let node = try StorageNode(configuration: testConfiguration(directory))
+        try await node.createSegment(segment, baseOffset: 0, epoch: 1)
+        for offset in 0..<12 { try await node.append(segment, epoch: 1, batch: makeBatch(baseOffset: Int64(offset), valueBytes: 9_000)) }
+        let crashed = try crashCopy(of: directory)
+        let damaged = try crashCopy(of: directory)
+        await node.close()
+
+        let recovered = try StorageNode(configuration: testConfiguration(crashed))
+        #expect(recovered.recoveryReport.corruptJournalBlocks == 0 && recovered.recoveryReport.tornTailBytes == 0)
+        #expect(try await readAll(recovered, segment, from: 0) == Array(0..<12))
+        await recovered.close()
+
+        // Flip a byte inside the value of the 4th batch's journal copy (the block's CRC
+        // was combined, not computed over it): the block must fail its check.
+        let journalDirectory = damaged + "/journal"
+        let name = FileSystem.listDirectory(journalDirectory).sorted().last!
+        let file = try DataFile.open(journalDirectory + "/" + name)
+        let contents = try file.read(count: Int(try file.size()), at: 0)
+        var index = 0
+        for _ in 0..<4 {  // create + adds 0...2
+            guard case .block(_, _, let size) = JournalFormat.parseBlock(contents, at: index) else { Issue.record("no block"); return }
+            index += size
+        }
+        let target = index + JournalFormat.blockHeaderBytes + JournalFormat.recordHeaderBytes + RecordBatchHeader.size + 4_000
+        let original: UInt8 = contents.getInteger(at: target)!
+        try file.write([original ^ 0x01], at: Int64(target))
+        guard case .invalid = JournalFormat.parseBlock(try file.read(count: Int(try file.size()), at: 0), at: index) else {
+            Issue.record("a flipped byte in a large batch must fail the block's checksum")
+            return
+        }
+    }
+
     @Test func aTornJournalTailIsCutOff() async throws {
         let directory = temporaryDirectory()
         let node = try StorageNode(configuration: testConfiguration(directory))

@@ -30,6 +30,10 @@ final class JournalWriter: @unchecked Sendable {
         var value: Int64
         var payload: ByteBuffer
         var acknowledges: Acknowledgement?
+        /// For an `add` whose record batch CRC-32C was verified by the caller: that CRC
+        /// (of the batch from its attributes on). The block checksum then combines it
+        /// instead of reading the batch a second time.
+        var verifiedBatchCRC: UInt32? = nil
         /// Called on the journal thread, in submission order, once the item is
         /// acknowledged (or failed).
         var completion: (Result<Void, StorageError>) -> Void
@@ -279,11 +283,14 @@ final class JournalWriter: @unchecked Sendable {
     /// instead of being copied into the block; smaller ones are copied, which costs less
     /// than a vector each.
     static let gatherPayloadBytesMin = 4_096
+    /// Bytes of a record batch before the part its CRC-32C covers (RecordBatch v2:
+    /// base offset, batch length, partition leader epoch, magic, CRC).
+    static let batchUncoveredBytes = 21
 
     private enum Piece {
         /// Bytes of the block buffer (headers and small payloads).
         case own(Range<Int>)
-        case payload(ByteBuffer)
+        case payload(ByteBuffer, verifiedBatchCRC: UInt32?)
     }
 
     private func writeBlock(
@@ -304,7 +311,7 @@ final class JournalWriter: @unchecked Sendable {
                 payloadBytes: item.payload.readableBytes, to: &buffer)
             if item.payload.readableBytes >= Self.gatherPayloadBytesMin {
                 pieces.append(.own(ownFrom..<buffer.writerIndex))
-                pieces.append(.payload(item.payload))
+                pieces.append(.payload(item.payload, verifiedBatchCRC: item.verifiedBatchCRC))
                 ownFrom = buffer.writerIndex
             } else {
                 var payload = item.payload
@@ -323,8 +330,18 @@ final class JournalWriter: @unchecked Sendable {
                         crc = CRC32C.extend(crc, UnsafeRawBufferPointer(rebasing: raw[(from - buffer.readerIndex)..<(range.upperBound - buffer.readerIndex)]))
                     }
                 }
-            case .payload(let payload):
-                payload.withUnsafeReadableBytes { crc = CRC32C.extend(crc, $0) }
+            case .payload(let payload, let verified):
+                payload.withUnsafeReadableBytes { raw in
+                    // A verified batch: its checksum covers everything from the attributes
+                    // on; only the fields before them (base offset, length, epoch, magic,
+                    // CRC) are read.
+                    if let verified, raw.count > Self.batchUncoveredBytes {
+                        crc = CRC32C.extend(crc, UnsafeRawBufferPointer(rebasing: raw[0..<Self.batchUncoveredBytes]))
+                        crc = CRC32C.combine(crc, verified, lengthB: raw.count - Self.batchUncoveredBytes)
+                    } else {
+                        crc = CRC32C.extend(crc, raw)
+                    }
+                }
             }
         }
         JournalFormat.setBlockChecksum(&buffer, start: start, crc: crc)
@@ -332,7 +349,7 @@ final class JournalWriter: @unchecked Sendable {
         let buffers = pieces.map { piece -> ByteBuffer in
             switch piece {
             case .own(let range): buffer.getSlice(at: range.lowerBound, length: range.count)!
-            case .payload(let payload): payload
+            case .payload(let payload, _): payload
             }
         }
         do {

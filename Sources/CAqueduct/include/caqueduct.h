@@ -13,6 +13,9 @@ uint32_t aq_crc32c_extend(uint32_t crc, const void *data, size_t length);
 /// 1 when the hardware instruction (SSE4.2 crc32) is used, 0 for the table.
 int aq_crc32c_is_hardware(void);
 
+/* The CRC-32C of A followed by B, from crc(A), crc(B) and B's length in bytes. */
+uint32_t aq_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t length_b);
+
 /// The portable table implementation, exposed so tests can compare both paths.
 uint32_t aq_crc32c_extend_portable(uint32_t crc, const void *data, size_t length);
 
