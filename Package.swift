@@ -34,7 +34,10 @@ let package = Package(
         // C helpers: CRC-32C with the SSE4.2 instruction when the CPU has it (checked at
         // run time with cpuid), a slicing-by-8 table otherwise (Swift has no intrinsic
         // for it and a Swift table loop is ~4x slower); memmem for recovery's scans.
-        .target(name: "CAqueduct"),
+        // Also: decompression of record batches (zlib, zstd and lz4 loaded from the
+        // system's shared libraries with dlopen, so no -dev packages are needed to build;
+        // snappy decoded here).
+        .target(name: "CAqueduct", linkerSettings: [.linkedLibrary("dl", .when(platforms: [.linux]))]),
 
         // Shared primitives: checksums, clocks, file I/O, limits.
         .target(
@@ -47,7 +50,7 @@ let package = Package(
             swiftSettings: strict),
 
         // Kafka RecordBatch v2: the one record format on disk, on the wire and in the log.
-        .target(name: "AqueductRecords", dependencies: ["AqueductCommon"], swiftSettings: strict),
+        .target(name: "AqueductRecords", dependencies: ["AqueductCommon", "CAqueduct"], swiftSettings: strict),
 
         // Versioned keys with compare-and-set and watches; embedded durable store.
         .target(

@@ -160,9 +160,9 @@ public enum HTTPAPI {
         decoding: for batch in read.batches {
             let decoded: [Record]
             do { decoded = try RecordBatch.records(of: batch) } catch {
-                if case .compressedRecords(let codec) = error {
-                    throw BrokerError(.invalidRequest, "records at offset \(next) are compressed with \(codec), which the HTTP API cannot decode yet",
-                        hint: "read this partition with a Kafka client")
+                if case .compressedRecords = error {
+                    throw BrokerError(.unavailable, "records at offset \(next): \(error)",
+                        hint: "install the library on the server's machine, or read this partition with a Kafka client")
                 }
                 throw BrokerError(.corruptData, "record batch at offset \(next): \(error)")
             }

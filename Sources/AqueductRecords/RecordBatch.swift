@@ -1,4 +1,8 @@
 import AqueductCommon
+import CAqueduct
+#if canImport(Glibc)
+import Glibc
+#endif
 import NIOCore
 
 /// Why a record batch was refused. Each case names what was wrong and with which numbers.
@@ -12,7 +16,10 @@ public enum RecordBatchError: Error, Equatable, CustomStringConvertible, Sendabl
     case unsupportedCompression(Int16)
     case trailingBytes(Int)
     case malformedRecord(String)
+    /// The codec's system library (zlib, zstd, lz4) is not installed.
     case compressedRecords(CompressionCodec)
+    case corruptCompressedRecords(CompressionCodec)
+    case decompressedTooLarge(limitBytes: Int)
 
     public var description: String {
         switch self {
@@ -35,7 +42,22 @@ public enum RecordBatchError: Error, Equatable, CustomStringConvertible, Sendabl
         case .malformedRecord(let why):
             "malformed record: \(why)"
         case .compressedRecords(let codec):
-            "records compressed with \(codec) cannot be decoded here yet"
+            "records compressed with \(codec) cannot be decoded: its system library (\(Self.libraryName(codec))) is not installed"
+        case .corruptCompressedRecords(let codec):
+            "records compressed with \(codec) do not decompress: the batch is corrupt"
+        case .decompressedTooLarge(let limit):
+            "the batch's records decompress to more than \(limit) bytes"
+        }
+    }
+}
+
+extension RecordBatchError {
+    static func libraryName(_ codec: CompressionCodec) -> String {
+        switch codec {
+        case .gzip: "libz.so.1, package zlib1g"
+        case .lz4: "liblz4.so.1, package liblz4-1"
+        case .zstd: "libzstd.so.1, package libzstd1"
+        case .snappy, .none: "built in"
         }
     }
 }
@@ -101,17 +123,22 @@ public enum RecordBatch {
         buffer.setInteger(epoch, at: index + RecordBatchHeader.Field.partitionLeaderEpoch)
     }
 
-    /// Decodes the records of an uncompressed batch (the readable bytes of `batch`).
-    /// Compressed batches are stored and served as they are; decoding them needs the codec.
+    /// Most bytes the records of one batch may decompress to.
+    public static let decompressedBytesMax = 256 << 20
+
+    /// Decodes the records of a batch (the readable bytes of `batch`), decompressing
+    /// them first if the producer compressed them (gzip, snappy, lz4, zstd). Batches are
+    /// stored and served as sent; this is for readers that want the records.
     public static func records(of batch: ByteBuffer) throws(RecordBatchError) -> [Record] {
         guard let header = RecordBatchHeader(from: batch) else {
             throw .truncated(available: batch.readableBytes, needed: RecordBatchHeader.size)
         }
-        guard header.compression == CompressionCodec.none else { throw .compressedRecords(header.compression ?? .none) }
+        guard let codec = header.compression else { throw .unsupportedCompression(header.attributes) }
         guard header.totalSize <= batch.readableBytes else {
             throw .truncated(available: batch.readableBytes, needed: header.totalSize)
         }
         var body = batch.getSlice(at: batch.readerIndex + RecordBatchHeader.size, length: header.totalSize - RecordBatchHeader.size)!
+        if codec != .none { body = try decompress(body, codec) }
         var records: [Record] = []
         records.reserveCapacity(Int(max(0, min(header.recordsCount, 100_000))))
         for _ in 0..<max(0, Int(header.recordsCount)) {
@@ -119,6 +146,25 @@ public enum RecordBatch {
         }
         if body.readableBytes != 0 { throw .malformedRecord("\(body.readableBytes) bytes left after the last record") }
         return records
+    }
+}
+
+extension RecordBatch {
+    /// The records section of a compressed batch, decompressed.
+    static func decompress(_ compressed: ByteBuffer, _ codec: CompressionCodec) throws(RecordBatchError) -> ByteBuffer {
+        var output: UnsafeMutableRawPointer?
+        var length = 0
+        let status = compressed.withUnsafeReadableBytes { raw in
+            aq_decompress(Int32(codec.rawValue), raw.baseAddress, raw.count, decompressedBytesMax, &output, &length)
+        }
+        switch status {
+        case 0: break
+        case AQ_CODEC_UNAVAILABLE: throw .compressedRecords(codec)
+        case AQ_CODEC_TOO_LARGE: throw .decompressedTooLarge(limitBytes: decompressedBytesMax)
+        default: throw .corruptCompressedRecords(codec)
+        }
+        defer { free(output) }
+        return ByteBuffer(bytes: UnsafeRawBufferPointer(start: output, count: length))
     }
 }
 

@@ -1,4 +1,5 @@
-import AqueductRecords
+@testable import AqueductRecords
+import AqueductTestSupport
 import NIOCore
 import Testing
 
@@ -145,5 +146,45 @@ import Testing
             }
             _ = try? RecordBatch.records(of: batch)
         }
+    }
+}
+
+@Suite struct DecompressionTests {
+    /// A raw snappy block made by hand: literal "abcd", then a copy of 8 bytes from 4
+    /// back (overlapping: "abcdabcd"), then literal "!".
+    @Test func snappyBlocksAndXerialFramesDecode() throws {
+        let block: [UInt8] = [13, 0x0C, 0x61, 0x62, 0x63, 0x64, 0x11, 0x04, 0x00, 0x21]
+        let raw = try decompressed(block, .snappy)
+        #expect(String(decoding: raw, as: UTF8.self) == "abcdabcdabcd!")
+        // The same block in xerial framing (Kafka's Java client): magic, versions, (length, block).
+        var framed: [UInt8] = [0x82, 0x53, 0x4E, 0x41, 0x50, 0x50, 0x59, 0, 0, 0, 0, 1, 0, 0, 0, 1]
+        framed += [0, 0, 0, UInt8(block.count)] + block + [0, 0, 0, UInt8(block.count)] + block
+        #expect(String(decoding: try decompressed(framed, .snappy), as: UTF8.self) == "abcdabcdabcd!abcdabcdabcd!")
+    }
+
+    /// Random and truncated input gives an error for every codec, never a crash.
+    @Test func garbageNeverCrashesADecoder() {
+        var generator = SplitMix64(seed: 77)
+        for codec in [CompressionCodec.gzip, .snappy, .lz4, .zstd] {
+            for round in 0..<300 {
+                let count = round == 0 ? 0 : Int.random(in: 1...300, using: &generator)
+                var bytes = (0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) }
+                // Valid-looking starts: the codecs' magic numbers.
+                if round % 3 == 1 {
+                    switch codec {
+                    case .gzip: bytes = [0x1F, 0x8B, 8, 0] + bytes
+                    case .lz4: bytes = [0x04, 0x22, 0x4D, 0x18] + bytes
+                    case .zstd: bytes = [0x28, 0xB5, 0x2F, 0xFD] + bytes
+                    default: bytes = [200, 1] + bytes
+                    }
+                }
+                _ = try? decompressed(bytes, codec)
+            }
+        }
+    }
+
+    func decompressed(_ bytes: [UInt8], _ codec: CompressionCodec) throws -> [UInt8] {
+        var buffer = try RecordBatch.decompress(ByteBuffer(bytes: bytes), codec)
+        return buffer.readBytes(length: buffer.readableBytes)!
     }
 }

@@ -33,6 +33,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 KAFKA_PORT=$(free_port)
 HTTP_PORT=$(free_port)
 BOOTSTRAP=127.0.0.1:$KAFKA_PORT
+export AQUEDUCT_HTTP=127.0.0.1:$HTTP_PORT
 "$BIN" server --data-dir "$SCRATCH/data" --http-listen 127.0.0.1:$HTTP_PORT --kafka-listen "$BOOTSTRAP" \
   --durability fsync --log-level warning >"$SCRATCH/server.log" 2>&1 &
 SERVER=$!

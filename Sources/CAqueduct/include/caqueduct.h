@@ -50,6 +50,16 @@ long long aq_write_data_sync(int fd, const void *bytes, size_t length, long long
    short writes resumed; `vectors` is modified). With `data_sync`, the bytes are durable
    on return: one pwritev2(RWF_DSYNC) when one call wrote everything, else an fdatasync
    at the end. Returns the bytes written or -1 with errno. */
+/* aq_decompress results. */
+#define AQ_CODEC_UNAVAILABLE (-1) /* the codec's system library is not installed */
+#define AQ_CODEC_CORRUPT (-2)     /* the input is not valid for the codec */
+#define AQ_CODEC_TOO_LARGE (-3)   /* the output would pass the limit (or memory ran out) */
+
+/* Decompresses a Kafka record batch payload compressed with `codec` (1 gzip, 2 snappy,
+   3 lz4, 4 zstd) into a new malloc'ed buffer (free() it) of at most `limit` bytes.
+   Returns 0 or one of the AQ_CODEC_ errors. */
+int aq_decompress(int codec, const void *input, size_t length, size_t limit, void **output, size_t *output_length);
+
 struct iovec;
 long long aq_write_gathered(int fd, struct iovec *vectors, int count, long long offset, int data_sync);
 
