@@ -139,7 +139,6 @@ public final class Log: Sendable {
         guard header.recordsCount > 0 else { throw .emptyBatch }
         let size = batch.readableBytes
         let reserved = await storage.reserveWriteBudget(size)
-        var batch = batch
         enum Step {
             /// Queued on the journal; the storage node owns the write budget now.
             case done(Result<AppendResult, LogError>)
@@ -171,13 +170,16 @@ public final class Log: Sendable {
                         return .roll
                     }
                     let baseOffset = state.nextOffset
-                    RecordBatch.setBaseOffset(baseOffset, in: &batch, at: batch.readerIndex)
+                    // Not written into `batch` here: it usually shares storage with the
+                    // request it arrived in, and writing would copy it. The storage node
+                    // writes the offset wherever the batch goes.
                     var assigned = header
                     assigned.baseOffset = baseOffset
                     let result = AppendResult(baseOffset: baseOffset, lastOffset: assigned.lastOffset, segment: active.segment)
                     do throws(StorageError) {
                         try storage.submitAppend(
-                            active.handle, epoch: epoch, batch: batch, header: assigned, reservedBytes: reserved, checksumVerified: true
+                            active.handle, epoch: epoch, batch: batch, header: assigned, reservedBytes: reserved, checksumVerified: true,
+                            baseOffsetWritten: false
                         ) { outcome in
                             switch outcome {
                             case .success: continuation.resume(returning: .done(.success(result)))

@@ -196,9 +196,12 @@ public final class StorageNode: Sendable {
     /// budget with `settleBudget` after it (outside any lock of its own).
     /// `checksumVerified`: the caller checked the batch's CRC-32C against its contents
     /// (the log does, for every batch), so the journal can reuse it.
+    /// `baseOffsetWritten`: whether `batch` already holds `header.baseOffset`; when
+    /// not, the storage node writes it everywhere the batch goes (journal, segment file,
+    /// readers) without writing into the caller's buffer now.
     public func submitAppend(
         _ handle: SegmentHandle, epoch: UInt64, batch: ByteBuffer, header: RecordBatchHeader, reservedBytes: Int,
-        checksumVerified: Bool = false,
+        checksumVerified: Bool = false, baseOffsetWritten: Bool = true,
         completion: @escaping @Sendable (Result<Void, StorageError>) -> Void
     ) throws(StorageError) {
         try checkWritable()
@@ -225,8 +228,9 @@ public final class StorageNode: Sendable {
             try journal.submit(JournalWriter.Item(
                 kind: .add, segment: id, epoch: epoch, value: header.baseOffset, payload: batch,
                 acknowledges: JournalWriter.Acknowledgement(state: state, end: header.lastOffset + 1, maxTimestamp: header.maxTimestamp),
-                verifiedBatchCRC: checksumVerified ? header.crc : nil, completion: completion))
-            guarded.cache.append(SegmentState.CachedEntry(header: header, bytes: batch))
+                verifiedBatchCRC: checksumVerified ? header.crc : nil, baseOffsetOverride: baseOffsetWritten ? nil : header.baseOffset,
+                completion: completion))
+            guarded.cache.append(SegmentState.CachedEntry(header: header, bytes: batch, baseOffsetWritten: baseOffsetWritten))
             guarded.nextOffset = header.lastOffset + 1
             guarded.acceptedBytes += Int64(batch.readableBytes)
             guarded.unflushedBytes += batch.readableBytes
@@ -314,7 +318,7 @@ public final class StorageNode: Sendable {
                     let entry = guarded.cache[index]
                     if entry.baseOffset >= guarded.acknowledgedEnd { break }
                     if !batches.isEmpty && bytes + entry.bytes.readableBytes > maxBytes { break }
-                    batches.append(entry.bytes)
+                    batches.append(guarded.cache[index].withBaseOffset())
                     bytes += entry.bytes.readableBytes
                     next = entry.lastOffset + 1
                     index += 1

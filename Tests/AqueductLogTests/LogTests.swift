@@ -90,6 +90,58 @@ func readValues(_ log: Log, from offset: Int64, maxBytes: Int = 300) async throw
         try await stack.close()
     }
 
+    /// The log assigns offsets without writing into the producer's buffer (it usually
+    /// shares storage with a request); readers, segment files and the journal all get
+    /// the assigned offsets, for small batches and for large ones written from their
+    /// own buffers, and after a crash.
+    @Test func assignedOffsetsReachEveryCopyButNotTheCallersBuffer() async throws {
+        let directory = temporaryDirectory()
+        let stack = try await Stack.open(directory)
+        let log = try await stack.logs.createLog(name: "t-0", configuration: LogConfiguration())
+        let writer = try await log.openWriter()
+        let large = String(repeating: "x", count: 9_000)
+        var sent: [ByteBuffer] = []
+        for index in 0..<6 {
+            let client = batch(index % 2 == 0 ? ["small-\(index)"] : ["\(large)-\(index)", "second-\(index)"])
+            sent.append(client)
+            _ = try await writer.append(client)
+        }
+        #expect(sent.allSatisfy { $0.getInteger(at: 0, as: Int64.self) == 0 }, "the caller's buffers are untouched")
+        let expected = ["small-0", "\(large)-1", "second-1", "small-2", "\(large)-3", "second-3", "small-4", "\(large)-5", "second-5"]
+        func offsetsAndValues(_ log: Log) async throws -> [(Int64, String)] {
+            var result: [(Int64, String)] = []
+            var offset: Int64 = 0
+            while offset < log.endOffset {
+                let read = try await log.read(from: offset, maxBytes: 1 << 20)
+                for batch in read.batches {
+                    let header = try #require(RecordBatchHeader(from: batch))
+                    #expect(header.baseOffset == Int64(result.count) || header.baseOffset <= offset, "batch at \(header.baseOffset)")
+                    for record in try RecordBatch.records(of: batch) where record.offset >= offset {
+                        result.append((record.offset, String(decoding: record.value ?? [], as: UTF8.self)))
+                    }
+                }
+                offset = read.nextOffset
+            }
+            return result
+        }
+        let fromMemory = try await offsetsAndValues(log)
+        #expect(fromMemory.map(\.0) == Array(0..<9) && fromMemory.map(\.1) == expected)
+        // A crash now: the journal (and whatever the flusher wrote) is all there is.
+        let crashed = directory + "-crash"
+        try FileManager.default.copyItem(atPath: directory, toPath: crashed)
+        try await stack.close()
+        let recovered = try await Stack.open(crashed)
+        let reopened = try #require(recovered.logs.allLogs.first { $0.name == "t-0" })
+        let afterCrash = try await offsetsAndValues(reopened)
+        #expect(afterCrash.map(\.0) == Array(0..<9) && afterCrash.map(\.1) == expected)
+        try await recovered.close()
+        // And from the segment files, after a clean close.
+        let clean = try await Stack.open(directory)
+        let fromDisk = try await offsetsAndValues(try #require(clean.logs.allLogs.first { $0.name == "t-0" }))
+        #expect(fromDisk.map(\.0) == Array(0..<9) && fromDisk.map(\.1) == expected)
+        try await clean.close()
+    }
+
     /// An empty log reopened many times (the consumer offsets log of a server that
     /// restarts without commits): each writer retires the empty segment and starts a
     /// new one, whose number must never be one still in storage.

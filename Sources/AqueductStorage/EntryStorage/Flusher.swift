@@ -1,4 +1,5 @@
 import AqueductCommon
+import DequeModule
 import CAqueduct
 import Foundation
 import Metrics
@@ -153,7 +154,15 @@ extension StorageNode {
         for state in states {
             let pending = state.guarded.withLock { guarded -> [SegmentState.CachedEntry] in
                 if guarded.deleted { return [] }
-                return guarded.cache.filter { $0.baseOffset >= guarded.flushedEnd && $0.lastOffset < guarded.acknowledgedEnd }
+                var pending: [SegmentState.CachedEntry] = []
+                for index in guarded.cache.indices {
+                    let entry = guarded.cache[index]
+                    guard entry.baseOffset >= guarded.flushedEnd, entry.lastOffset < guarded.acknowledgedEnd else { continue }
+                    // Written into the cached batch (readers see it too) before it goes to disk.
+                    _ = guarded.cache[index].withBaseOffset()
+                    pending.append(guarded.cache[index])
+                }
+                return pending
             }
             guard let last = pending.last else { continue }
             try state.file.append(pending.map { ($0.header, $0.bytes) }, scratch: &scratch)

@@ -21,6 +21,21 @@ final class SegmentState: Sendable {
     struct CachedEntry {
         var header: RecordBatchHeader
         var bytes: ByteBuffer
+        /// Whether `bytes` holds the assigned base offset yet. The log does not write it
+        /// into the producer's buffer, which usually still shares storage with the
+        /// request it came in (writing would copy the whole batch); the first reader or
+        /// the flusher writes it here, under the segment's lock, when the request is
+        /// long done. Never hand out `bytes` before `withBaseOffset()`.
+        var baseOffsetWritten = true
+
+        /// Writes the base offset into `bytes` if it is not there yet.
+        mutating func withBaseOffset() -> ByteBuffer {
+            if !baseOffsetWritten {
+                bytes.setInteger(header.baseOffset, at: bytes.readerIndex)
+                baseOffsetWritten = true
+            }
+            return bytes
+        }
         var baseOffset: Int64 { header.baseOffset }
         var lastOffset: Int64 { header.lastOffset }
     }

@@ -34,6 +34,9 @@ final class JournalWriter: @unchecked Sendable {
         /// (of the batch from its attributes on). The block checksum then combines it
         /// instead of reading the batch a second time.
         var verifiedBatchCRC: UInt32? = nil
+        /// For an `add` whose batch does not hold its assigned base offset yet: the
+        /// offset, written into the block in place of the batch's first 8 bytes.
+        var baseOffsetOverride: Int64? = nil
         /// Called on the journal thread, in submission order, once the item is
         /// acknowledged (or failed).
         var completion: (Result<Void, StorageError>) -> Void
@@ -290,7 +293,9 @@ final class JournalWriter: @unchecked Sendable {
     private enum Piece {
         /// Bytes of the block buffer (headers and small payloads).
         case own(Range<Int>)
-        case payload(ByteBuffer, verifiedBatchCRC: UInt32?)
+        /// A batch (or its tail after the base offset) written from its own buffer;
+        /// `uncoveredBytes` of it come before the part its verified CRC covers.
+        case payload(ByteBuffer, verifiedBatchCRC: UInt32?, uncoveredBytes: Int)
     }
 
     private func writeBlock(
@@ -310,12 +315,22 @@ final class JournalWriter: @unchecked Sendable {
                 item.kind, segment: item.segment, epoch: item.epoch, value: item.value,
                 payloadBytes: item.payload.readableBytes, to: &buffer)
             if item.payload.readableBytes >= Self.gatherPayloadBytesMin {
+                var payload = item.payload
+                var uncovered = Self.batchUncoveredBytes
+                if let override = item.baseOffsetOverride {
+                    // The assigned base offset, then the batch from its 9th byte.
+                    buffer.writeInteger(override)
+                    payload = payload.getSlice(at: payload.readerIndex + 8, length: payload.readableBytes - 8)!
+                    uncovered -= 8
+                }
                 pieces.append(.own(ownFrom..<buffer.writerIndex))
-                pieces.append(.payload(item.payload, verifiedBatchCRC: item.verifiedBatchCRC))
+                pieces.append(.payload(payload, verifiedBatchCRC: item.verifiedBatchCRC, uncoveredBytes: uncovered))
                 ownFrom = buffer.writerIndex
             } else {
+                let at = buffer.writerIndex
                 var payload = item.payload
                 buffer.writeBuffer(&payload)
+                if let override = item.baseOffsetOverride { buffer.setInteger(override, at: at) }
             }
         }
         if buffer.writerIndex > ownFrom { pieces.append(.own(ownFrom..<buffer.writerIndex)) }
@@ -330,14 +345,14 @@ final class JournalWriter: @unchecked Sendable {
                         crc = CRC32C.extend(crc, UnsafeRawBufferPointer(rebasing: raw[(from - buffer.readerIndex)..<(range.upperBound - buffer.readerIndex)]))
                     }
                 }
-            case .payload(let payload, let verified):
+            case .payload(let payload, let verified, let uncovered):
                 payload.withUnsafeReadableBytes { raw in
                     // A verified batch: its checksum covers everything from the attributes
                     // on; only the fields before them (base offset, length, epoch, magic,
                     // CRC) are read.
-                    if let verified, raw.count > Self.batchUncoveredBytes {
-                        crc = CRC32C.extend(crc, UnsafeRawBufferPointer(rebasing: raw[0..<Self.batchUncoveredBytes]))
-                        crc = CRC32C.combine(crc, verified, lengthB: raw.count - Self.batchUncoveredBytes)
+                    if let verified, raw.count > uncovered {
+                        crc = CRC32C.extend(crc, UnsafeRawBufferPointer(rebasing: raw[0..<uncovered]))
+                        crc = CRC32C.combine(crc, verified, lengthB: raw.count - uncovered)
                     } else {
                         crc = CRC32C.extend(crc, raw)
                     }
@@ -349,7 +364,7 @@ final class JournalWriter: @unchecked Sendable {
         let buffers = pieces.map { piece -> ByteBuffer in
             switch piece {
             case .own(let range): buffer.getSlice(at: range.lowerBound, length: range.count)!
-            case .payload(let payload, _): payload
+            case .payload(let payload, _, _): payload
             }
         }
         do {
