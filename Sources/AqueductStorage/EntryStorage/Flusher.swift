@@ -1,5 +1,4 @@
 import AqueductCommon
-import DequeModule
 import CAqueduct
 import Foundation
 import Metrics
@@ -154,15 +153,9 @@ extension StorageNode {
         for state in states {
             let pending = state.guarded.withLock { guarded -> [SegmentState.CachedEntry] in
                 if guarded.deleted { return [] }
-                var pending: [SegmentState.CachedEntry] = []
-                for index in guarded.cache.indices {
-                    let entry = guarded.cache[index]
-                    guard entry.baseOffset >= guarded.flushedEnd, entry.lastOffset < guarded.acknowledgedEnd else { continue }
-                    // Written into the cached batch (readers see it too) before it goes to disk.
-                    _ = guarded.cache[index].withBaseOffset()
-                    pending.append(guarded.cache[index])
-                }
-                return pending
+                // The segment file gets each assigned base offset from the header (the
+                // cached bytes may not hold it yet; see CachedEntry).
+                return guarded.cache.filter { $0.baseOffset >= guarded.flushedEnd && $0.lastOffset < guarded.acknowledgedEnd }
             }
             guard let last = pending.last else { continue }
             try state.file.append(pending.map { ($0.header, $0.bytes) }, scratch: &scratch)

@@ -199,7 +199,11 @@ final class SegmentFile: Sendable {
         var (position, sinceEntry) = state.withLock { ($0.sizeBytes, $0.bytesSinceIndexEntry) }
         var newEntries: [IndexEntry] = []
         var writeAt = position
-        // Batches are written from their own buffers (pwritev), about 1 MiB per call.
+        // Each batch's base offset comes from its header (the batch's own first 8 bytes
+        // may not hold it yet), then the rest of the batch from its own buffer (pwritev),
+        // about 1 MiB per call.
+        var baseOffsets = ByteBufferAllocator().buffer(capacity: 8 * batches.count)
+        for (header, _) in batches { baseOffsets.writeInteger(header.baseOffset) }
         var pending: [ByteBuffer] = []
         var pendingBytes = 0
         func writePending() throws {
@@ -216,9 +220,10 @@ final class SegmentFile: Sendable {
             }
             sinceEntry += bytes.readableBytes
             position += Int64(bytes.readableBytes)
-            pending.append(bytes)
+            pending.append(baseOffsets.readSlice(length: 8)!)
+            pending.append(bytes.getSlice(at: bytes.readerIndex + 8, length: bytes.readableBytes - 8)!)
             pendingBytes += bytes.readableBytes
-            if pendingBytes >= 1 << 20 || pending.count >= 512 { try writePending() }
+            if pendingBytes >= 1 << 20 || pending.count >= 1_000 { try writePending() }
         }
         if !pending.isEmpty { try writePending() }
         let persistedAt = state.withLock { state -> Int in

@@ -23,9 +23,10 @@ final class SegmentState: Sendable {
         var bytes: ByteBuffer
         /// Whether `bytes` holds the assigned base offset yet. The log does not write it
         /// into the producer's buffer, which usually still shares storage with the
-        /// request it came in (writing would copy the whole batch); the first reader or
-        /// the flusher writes it here, under the segment's lock, when the request is
-        /// long done. Never hand out `bytes` before `withBaseOffset()`.
+        /// request it came in (and with the connection's read buffer: writing copies the
+        /// whole batch). The journal and the flusher write the offset from `header` next
+        /// to the batch's other bytes; the first reader writes it into `bytes`, under the
+        /// segment's lock. Never hand out `bytes` before `withBaseOffset()`.
         var baseOffsetWritten = true
 
         /// Writes the base offset into `bytes` if it is not there yet.
