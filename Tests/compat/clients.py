@@ -83,13 +83,16 @@ def confluent_compression():
 CONSUMER_SCRIPT = r"""
 import sys, time, json, os
 from confluent_kafka import Consumer
-bootstrap, topic, group, name, stop_file = sys.argv[1:6]
+bootstrap, topic, group, name, stop_file, strategy = sys.argv[1:7]
 def report(**fields):
     print(json.dumps(dict(who=name, **fields)), flush=True)
 consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
                      "enable.auto.commit": False, "session.timeout.ms": 6000, "heartbeat.interval.ms": 500,
-                     "partition.assignment.strategy": "range"})
-consumer.subscribe([topic], on_assign=lambda c, ps: report(assigned=sorted(p.partition for p in ps)))
+                     "partition.assignment.strategy": strategy})
+# Eager strategies revoke everything, then assign the whole new set; cooperative ones
+# add and remove partitions incrementally. Reported as events, applied by the test.
+consumer.subscribe([topic], on_assign=lambda c, ps: report(assigned=sorted(p.partition for p in ps)),
+                   on_revoke=lambda c, ps: report(revoked=sorted(p.partition for p in ps)))
 while not os.path.exists(stop_file):
     message = consumer.poll(0.2)
     if message is None or message.error():
@@ -105,11 +108,11 @@ report(closed=True)
 class ConsumerProcess:
     """A consumer in its own process; its reports are collected by a thread."""
 
-    def __init__(self, script, topic, group, name):
+    def __init__(self, script, topic, group, name, strategy):
         import json
         import threading
         self.stop_file = os.path.join(os.path.dirname(script), f"stop-{name}-{uuid.uuid4().hex[:6]}")
-        self.process = subprocess.Popen([sys.executable, script, BOOTSTRAP, topic, group, name, self.stop_file],
+        self.process = subprocess.Popen([sys.executable, script, BOOTSTRAP, topic, group, name, self.stop_file, strategy],
                                         stdout=subprocess.PIPE, text=True)
         self.reports = []
         self.thread = threading.Thread(target=lambda: [self.reports.append(json.loads(line)) for line in self.process.stdout], daemon=True)
@@ -119,8 +122,11 @@ class ConsumerProcess:
         return [r["value"] for r in list(self.reports) if "value" in r]
 
     def assigned(self):
-        assignments = [r["assigned"] for r in list(self.reports) if "assigned" in r]
-        return assignments[-1] if assignments else []
+        owned = set()
+        for report in list(self.reports):
+            owned |= set(report.get("assigned", []))
+            owned -= set(report.get("revoked", []))
+        return sorted(owned)
 
     def stop(self):
         open(self.stop_file, "w").close()
@@ -137,7 +143,7 @@ def wait_for(condition, seconds, what):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def confluent_group():
+def confluent_group(strategy="range"):
     """Two consumer processes share four partitions; one leaves, the other takes over;
     after a restart the group resumes from its committed offsets."""
     from confluent_kafka import Producer
@@ -154,8 +160,8 @@ def confluent_group():
 
     script = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"consumer-{uuid.uuid4().hex[:6]}.py")
     open(script, "w").write(CONSUMER_SCRIPT)
-    a = ConsumerProcess(script, topic, group, "a")
-    b = ConsumerProcess(script, topic, group, "b")
+    a = ConsumerProcess(script, topic, group, "a", strategy)
+    b = ConsumerProcess(script, topic, group, "b", strategy)
     wait_for(lambda: len(a.assigned()) == 2 and len(b.assigned()) == 2 and set(a.assigned() + b.assigned()) == {0, 1, 2, 3},
              40, "the two consumers to share the four partitions")
     produce("first", 40)
@@ -168,12 +174,12 @@ def confluent_group():
     wait_for(lambda: sum(v.startswith("second") for v in a.values()) == 40, 30, "the take-over to read the second 40")
     a.stop()
     produce("third", 8)
-    c = ConsumerProcess(script, topic, group, "c")
+    c = ConsumerProcess(script, topic, group, "c", strategy)
     wait_for(lambda: len(c.values()) >= 8, 40, "the restarted group to read the third batch")
     time.sleep(1)
     c.stop()
     check(sorted(c.values()) == sorted(f"third-{i}" for i in range(8)), f"restart did not resume at the committed offsets: {c.values()[:5]}")
-    print("  confluent-kafka group: 2 processes share 4 partitions, take-over after a leave, resume after restart")
+    print(f"  confluent-kafka group ({strategy}): 2 processes share 4 partitions, take-over after a leave, resume after restart")
 
 
 # ---------------------------------------------------------------- kafka-python
@@ -253,6 +259,7 @@ def aiokafka_scenario():
 SCENARIOS = {
     "confluent-compression": confluent_compression,
     "confluent-group": confluent_group,
+    "confluent-group-cooperative": lambda: confluent_group("cooperative-sticky"),
     "kafka-python": kafka_python,
     "aiokafka": aiokafka_scenario,
 }

@@ -74,7 +74,7 @@ kcat_scenario() {
 }
 
 run kcat kcat_scenario
-for scenario in kafka-python aiokafka confluent-compression confluent-group; do
+for scenario in kafka-python aiokafka confluent-compression confluent-group confluent-group-cooperative; do
   run "$scenario" timeout 300 "$VENV/bin/python" "$HERE/clients.py" "$BOOTSTRAP" "$scenario"
 done
 run sarama timeout 120 "$SCRATCH/sarama-compat" "$BOOTSTRAP"
