@@ -34,19 +34,22 @@ KAFKA_PORT=$(free_port)
 HTTP_PORT=$(free_port)
 BOOTSTRAP=127.0.0.1:$KAFKA_PORT
 export AQUEDUCT_HTTP=127.0.0.1:$HTTP_PORT
-"$BIN" server --data-dir "$SCRATCH/data" --http-listen 127.0.0.1:$HTTP_PORT --kafka-listen "$BOOTSTRAP" \
-  --durability fsync --log-level warning >"$SCRATCH/server.log" 2>&1 &
-SERVER=$!
+start_server() {
+  "$BIN" server --data-dir "$SCRATCH/data" --http-listen 127.0.0.1:$HTTP_PORT --kafka-listen "$BOOTSTRAP" \
+    --durability fsync --log-level warning >>"$SCRATCH/server.log" 2>&1 &
+  SERVER=$!
+  for _ in $(seq 1 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/$KAFKA_PORT) 2>/dev/null && return 0
+    kill -0 "$SERVER" 2>/dev/null || { echo "the server exited:"; cat "$SCRATCH/server.log"; exit 1; }
+    sleep 0.1
+  done
+}
 cleanup() {
   kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null || true
   rm -rf "$SCRATCH"
 }
 trap cleanup EXIT
-for _ in $(seq 1 100); do
-  (exec 3<>/dev/tcp/127.0.0.1/$KAFKA_PORT) 2>/dev/null && break
-  kill -0 "$SERVER" 2>/dev/null || { echo "the server exited:"; cat "$SCRATCH/server.log"; exit 1; }
-  sleep 0.1
-done
+start_server
 echo "== server pid $SERVER, Kafka on $BOOTSTRAP"
 
 failures=0
@@ -78,6 +81,21 @@ for scenario in kafka-python aiokafka confluent-compression confluent-group conf
   run "$scenario" timeout 300 "$VENV/bin/python" "$HERE/clients.py" "$BOOTSTRAP" "$scenario"
 done
 run sarama timeout 120 "$SCRATCH/sarama-compat" "$BOOTSTRAP"
+
+# An idempotent producer keeps sending while the server is killed (SIGKILL) and
+# restarted; afterwards every acknowledged record is there exactly once, in order.
+crash_scenario() {
+  export CRASH_TOPIC=crash-$RANDOM$RANDOM CRASH_ACKED="$SCRATCH/crash-acked.txt" CRASH_COUNT=30000
+  timeout 300 "$VENV/bin/python" "$HERE/clients.py" "$BOOTSTRAP" crash-producer &
+  local producer=$!
+  sleep 2
+  kill -9 "$SERVER"; wait "$SERVER" 2>/dev/null
+  echo "  server killed with SIGKILL mid-stream; restarting"
+  start_server
+  wait "$producer" || return 1
+  timeout 120 "$VENV/bin/python" "$HERE/clients.py" "$BOOTSTRAP" crash-verify
+}
+run "kill -9 under an idempotent producer" crash_scenario
 
 kill -0 "$SERVER" 2>/dev/null || { echo "the server died during the scenarios:"; tail -20 "$SCRATCH/server.log"; exit 1; }
 if [ "$failures" -gt 0 ]; then
