@@ -127,6 +127,29 @@ import Testing
         #expect(group.state == .empty && group.isIdle)
     }
 
+    @Test func aRestartedStaticFollowerKeepsItsAssignmentWithoutARebalance() {
+        var group = GroupStateMachine(groupID: "g")
+        let leader = joinReply(group.join(1, request(instance: "a"), now: 0), 1)!
+        let joined = group.join(2, request(instance: "b"), now: 0)  // the leader must rejoin
+        let rejoin = group.join(3, request(leader.memberID, instance: "a"), now: 1)
+        let follower = joinReply(joined + rejoin, 2)!
+        let generation = follower.generation
+        _ = group.sync(4, memberID: follower.memberID, generation: generation, assignments: [], now: 2)
+        _ = group.sync(5, memberID: leader.memberID, generation: generation,
+                       assignments: [(leader.memberID, [1]), (follower.memberID, [2])], now: 2)
+        #expect(group.state == .stable)
+
+        // b restarts: same instance id, no member id, same subscription.
+        let back = joinReply(group.join(6, request(instance: "b"), now: 100), 6)!
+        #expect(back.errorCode == 0 && back.generation == generation && back.memberID != follower.memberID)
+        #expect(group.state == .stable, "no rebalance for a returning static follower")
+        let synced = group.sync(7, memberID: back.memberID, generation: generation, assignments: [], now: 101)
+        #expect(syncReply(synced, 7)?.assignment == [2])
+        // Its old incarnation is fenced.
+        #expect(group.heartbeat(memberID: follower.memberID, generation: generation, now: 102) == KafkaErrorCode.unknownMemberID)
+        #expect(group.heartbeat(memberID: leader.memberID, generation: generation, now: 102) == 0)
+    }
+
     @Test func joinsThatDisagreeOnProtocolsAreRefused() {
         var group = GroupStateMachine(groupID: "g")
         _ = joinNew(&group, token: 1, now: 0)

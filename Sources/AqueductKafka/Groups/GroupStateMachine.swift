@@ -153,10 +153,22 @@ public struct GroupStateMachine: Sendable {
             if let instanceID = request.instanceID, let existing = members.firstIndex(where: { $0.instanceID == instanceID }) {
                 // A static member restarting: it takes over its old place under a new
                 // id; the old id is fenced (its pending requests fail).
+                let oldID = members[existing].id
                 memberID = newMemberID(request.clientID)
                 replies += failPending(of: members[existing], code: KafkaErrorCode.fencedInstanceID)
                 members[existing].id = memberID
-                if leaderID == request.memberID { leaderID = memberID }
+                if leaderID == oldID { leaderID = memberID }
+                // KIP-345: a follower that comes back with the same subscription keeps its
+                // assignment without a rebalance (its SyncGroup returns it). A returning
+                // leader rebalances, since it has to see the group again to assign.
+                if state == .stable, leaderID != memberID, members[existing].protocols == request.protocols {
+                    members[existing].sessionTimeoutMilliseconds = request.sessionTimeoutMilliseconds
+                    members[existing].rebalanceTimeoutMilliseconds = request.rebalanceTimeoutMilliseconds
+                    members[existing].lastHeartbeatMilliseconds = now
+                    return replies + [.join(token, JoinReply(
+                        errorCode: KafkaErrorCode.none, generation: generation, protocolType: protocolType,
+                        protocolName: protocolName, leaderID: leaderID ?? "", memberID: memberID))]
+                }
             } else {
                 memberID = newMemberID(request.clientID)
                 if request.requiresKnownMemberID && request.instanceID == nil {
