@@ -357,6 +357,44 @@ public final class Broker: Sendable {
         }
     }
 
+    /// Queues a client's batch as `appendBatch` stores it, returning once it is queued
+    /// (offsets assigned); `durable()` on the result waits for the journal. Batches
+    /// queued one after another on a partition are stored in that order.
+    public func submitBatch(topic: String, partition: Int, batch: ByteBuffer) async throws(BrokerError) -> QueuedBatch {
+        let target = try self.partition(topic, partition)
+        do {
+            let pending = try await target.writer.submit(batch)
+            return QueuedBatch(pending: pending, broker: self, partition: TopicPartition(topic, partition), metrics: target.metrics, bytes: batch.readableBytes)
+        } catch {
+            throw BrokerError.from(log: error)
+        }
+    }
+
+    /// A batch queued by `submitBatch`.
+    public struct QueuedBatch: Sendable {
+        let pending: PendingAppend
+        let broker: Broker
+        let partition: TopicPartition
+        let metrics: TopicMetrics
+        let bytes: Int
+
+        /// The offsets the batch got (known as soon as it is queued).
+        public var result: AppendResult { pending.result }
+
+        /// Waits until the batch is durable.
+        public func durable() async throws(BrokerError) -> AppendResult {
+            do {
+                let result = try await pending.durable()
+                metrics.bytesIn.increment(by: bytes)
+                metrics.endOffsets[partition.partition].record(result.lastOffset + 1)
+                broker.appends.notify(partition)
+                return result
+            } catch {
+                throw BrokerError.from(log: error)
+            }
+        }
+    }
+
     /// Produces records: groups them by partition (explicit, by key, or round-robin),
     /// builds one batch per partition (more if one would exceed the topic's limit) and
     /// appends them all concurrently. Returns each record's partition and offset, in

@@ -122,8 +122,9 @@ public final class KafkaRequestHandler: Sendable {
                 return respond(await metadata(try MetadataRequest(from: &reader, version: version), version: version))
             case .produce:
                 let request = try ProduceRequest(from: &reader, version: version)
-                let response = await produce(request, version: version)
-                return request.acks == 0 ? .none : respond(response)
+                let queued = await queueProduce(request)
+                if request.acks == 0 { return .none }
+                return .deferred { [self] in later(await finishProduce(queued)) }
             case .fetch:
                 let request = try FetchRequest(from: &reader, version: version)
                 let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(max(0, request.maxWaitMs)) * 1_000_000
@@ -283,37 +284,70 @@ public final class KafkaRequestHandler: Sendable {
 
     // MARK: - Produce
 
-    func produce(_ request: ProduceRequest, version: Int16) async -> ProduceResponse {
-        var response = ProduceResponse()
+    /// A partition's part of a produce request once its batches are queued: the answer
+    /// so far, and the batches whose durability it still waits for.
+    struct QueuedPartition: Sendable {
+        var result: ProduceResponse.PartitionProduceResponse
+        var queued: [Broker.QueuedBatch] = []
+    }
+
+    /// Queues every batch of the request, partition after partition in request order
+    /// (so the connection's next request is queued behind them), without waiting for
+    /// the journal; `finishProduce` waits and builds the answer. Answering in two steps
+    /// lets a client's next produce request join the same group commit.
+    func queueProduce(_ request: ProduceRequest) async -> [(topic: String, partitions: [QueuedPartition])] {
         let validAcks = request.acks == 0 || request.acks == 1 || request.acks == -1
+        var queued: [(topic: String, partitions: [QueuedPartition])] = []
         for topic in request.topicData {
+            var partitions: [QueuedPartition] = []
+            for partition in topic.partitionData {
+                guard validAcks else {
+                    partitions.append(QueuedPartition(result: .init(index: partition.index, errorCode: KafkaErrorCode.invalidRequiredAcks)))
+                    continue
+                }
+                partitions.append(await queuePartition(topic: topic.name, partition: partition))
+            }
+            queued.append((topic.name, partitions))
+        }
+        return queued
+    }
+
+    /// Waits for the queued batches and answers.
+    func finishProduce(_ queued: [(topic: String, partitions: [QueuedPartition])]) async -> ProduceResponse {
+        var response = ProduceResponse()
+        for (topic, partitions) in queued {
             var topicResponse = ProduceResponse.TopicProduceResponse()
-            topicResponse.name = topic.name
-            // Partitions of one request are appended concurrently, each in order.
-            topicResponse.partitionResponses = await withTaskGroup(of: ProduceResponse.PartitionProduceResponse.self) { group in
-                for partition in topic.partitionData {
-                    group.addTask {
-                        guard validAcks else {
-                            return ProduceResponse.PartitionProduceResponse(index: partition.index, errorCode: KafkaErrorCode.invalidRequiredAcks)
+            topicResponse.name = topic
+            for var partition in partitions {
+                for batch in partition.queued {
+                    do throws(BrokerError) {
+                        _ = try await batch.durable()
+                    } catch {
+                        // The storage node fails every write after a failed one: the
+                        // producer's later batches are refused too, and it resends.
+                        if partition.result.errorCode == 0 {
+                            partition.result.errorCode = KafkaErrorCode.from(error)
+                            partition.result.errorMessage = error.message
                         }
-                        return await self.producePartition(topic: topic.name, partition: partition, version: version)
+                        producers.forget(batch.result, partition: TopicPartition(topic, Int(partition.result.index)))
                     }
                 }
-                var results: [ProduceResponse.PartitionProduceResponse] = []
-                for await result in group { results.append(result) }
-                return results.sorted { $0.index < $1.index }
+                if partition.result.errorCode == 0 {
+                    partition.result.logStartOffset = (try? broker.offsets(topic: topic, partition: Int(partition.result.index)).start) ?? -1
+                }
+                topicResponse.partitionResponses.append(partition.result)
             }
             response.responses.append(topicResponse)
         }
         return response
     }
 
-    func producePartition(topic: String, partition: ProduceRequest.PartitionProduceData, version: Int16) async -> ProduceResponse.PartitionProduceResponse {
-        var result = ProduceResponse.PartitionProduceResponse(index: partition.index)
+    func queuePartition(topic: String, partition: ProduceRequest.PartitionProduceData) async -> QueuedPartition {
+        var queued = QueuedPartition(result: ProduceResponse.PartitionProduceResponse(index: partition.index))
         guard let records = partition.records, records.readableBytes > 0 else {
-            result.errorCode = KafkaErrorCode.invalidRecord
-            result.errorMessage = "no record batch"
-            return result
+            queued.result.errorCode = KafkaErrorCode.invalidRecord
+            queued.result.errorMessage = "no record batch"
+            return queued
         }
         let target = TopicPartition(topic, Int(partition.index))
         if (try? broker.partitionCount(topic)) == nil, listener.autoCreatePartitions > 0 {
@@ -326,14 +360,14 @@ public final class KafkaRequestHandler: Sendable {
             guard let header = RecordBatchHeader(from: records, at: index), header.totalSize <= records.writerIndex - index,
                 header.totalSize >= RecordBatchHeader.size
             else {
-                result.errorCode = KafkaErrorCode.corruptMessage
-                result.errorMessage = "the records do not hold whole record batches"
-                return result
+                queued.result.errorCode = KafkaErrorCode.corruptMessage
+                queued.result.errorMessage = "the records do not hold whole record batches"
+                return queued
             }
             guard header.magic == 2 else {
-                result.errorCode = KafkaErrorCode.unsupportedForMessageFormat
-                result.errorMessage = "message format v\(header.magic) is not supported; use a client that sends v2 record batches (Kafka 0.11+)"
-                return result
+                queued.result.errorCode = KafkaErrorCode.unsupportedForMessageFormat
+                queued.result.errorMessage = "message format v\(header.magic) is not supported; use a client that sends v2 record batches (Kafka 0.11+)"
+                return queued
             }
             let batch = records.getSlice(at: index, length: header.totalSize)!
             index += header.totalSize
@@ -344,25 +378,28 @@ public final class KafkaRequestHandler: Sendable {
             case .duplicate(let baseOffset):
                 // A retry of a batch already stored: answer as the first time.
                 first = first ?? baseOffset
+                queued.result.baseOffset = first ?? -1
                 continue
             case .reject(let code, let message):
-                result.errorCode = code
-                result.errorMessage = message
-                return result
+                queued.result.errorCode = code
+                queued.result.errorMessage = message
+                return queued
             }
-            do {
-                let appended = try await broker.appendBatch(topic: topic, partition: Int(partition.index), batch: batch)
-                producers.record(header, partition: target, baseOffset: appended.baseOffset)
-                first = first ?? appended.baseOffset
+            do throws(BrokerError) {
+                let batchQueued = try await broker.submitBatch(topic: topic, partition: Int(partition.index), batch: batch)
+                // Recorded when queued, so the producer's next batch (maybe in the next
+                // request, before this one is durable) follows it; forgotten if it fails.
+                producers.record(header, partition: target, baseOffset: batchQueued.result.baseOffset)
+                queued.queued.append(batchQueued)
+                first = first ?? batchQueued.result.baseOffset
             } catch {
-                result.errorCode = KafkaErrorCode.from(error)
-                result.errorMessage = error.message
-                return result
+                queued.result.errorCode = KafkaErrorCode.from(error)
+                queued.result.errorMessage = error.message
+                return queued
             }
         }
-        result.baseOffset = first ?? -1
-        result.logStartOffset = (try? broker.offsets(topic: topic, partition: Int(partition.index)).start) ?? -1
-        return result
+        queued.result.baseOffset = first ?? -1
+        return queued
     }
 
     // MARK: - Fetch

@@ -122,6 +122,15 @@ final class ProducerStateTable: Sendable {
         for (header, baseOffset) in found.suffix(Self.batchesRemembered) { record(header, partition: partition, baseOffset: baseOffset) }
     }
 
+    /// Forgets a recorded batch whose append failed, so a retry of it is stored.
+    func forget(_ appended: AppendResult, partition: TopicPartition) {
+        entries.withLock { entries in
+            for key in entries.keys where key.partition == partition {
+                entries[key]?.batches.removeAll { $0.baseOffset == appended.baseOffset }
+            }
+        }
+    }
+
     /// Records a batch that was appended at `baseOffset`.
     func record(_ header: RecordBatchHeader, partition: TopicPartition, baseOffset: Int64) {
         guard header.producerId >= 0 else { return }

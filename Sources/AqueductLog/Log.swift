@@ -133,6 +133,14 @@ public final class Log: Sendable {
     /// Appends one record batch (validated: size, magic, CRC-32C; the log assigns its
     /// base offset) for the writer with `epoch`. Returns once the batch is durable.
     func append(_ batch: ByteBuffer, epoch: UInt64) async throws(LogError) -> AppendResult {
+        try await submit(batch, epoch: epoch).durable()
+    }
+
+    /// Validates a batch, assigns its offsets and queues it on the journal; returns as
+    /// soon as it is queued (`PendingAppend.durable()` waits for the journal). Batches
+    /// submitted one after another are stored in that order, so a caller can queue the
+    /// next batch while the previous one syncs.
+    func submit(_ batch: ByteBuffer, epoch: UInt64) async throws(LogError) -> PendingAppend {
         // Checked outside the lock; the size limit, which can change, inside it.
         let header: RecordBatchHeader
         do { header = try RecordBatch.validate(batch, maxBytes: .max) } catch { throw .invalidBatch(error) }
@@ -141,71 +149,58 @@ public final class Log: Sendable {
         let reserved = await storage.reserveWriteBudget(size)
         enum Step {
             /// Queued on the journal; the storage node owns the write budget now.
-            case done(Result<AppendResult, LogError>)
+            case queued(PendingAppend)
             /// Refused before anything was queued; the budget is still ours.
             case rejected(LogError)
             case roll
             case waitForRoll
         }
         while true {
-            let step: Step = await withUnsafeContinuation { continuation in
-                let immediate = state.withLock { (state: inout State) -> Step? in
-                    if state.deleted { return .rejected(.logNotFound(id)) }
-                    guard let writerEpoch = state.writerEpoch, let active = state.active else {
-                        return .rejected(.noWriter(id))
-                    }
-                    guard epoch == writerEpoch else {
-                        return .rejected(.fenced(logID: id, writerEpoch: epoch, currentEpoch: max(writerEpoch, state.record.writerEpoch)))
-                    }
-                    let configuration = state.record.configuration
-                    guard size <= configuration.batchBytesMax else {
-                        return .rejected(.invalidBatch(.tooLarge(bytes: size, limitBytes: configuration.batchBytesMax)))
-                    }
-                    if state.rolling { return .waitForRoll }
-                    if active.bytes > 0
-                        && (active.bytes + Int64(size) > configuration.segmentBytes
-                            || clock.nowMilliseconds() - active.createdAtMilliseconds >= configuration.segmentMilliseconds)
-                    {
-                        state.rolling = true
-                        return .roll
-                    }
-                    let baseOffset = state.nextOffset
-                    // Not written into `batch` here: it usually shares storage with the
-                    // request it arrived in, and writing would copy it. The storage node
-                    // writes the offset wherever the batch goes.
-                    var assigned = header
-                    assigned.baseOffset = baseOffset
-                    let result = AppendResult(baseOffset: baseOffset, lastOffset: assigned.lastOffset, segment: active.segment)
-                    do throws(StorageError) {
-                        try storage.submitAppend(
-                            active.handle, epoch: epoch, batch: batch, header: assigned, reservedBytes: reserved, checksumVerified: true,
-                            baseOffsetWritten: false
-                        ) { outcome in
-                            switch outcome {
-                            case .success: continuation.resume(returning: .done(.success(result)))
-                            case .failure(let error): continuation.resume(returning: .done(.failure(.storage(error))))
-                            }
-                        }
-                    } catch {
-                        return .rejected(Self.translate(error, epoch: epoch, state: state))
-                    }
-                    state.nextOffset = result.lastOffset + 1
-                    state.active?.bytes += Int64(size)
-                    return nil
+            let step = state.withLock { (state: inout State) -> Step in
+                if state.deleted { return .rejected(.logNotFound(id)) }
+                guard let writerEpoch = state.writerEpoch, let active = state.active else {
+                    return .rejected(.noWriter(id))
                 }
-                if let immediate { continuation.resume(returning: immediate) }
+                guard epoch == writerEpoch else {
+                    return .rejected(.fenced(logID: id, writerEpoch: epoch, currentEpoch: max(writerEpoch, state.record.writerEpoch)))
+                }
+                let configuration = state.record.configuration
+                guard size <= configuration.batchBytesMax else {
+                    return .rejected(.invalidBatch(.tooLarge(bytes: size, limitBytes: configuration.batchBytesMax)))
+                }
+                if state.rolling { return .waitForRoll }
+                if active.bytes > 0
+                    && (active.bytes + Int64(size) > configuration.segmentBytes
+                        || clock.nowMilliseconds() - active.createdAtMilliseconds >= configuration.segmentMilliseconds)
+                {
+                    state.rolling = true
+                    return .roll
+                }
+                let baseOffset = state.nextOffset
+                // Not written into `batch` here: it usually shares storage with the
+                // request it arrived in, and writing would copy it. The storage node
+                // writes the offset wherever the batch goes.
+                var assigned = header
+                assigned.baseOffset = baseOffset
+                let pending = PendingAppend(AppendResult(baseOffset: baseOffset, lastOffset: assigned.lastOffset, segment: active.segment))
+                do throws(StorageError) {
+                    try storage.submitAppend(
+                        active.handle, epoch: epoch, batch: batch, header: assigned, reservedBytes: reserved, checksumVerified: true,
+                        baseOffsetWritten: false
+                    ) { outcome in pending.complete(outcome) }
+                } catch {
+                    return .rejected(Self.translate(error, epoch: epoch, state: state))
+                }
+                state.nextOffset = assigned.lastOffset + 1
+                state.active?.bytes += Int64(size)
+                return .queued(pending)
             }
             switch step {
-            case .done(let result):
+            case .queued(let pending):
                 storage.settleBudget(reservedBytes: reserved, batchBytes: size)
-                switch result {
-                case .success(let appended):
-                    appendedRecords.increment(by: Int(header.recordsCount))
-                    appendedBytes.increment(by: size)
-                    return appended
-                case .failure(let error):
-                    throw error
-                }
+                appendedRecords.increment(by: Int(header.recordsCount))
+                appendedBytes.increment(by: size)
+                return pending
             case .rejected(let error):
                 storage.releaseWriteBudget(reserved)
                 throw error
@@ -500,5 +495,57 @@ public struct LogWriter: Sendable {
     /// Appends one record batch; returns its offsets once it is durable.
     public func append(_ batch: ByteBuffer) async throws(LogError) -> AppendResult {
         try await log.append(batch, epoch: epoch)
+    }
+
+    /// Queues a batch (offsets assigned) without waiting for it to be durable.
+    public func submit(_ batch: ByteBuffer) async throws(LogError) -> PendingAppend {
+        try await log.submit(batch, epoch: epoch)
+    }
+}
+
+/// An append queued on the journal: its offsets are assigned; `durable()` waits until
+/// the journal has made it durable (or failed).
+public final class PendingAppend: Sendable {
+    public let result: AppendResult
+
+    private enum Outcome {
+        case waiting(UnsafeContinuation<Result<AppendResult, LogError>, Never>?)
+        case done(Result<AppendResult, LogError>)
+    }
+    private let outcome = Mutex(Outcome.waiting(nil))
+
+    init(_ result: AppendResult) {
+        self.result = result
+    }
+
+    /// Called once, by the storage node's completion.
+    func complete(_ storageOutcome: Result<Void, StorageError>) {
+        let finished: Result<AppendResult, LogError>
+        switch storageOutcome {
+        case .success: finished = .success(result)
+        case .failure(let error): finished = .failure(.storage(error))
+        }
+        let waiter = outcome.withLock { outcome -> UnsafeContinuation<Result<AppendResult, LogError>, Never>? in
+            guard case .waiting(let continuation) = outcome else { return nil }
+            outcome = .done(finished)
+            return continuation
+        }
+        waiter?.resume(returning: finished)
+    }
+
+    /// Waits until the batch is durable; returns its offsets. May be called once.
+    public func durable() async throws(LogError) -> AppendResult {
+        let finished: Result<AppendResult, LogError> = await withUnsafeContinuation { continuation in
+            let ready = outcome.withLock { outcome -> Result<AppendResult, LogError>? in
+                switch outcome {
+                case .done(let result): return result
+                case .waiting:
+                    outcome = .waiting(continuation)
+                    return nil
+                }
+            }
+            if let ready { continuation.resume(returning: ready) }
+        }
+        return try finished.get()
     }
 }

@@ -195,6 +195,8 @@ func values(of records: ByteBuffer?) throws -> [String] {
         request.topicData = [.init(name: "t", partitionData: [.init(index: 1, records: batch(["silent"]))])]
         var session = KafkaSession(peer: "test")
         #expect(await stack.handler.handle(frame: KafkaStack.requestFrame(.produce, version: 9, request), session: &session) == nil)
+        // Queued at once, durable a moment later.
+        for _ in 0..<200 where try stack.broker.offsets(topic: "t", partition: 1).end < 1 { try await Task.sleep(for: .milliseconds(10)) }
         #expect(try stack.broker.offsets(topic: "t", partition: 1).end == 1)
         // Errors per partition: unknown partition, offset out of range.
         #expect(try await stack.produce("t", partition: 5, batch(["x"])).errorCode == KafkaErrorCode.unknownTopicOrPartition)
