@@ -3,6 +3,7 @@ import AqueductLog
 import AqueductRecords
 import Foundation
 import Logging
+import Metrics
 import NIOCore
 import Synchronization
 
@@ -66,6 +67,10 @@ public final class KafkaRequestHandler: Sendable {
     let nodeID: Int32 = 0
     let producers: ProducerStateTable
     let groups: GroupCoordinator
+    /// Requests per API (made once: a metrics lookup per request would take the
+    /// backend's lock), and requests refused as unsupported or malformed.
+    let requestCounters: [Int16: Counter]
+    let refusedRequests = Counter(label: "aqueduct_kafka_requests_refused_total")
 
     public init(broker: Broker, groups: GroupCoordinator, listener: KafkaListenerConfiguration, clusterID: String, logger: Logger) {
         self.broker = broker
@@ -74,6 +79,9 @@ public final class KafkaRequestHandler: Sendable {
         self.clusterID = clusterID
         self.logger = logger
         self.producers = ProducerStateTable()
+        self.requestCounters = Dictionary(uniqueKeysWithValues: KafkaAPIKey.allCases.map { key in
+            (key.rawValue, Counter(label: "aqueduct_kafka_requests_total", dimensions: [("api", "\(key)")]))
+        })
     }
 
     /// Handles a request to the end: the response frame (size prefix included), or nil
@@ -98,9 +106,11 @@ public final class KafkaRequestHandler: Sendable {
         let version: Int16 = frame.getInteger(at: frame.readerIndex + 2)!
         let correlationID: Int32 = frame.getInteger(at: frame.readerIndex + 4)!
         guard let key = KafkaAPIKey(rawValue: rawKey), let served = KafkaAPIVersions.served[key], served.contains(version) else {
+            refusedRequests.increment()
             logger.debug("unsupported Kafka request", metadata: ["apiKey": "\(rawKey)", "version": "\(version)", "peer": "\(session.peer)"])
             return .ready(unsupportedVersion(apiKey: rawKey, correlationID: correlationID))
         }
+        requestCounters[rawKey]?.increment()
         let flexible = KafkaAPIVersions.isFlexible(key, version)
         var reader = KafkaReader(frame)
         do throws(KafkaProtocolError) {
@@ -171,6 +181,7 @@ public final class KafkaRequestHandler: Sendable {
             logger.info("malformed Kafka request; closing the connection", metadata: [
                 "apiKey": "\(rawKey)", "version": "\(version)", "peer": "\(session.peer)", "error": "\(error)",
             ])
+            refusedRequests.increment()
             session.closeAfterResponse = true
             return .none
         }

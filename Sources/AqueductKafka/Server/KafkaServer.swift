@@ -1,7 +1,9 @@
 import AqueductCommon
 import Logging
+import Metrics
 import NIOCore
 import NIOPosix
+import Synchronization
 
 /// Where the Kafka listener binds and what it tells clients to connect to.
 public struct KafkaListenerConfiguration: Sendable {
@@ -84,7 +86,12 @@ public final class KafkaServer: Sendable {
     /// their answers); past it the connection is not read until answers go out.
     static let repliesInFlightMax = 64
 
+    private let connections = Gauge(label: "aqueduct_kafka_connections")
+    private let openConnections = Atomic<Int>(0)
+
     private func serve(_ connection: NIOAsyncChannel<ByteBuffer, ByteBuffer>) async {
+        connections.record(openConnections.wrappingAdd(1, ordering: .relaxed).newValue)
+        defer { connections.record(openConnections.wrappingSubtract(1, ordering: .relaxed).newValue) }
         let address = connection.channel.remoteAddress
         let peer = address.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "unknown"
         do {
