@@ -24,6 +24,7 @@ public enum KafkaAPIVersions {
         .offsetFetch: 1...8,
         .describeGroups: 0...5,
         .listGroups: 0...4,
+        .deleteGroups: 0...2,
     ]
 
     /// What ApiVersions advertises: the served ranges, except that Produce starts at

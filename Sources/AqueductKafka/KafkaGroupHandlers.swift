@@ -167,4 +167,12 @@ extension KafkaRequestHandler {
             .map { ListGroupsResponse.ListedGroup(groupId: $0.groupID, protocolType: $0.protocolType ?? "consumer", groupState: $0.state.rawValue, groupType: "classic") }
         return response
     }
+
+    func deleteGroups(_ request: DeleteGroupsRequest) async -> DeleteGroupsResponse {
+        var response = DeleteGroupsResponse()
+        for groupID in request.groupsNames {
+            response.results.append(DeleteGroupsResponse.DeletableGroupResult(groupId: groupID, errorCode: await groups.deleteGroup(groupID)))
+        }
+        return response
+    }
 }

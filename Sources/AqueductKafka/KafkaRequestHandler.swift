@@ -174,6 +174,8 @@ public final class KafkaRequestHandler: Sendable {
                 return respond(describeGroups(try DescribeGroupsRequest(from: &reader, version: version)))
             case .listGroups:
                 return respond(listGroups(try ListGroupsRequest(from: &reader, version: version)))
+            case .deleteGroups:
+                return respond(await deleteGroups(try DeleteGroupsRequest(from: &reader, version: version)))
             }
         } catch {
             // The stream is still framed, but this request cannot be answered in its

@@ -324,6 +324,37 @@ func values(of records: ByteBuffer?) throws -> [String] {
         try await stack.close()
     }
 
+    @Test func emptyGroupsCanBeDeletedWithTheirOffsets() async throws {
+        let directory = temporaryDirectory()
+        var stack = try await KafkaStack.open(directory)
+        _ = try await stack.broker.createTopic("t", partitions: 1)
+        var commit = OffsetCommitRequest()
+        commit.groupId = "idle"
+        commit.generationIdOrMemberEpoch = -1
+        commit.topics = [.init(name: "t", partitions: [.init(partitionIndex: 0, committedOffset: 3)])]
+        _ = try await stack.call(.offsetCommit, version: 8, commit, as: OffsetCommitResponse.self)
+        var join = JoinGroupRequest()
+        join.groupId = "busy"
+        join.protocolType = "consumer"
+        join.sessionTimeoutMs = 30_000
+        join.protocols = [.init(name: "range", metadata: [])]
+        #expect(try await stack.call(.joinGroup, version: 0, join, as: JoinGroupResponse.self).errorCode == 0)
+
+        var delete = DeleteGroupsRequest()
+        delete.groupsNames = ["idle", "busy", "never"]
+        let results = try await stack.call(.deleteGroups, version: 2, delete, as: DeleteGroupsResponse.self).results
+        #expect(results.map(\.errorCode) == [0, KafkaErrorCode.nonEmptyGroup, KafkaErrorCode.groupIDNotFound])
+        try await stack.close()
+
+        // Gone after a restart too: the offsets log holds tombstones.
+        stack = try await KafkaStack.open(directory)
+        var fetch = OffsetFetchRequest()
+        fetch.groupId = "idle"
+        fetch.topics = [.init(name: "t", partitionIndexes: [0])]
+        #expect(try await stack.call(.offsetFetch, version: 7, fetch, as: OffsetFetchResponse.self).topics[0].partitions[0].committedOffset == -1)
+        try await stack.close()
+    }
+
     /// Seeded random frames and mutations of valid ones: the handler answers, or asks
     /// to close that connection, and never crashes.
     @Test func malformedFramesAreAnsweredOrCloseTheConnectionNeverCrash() async throws {

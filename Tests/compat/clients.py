@@ -220,7 +220,9 @@ def kafka_python():
         check(by_key == sorted(by_key), f"partition {partition} not in send order")
     offsets = admin.list_group_offsets(group)[group]
     check(sum(o.offset for o in offsets.values()) == 60, f"committed offsets {offsets}")
-    print("  kafka-python: admin create/list/delete/add partitions, 60 records with headers, group commit")
+    admin.delete_groups([group])
+    check(not admin.list_group_offsets(group)[group], "offsets of a deleted group remain")
+    print("  kafka-python: admin create/list/delete/add partitions, 60 records with headers, group commit, group delete")
 
 
 def aiokafka_scenario():

@@ -24,6 +24,7 @@ public enum KafkaAPIKey: Int16, CaseIterable, Sendable {
     case initProducerId = 22
     case describeConfigs = 32
     case createPartitions = 37
+    case deleteGroups = 42
 
     /// The versions the message definitions describe (what this broker can decode).
     public var definedVersions: ClosedRange<Int16> {
@@ -47,6 +48,7 @@ public enum KafkaAPIKey: Int16, CaseIterable, Sendable {
         case .initProducerId: InitProducerIdRequest.validVersions
         case .describeConfigs: DescribeConfigsRequest.validVersions
         case .createPartitions: CreatePartitionsRequest.validVersions
+        case .deleteGroups: DeleteGroupsRequest.validVersions
         }
     }
 
@@ -72,6 +74,7 @@ public enum KafkaAPIKey: Int16, CaseIterable, Sendable {
         case .initProducerId: InitProducerIdRequest.firstFlexibleVersion
         case .describeConfigs: DescribeConfigsRequest.firstFlexibleVersion
         case .createPartitions: CreatePartitionsRequest.firstFlexibleVersion
+        case .deleteGroups: DeleteGroupsRequest.firstFlexibleVersion
         }
     }
 }

@@ -125,6 +125,25 @@ public final class GroupCoordinator: Sendable {
         }
     }
 
+    /// Deletes a group that has no members: its committed offsets and its state.
+    /// Returns Kafka's error code (NON_EMPTY_GROUP while members remain).
+    public func deleteGroup(_ groupID: String) async -> Int16 {
+        let known = state.withLock { state -> Bool? in
+            guard let machine = state.groups[groupID] else { return nil }
+            guard machine.members.isEmpty else { return false }
+            state.groups[groupID] = nil
+            return true
+        }
+        if known == false { return KafkaErrorCode.nonEmptyGroup }
+        guard known == true || offsets.groups.contains(groupID) else { return KafkaErrorCode.groupIDNotFound }
+        do throws(BrokerError) {
+            try await offsets.deleteGroup(groupID)
+            return KafkaErrorCode.none
+        } catch {
+            return KafkaErrorCode.from(error)
+        }
+    }
+
     /// A snapshot of a group, or nil when it is unknown (no members, no offsets).
     public func describe(_ groupID: String) -> GroupStateMachine? {
         let machine = state.withLock { $0.groups[groupID] }

@@ -148,6 +148,31 @@ public final class OffsetStore: Sendable {
         }
     }
 
+    /// Deletes every committed offset of a group (tombstones in the log, so a replay
+    /// forgets them too).
+    public func deleteGroup(_ group: String) async throws(BrokerError) {
+        await appendLock.acquire(1)
+        defer { appendLock.release(1) }
+        let keys = state.withLock { $0.offsets.keys.filter { $0.group == group } }
+        guard !keys.isEmpty else { return }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        var start = 0
+        while start < keys.count {
+            var builder = RecordBatchBuilder()
+            for key in keys[start..<min(keys.count, start + Self.recordsPerBatchMax)] {
+                guard let keyBytes = try? encoder.encode(key) else { continue }
+                builder.append(timestamp: clock.nowMilliseconds(), key: Array(keyBytes), value: nil)
+            }
+            do { _ = try await writer.append(builder.build()) } catch { throw BrokerError.from(error) }
+            start += Self.recordsPerBatchMax
+        }
+        state.withLock { state in
+            for key in keys { state.offsets[key] = nil }
+            state.records += keys.count
+        }
+    }
+
     /// A group's committed offsets, all of them or those of `partitions`.
     public func offsets(group: String, partitions: [TopicPartition]? = nil) -> [TopicPartition: Committed] {
         state.withLock { state in
