@@ -530,6 +530,33 @@ public final class Broker: Sendable {
         return nil
     }
 
+    /// The first record with the largest timestamp in a partition (Kafka's ListOffsets
+    /// with timestamp -3, KIP-734), or nil when the partition is empty. Reads the one
+    /// segment whose largest timestamp is the partition's.
+    public func offsetOfMaxTimestamp(topic: String, partition: Int) async throws(BrokerError) -> (offset: Int64, timestamp: Int64)? {
+        let target = try self.partition(topic, partition)
+        let info = target.log.info()
+        let candidates = info.segments.filter { $0.endOffset > max($0.baseOffset, info.startOffset) }
+        guard let best = candidates.max(by: { $0.maxTimestamp < $1.maxTimestamp }) else { return nil }
+        var offset = max(best.baseOffset, info.startOffset)
+        while offset < best.endOffset {
+            let read: LogRead
+            do { read = try await target.log.read(from: offset, maxBytes: 1 << 20) } catch { throw BrokerError.from(log: error) }
+            if read.batches.isEmpty { break }
+            for batch in read.batches {
+                guard let header = RecordBatchHeader(from: batch), header.maxTimestamp == best.maxTimestamp else { continue }
+                if let records = try? RecordBatch.records(of: batch),
+                    let record = records.first(where: { $0.timestamp == header.maxTimestamp && $0.offset >= offset })
+                {
+                    return (record.offset, record.timestamp)
+                }
+                return (header.lastOffset, header.maxTimestamp)
+            }
+            offset = read.nextOffset
+        }
+        return nil
+    }
+
     public func truncate(topic: String, partition: Int, before offset: Int64) async throws(BrokerError) {
         let target = try self.partition(topic, partition)
         do { try await target.log.truncate(before: offset) } catch { throw BrokerError.from(log: error) }

@@ -505,8 +505,13 @@ public final class KafkaRequestHandler: Sendable {
                     switch partition.timestamp {
                     case -1: result.offset = end  // latest
                     case -2: result.offset = start  // earliest
-                    case -3:  // max timestamp (v7+): approximated by the last record
-                        result.offset = max(start, end - 1)
+                    case -3:  // the record with the largest timestamp (v7+)
+                        if let found = try await broker.offsetOfMaxTimestamp(topic: topic.name, partition: Int(partition.partitionIndex)) {
+                            result.offset = found.offset
+                            result.timestamp = found.timestamp
+                        } else {
+                            result.offset = -1
+                        }
                     default:
                         if let found = try await broker.offset(forTimestamp: partition.timestamp, topic: topic.name, partition: Int(partition.partitionIndex)) {
                             result.offset = found.offset

@@ -274,6 +274,9 @@ func values(of records: ByteBuffer?) throws -> [String] {
         #expect(try await offset(at: 1_500) == 1)
         #expect(try await offset(at: 3_000) == 2)
         #expect(try await offset(at: 9_000) == -1)
+        // Max timestamp: the record with the largest timestamp, wherever it is.
+        _ = try await stack.produce("t", batch(["late-stamped-early"], timestamp: 2_500))
+        #expect(try await offset(at: -3) == 2)
         try await stack.close()
     }
 
