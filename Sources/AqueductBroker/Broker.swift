@@ -501,33 +501,17 @@ public final class Broker: Sendable {
 
     /// The first offset whose record has a timestamp at or after `timestamp`, and
     /// that record's timestamp (Kafka's ListOffsets by time); nil when every record is
-    /// older. Segments are skipped by their largest timestamp, then batches by theirs;
-    /// inside an uncompressed batch the exact record is found, in a compressed one
-    /// the batch's first offset is returned (the client skips the earlier records).
+    /// older. Segments are skipped by their largest timestamp, then batches by theirs,
+    /// then the batch's records are decoded (decompressed if need be).
     public func offset(forTimestamp timestamp: Int64, topic: String, partition: Int) async throws(BrokerError) -> (offset: Int64, timestamp: Int64)? {
         let target = try self.partition(topic, partition)
         let info = target.log.info()
         guard let first = info.segments.first(where: { $0.maxTimestamp >= timestamp && $0.endOffset > $0.baseOffset }) else {
             return nil
         }
-        var offset = max(first.baseOffset, info.startOffset)
-        while offset < target.log.endOffset {
-            let read: LogRead
-            do { read = try await target.log.read(from: offset, maxBytes: 1 << 20) } catch { throw BrokerError.from(log: error) }
-            if read.batches.isEmpty { break }
-            for batch in read.batches {
-                guard let header = RecordBatchHeader(from: batch) else { continue }
-                guard header.maxTimestamp >= timestamp, header.lastOffset >= offset else { continue }
-                if header.compression == CompressionCodec.none, let records = try? RecordBatch.records(of: batch),
-                    let record = records.first(where: { $0.timestamp >= timestamp && $0.offset >= offset })
-                {
-                    return (record.offset, record.timestamp)
-                }
-                return (max(header.baseOffset, offset), header.maxTimestamp)
-            }
-            offset = read.nextOffset
+        return try await firstRecord(in: target.log, from: max(first.baseOffset, info.startOffset), before: target.log.endOffset) {
+            $0 >= timestamp
         }
-        return nil
     }
 
     /// The first record with the largest timestamp in a partition (Kafka's ListOffsets
@@ -538,19 +522,29 @@ public final class Broker: Sendable {
         let info = target.log.info()
         let candidates = info.segments.filter { $0.endOffset > max($0.baseOffset, info.startOffset) }
         guard let best = candidates.max(by: { $0.maxTimestamp < $1.maxTimestamp }) else { return nil }
-        var offset = max(best.baseOffset, info.startOffset)
-        while offset < best.endOffset {
+        return try await firstRecord(in: target.log, from: max(best.baseOffset, info.startOffset), before: best.endOffset) {
+            $0 == best.maxTimestamp
+        }
+    }
+
+    /// The first record from `start` (before `end`) whose timestamp `matches`, looking
+    /// into the batches whose largest timestamp matches. A batch whose records cannot be
+    /// decoded (a codec library missing) answers for itself: its first offset from
+    /// `start` on, its largest timestamp.
+    private func firstRecord(
+        in log: Log, from start: Int64, before end: Int64, where matches: (Int64) -> Bool
+    ) async throws(BrokerError) -> (offset: Int64, timestamp: Int64)? {
+        var offset = start
+        while offset < end {
             let read: LogRead
-            do { read = try await target.log.read(from: offset, maxBytes: 1 << 20) } catch { throw BrokerError.from(log: error) }
+            do { read = try await log.read(from: offset, maxBytes: 1 << 20) } catch { throw BrokerError.from(log: error) }
             if read.batches.isEmpty { break }
             for batch in read.batches {
-                guard let header = RecordBatchHeader(from: batch), header.maxTimestamp == best.maxTimestamp else { continue }
-                if let records = try? RecordBatch.records(of: batch),
-                    let record = records.first(where: { $0.timestamp == header.maxTimestamp && $0.offset >= offset })
-                {
+                guard let header = RecordBatchHeader(from: batch), header.lastOffset >= offset, matches(header.maxTimestamp) else { continue }
+                guard let records = try? RecordBatch.records(of: batch) else { return (max(header.baseOffset, offset), header.maxTimestamp) }
+                for record in records where record.offset >= offset && matches(record.timestamp) {
                     return (record.offset, record.timestamp)
                 }
-                return (header.lastOffset, header.maxTimestamp)
             }
             offset = read.nextOffset
         }

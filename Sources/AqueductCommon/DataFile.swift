@@ -75,21 +75,6 @@ public final class DataFile: @unchecked Sendable {
         }
     }
 
-    /// Writes all of `bytes` at `offset` and makes them durable (as `write` then
-    /// `syncData` would, but syncing only this range: concurrent calls on one file each
-    /// wait for their own data, not for each other's).
-    public func writeDurably(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws {
-        var written = 0
-        while written < bytes.count {
-            let n = aq_write_data_sync(descriptor, bytes.baseAddress! + written, bytes.count - written, offset + Int64(written))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw FileIOError("pwritev2(RWF_DSYNC)", path: path, errno: errno)
-            }
-            written += Int(n)
-        }
-    }
-
     /// Writes the readable bytes of `buffers`, one after another, at `offset`, without
     /// copying them into one buffer first (pwritev). With `durably`, they are on stable
     /// storage on return, as after `syncData`.

@@ -118,12 +118,10 @@ public final class KafkaRequestHandler: Sendable {
             session.clientID = header.clientId
             // ApiVersions' response header stays v0 so any client can read it.
             let flexibleResponse = flexible && key != .apiVersions
-            func respond(_ message: some KafkaMessage, capacity: Int = 256) -> KafkaReply {
-                .ready(Self.frame(message, version: version, correlationID: correlationID, flexibleHeader: flexibleResponse, capacity: capacity))
-            }
             @Sendable func later(_ message: some KafkaMessage) -> ByteBuffer {
                 Self.frame(message, version: version, correlationID: correlationID, flexibleHeader: flexibleResponse, capacity: Self.capacity(for: message))
             }
+            func respond(_ message: some KafkaMessage) -> KafkaReply { .ready(later(message)) }
             switch key {
             case .apiVersions:
                 _ = try ApiVersionsRequest(from: &reader, version: version)

@@ -60,18 +60,6 @@ int aq_set_thread_io_priority(int io_class, int level) {
 #endif
 }
 
-long long aq_write_data_sync(int fd, const void *bytes, size_t length, long long offset) {
-#if defined(__linux__) && defined(RWF_DSYNC)
-    struct iovec vector = { (void *)bytes, length };
-    ssize_t written = pwritev2(fd, &vector, 1, (off_t)offset, RWF_DSYNC);
-    if (written >= 0 || errno != EOPNOTSUPP) return (long long)written;
-#endif
-    ssize_t plain = pwrite(fd, bytes, length, (off_t)offset);
-    if (plain < 0) return -1;
-    if (fdatasync(fd) != 0) return -1;
-    return (long long)plain;
-}
-
 long long aq_write_gathered(int fd, struct iovec *vectors, int count, long long offset, int data_sync) {
     long long total = 0;
     int index = 0, calls = 0, synced = 0, dsync_unsupported = 0;

@@ -38,26 +38,25 @@ public final class GroupCoordinator: Sendable {
     /// Runs `event` on the group's machine under the lock, with a fresh token; takes
     /// out the waiters its replies are for, and resumes them after the lock.
     private func apply(
-        _ groupID: String, register: ((GroupStateMachine.Token) -> Waiter)? = nil,
+        _ groupID: String, register waiter: Waiter? = nil,
         _ event: (inout GroupStateMachine, GroupStateMachine.Token, Int64) -> [GroupStateMachine.Reply]
     ) {
         let now = clock.nowMilliseconds()
         let due: [(Waiter, GroupStateMachine.Reply)] = state.withLock { state in
             let token = state.nextToken
             state.nextToken += 1
-            if let register { state.waiters[token] = register(token) }
+            if let waiter { state.waiters[token] = waiter }
             var machine = state.groups[groupID] ?? GroupStateMachine(groupID: groupID, limits: limits)
             let replies = event(&machine, token, now)
             state.groups[groupID] = machine
-            return replies.compactMap { reply in
-                let token: GroupStateMachine.Token
-                switch reply {
-                case .join(let t, _), .sync(let t, _): token = t
-                }
-                return state.waiters.removeValue(forKey: token).map { ($0, reply) }
-            }
+            return Self.takeWaiters(for: replies, from: &state)
         }
         Self.deliver(due)
+    }
+
+    /// Removes the waiters the replies are for, paired with their replies (called under the lock).
+    private static func takeWaiters(for replies: [GroupStateMachine.Reply], from state: inout State) -> [(Waiter, GroupStateMachine.Reply)] {
+        replies.compactMap { reply in state.waiters.removeValue(forKey: reply.token).map { ($0, reply) } }
     }
 
     private static func deliver(_ due: [(Waiter, GroupStateMachine.Reply)]) {
@@ -75,7 +74,7 @@ public final class GroupCoordinator: Sendable {
 
     public func join(groupID: String, _ request: GroupStateMachine.JoinRequest) async -> GroupStateMachine.JoinReply {
         await withUnsafeContinuation { continuation in
-            apply(groupID, register: { _ in .join(continuation) }) { machine, token, now in
+            apply(groupID, register: .join(continuation)) { machine, token, now in
                 machine.join(token, request, now: now)
             }
         }
@@ -85,7 +84,7 @@ public final class GroupCoordinator: Sendable {
         -> GroupStateMachine.SyncReply
     {
         await withUnsafeContinuation { continuation in
-            apply(groupID, register: { _ in .sync(continuation) }) { machine, token, now in
+            apply(groupID, register: .sync(continuation)) { machine, token, now in
                 machine.sync(token, memberID: memberID, generation: generation, assignments: assignments, now: now)
             }
         }
@@ -168,13 +167,7 @@ public final class GroupCoordinator: Sendable {
                 for (groupID, var machine) in state.groups {
                     let replies = machine.tick(now: now)
                     state.groups[groupID] = machine
-                    for reply in replies {
-                        let token: GroupStateMachine.Token
-                        switch reply {
-                        case .join(let t, _), .sync(let t, _): token = t
-                        }
-                        if let waiter = state.waiters.removeValue(forKey: token) { due.append((waiter, reply)) }
-                    }
+                    due += Self.takeWaiters(for: replies, from: &state)
                 }
                 return due
             }

@@ -69,6 +69,13 @@ public struct GroupStateMachine: Sendable {
     public enum Reply: Sendable, Equatable {
         case join(Token, JoinReply)
         case sync(Token, SyncReply)
+
+        /// The request this reply answers.
+        public var token: Token {
+            switch self {
+            case .join(let token, _), .sync(let token, _): token
+            }
+        }
     }
 
     public struct Limits: Sendable {

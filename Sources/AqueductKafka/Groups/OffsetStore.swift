@@ -104,7 +104,7 @@ public final class OffsetStore: Sendable {
         await appendLock.acquire(1)
         defer { appendLock.release(1) }
         let entries = commits.map { (Key(group: group, topic: $0.0.topic, partition: $0.0.partition), $0.1) }
-        try await append(entries)
+        try await append(entries.map { ($0.0, Optional($0.1)) })
         let compact = state.withLock { state -> Bool in
             for (key, committed) in entries { state.offsets[key] = committed }
             state.records += entries.count
@@ -113,7 +113,8 @@ public final class OffsetStore: Sendable {
         if compact { await compactLocked() }
     }
 
-    private func append(_ entries: [(Key, Committed)]) async throws(BrokerError) {
+    /// Appends commits; a nil `Committed` is a tombstone (the offset is deleted).
+    private func append(_ entries: [(Key, Committed?)]) async throws(BrokerError) {
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
         let now = clock.nowMilliseconds()
@@ -122,8 +123,9 @@ public final class OffsetStore: Sendable {
             let chunk = entries[start..<min(entries.count, start + Self.recordsPerBatchMax)]
             var builder = RecordBatchBuilder()
             for (key, committed) in chunk {
-                guard let keyBytes = try? encoder.encode(key), let value = try? encoder.encode(committed) else { continue }
-                builder.append(timestamp: now, key: Array(keyBytes), value: Array(value))
+                guard let keyBytes = try? encoder.encode(key) else { continue }
+                let value = committed.flatMap { try? encoder.encode($0) }.map(Array.init)
+                builder.append(timestamp: now, key: Array(keyBytes), value: value)
             }
             do {
                 _ = try await writer.append(builder.build())
@@ -139,7 +141,7 @@ public final class OffsetStore: Sendable {
         let live = state.withLock { Array($0.offsets) }
         let first = log.endOffset
         do {
-            try await append(live.map { ($0.key, $0.value) })
+            try await append(live.map { ($0.key, Optional($0.value)) })
             try await log.truncate(before: first)
             state.withLock { $0.records = live.count }
             logger.info("consumer offsets compacted", metadata: ["offsets": "\(live.count)"])
@@ -155,18 +157,7 @@ public final class OffsetStore: Sendable {
         defer { appendLock.release(1) }
         let keys = state.withLock { $0.offsets.keys.filter { $0.group == group } }
         guard !keys.isEmpty else { return }
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = .sortedKeys
-        var start = 0
-        while start < keys.count {
-            var builder = RecordBatchBuilder()
-            for key in keys[start..<min(keys.count, start + Self.recordsPerBatchMax)] {
-                guard let keyBytes = try? encoder.encode(key) else { continue }
-                builder.append(timestamp: clock.nowMilliseconds(), key: Array(keyBytes), value: nil)
-            }
-            do { _ = try await writer.append(builder.build()) } catch { throw BrokerError.from(error) }
-            start += Self.recordsPerBatchMax
-        }
+        try await append(keys.map { ($0, nil) })
         state.withLock { state in
             for key in keys { state.offsets[key] = nil }
             state.records += keys.count

@@ -370,11 +370,7 @@ final class JournalWriter: @unchecked Sendable {
         do {
             let durably = configuration.durability == .fsync
             let began = monotonicNanoseconds()
-            if buffers.count == 1 && durably {
-                try buffer.withUnsafeReadableBytes { try target.writeDurably($0, at: offset) }
-            } else {
-                try target.write(gathering: buffers, at: offset, durably: durably)
-            }
+            try target.write(gathering: buffers, at: offset, durably: durably)
             if durably {
                 let ended = monotonicNanoseconds()
                 syncTimer.recordNanoseconds(Int64(ended - began))

@@ -40,12 +40,6 @@ void aq_tune_allocator(long mmap_threshold_bytes, long trim_threshold_bytes);
 /// effort, 3 idle; level 0 (highest) to 7. Done once per thread; 0 on success.
 int aq_set_thread_io_priority(int io_class, int level);
 
-/* Writes `length` bytes at `offset` and makes them durable like fdatasync would, as one
-   call (pwritev2 with RWF_DSYNC): two threads can each have a write and its sync in
-   flight, where fdatasync would flush the whole file. Returns bytes written (possibly
-   short, then nothing is promised about durability) or -1 with errno. */
-long long aq_write_data_sync(int fd, const void *bytes, size_t length, long long offset);
-
 /* Writes the `count` vectors one after another at `offset` (pwritev, IOV_MAX at a time,
    short writes resumed; `vectors` is modified). With `data_sync`, the bytes are durable
    on return: one pwritev2(RWF_DSYNC) when one call wrote everything, else an fdatasync
