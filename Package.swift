@@ -15,6 +15,8 @@ let package = Package(
     products: [
         .executable(name: "aqueduct", targets: ["aqueduct"]),
         .executable(name: "aqueduct-bench", targets: ["aqueduct-bench"]),
+        // What users' topology programs depend on.
+        .library(name: "AqueductTopology", targets: ["AqueductTopology"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
@@ -130,6 +132,20 @@ let package = Package(
             ],
             swiftSettings: strict),
 
+        // Stream processing in Storm's and Heron's shape: the topology API users build
+        // with (spouts, bolts, groupings, builder validation), XOR tuple-tree tracking,
+        // and the runtime (task threads, bounded batched queues, backpressure, local mode).
+        .target(
+            name: "AqueductTopology",
+            dependencies: [
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            swiftSettings: strict),
+
+        // Example topologies (Storm's ExclamationTopology and WordCount), run by the tests.
+        .target(name: "AqueductTopologyExamples", dependencies: ["AqueductTopology"], swiftSettings: strict),
+
         // The client side of the HTTP API, used by the CLI.
         .target(
             name: "AqueductClient",
@@ -180,6 +196,7 @@ let package = Package(
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ],
             swiftSettings: strict),
+        .testTarget(name: "AqueductTopologyTests", dependencies: ["AqueductTopology", "AqueductTopologyExamples"], swiftSettings: strict),
         // Runs the real `aqueduct` binary (built by `swift build`) as a child process.
         .testTarget(name: "IntegrationTests", dependencies: ["AqueductClient"], swiftSettings: strict),
     ]

@@ -1,0 +1,112 @@
+/// Names of a stream's fields, in order, shared by every tuple of the stream.
+public final class Fields: Sendable, CustomStringConvertible {
+    public let names: [String]
+    private let indexByName: [String: Int]
+
+    public init(_ names: [String]) {
+        self.names = names
+        var index: [String: Int] = [:]
+        for (position, name) in names.enumerated() where index[name] == nil { index[name] = position }
+        indexByName = index
+    }
+
+    public func index(of name: String) -> Int? { indexByName[name] }
+    public var count: Int { names.count }
+    public var description: String { "[" + names.joined(separator: ", ") + "]" }
+}
+
+/// Well-known stream and component names. Names starting with "__" are reserved.
+public enum Streams {
+    public static let `default` = "default"
+    /// Tick tuples: sent by the runtime to a bolt configured with a tick frequency.
+    public static let tick = "__tick"
+    public static let systemComponent = "__system"
+}
+
+/// A spout tuple's identity in the tuple trees it roots: the spout task that tracks it
+/// and a random key. Heron keeps the task in the root so acks find their way home
+/// without an acker component.
+struct TupleRoot: Hashable, Sendable {
+    var task: Int
+    var key: UInt64
+}
+
+/// The roots a tuple belongs to, each with the edge id of this tuple in that tree
+/// (Storm's anchors-to-ids). Almost every tuple has none or one, kept inline.
+enum TupleAnchors: Sendable {
+    case none
+    case one(TupleRoot, edge: UInt64)
+    case many([TupleRoot: UInt64])
+
+    var isEmpty: Bool { if case .none = self { true } else { false } }
+
+    func forEach(_ body: (TupleRoot, UInt64) -> Void) {
+        switch self {
+        case .none: break
+        case .one(let root, let edge): body(root, edge)
+        case .many(let roots): for (root, edge) in roots { body(root, edge) }
+        }
+    }
+
+    /// XORs `edge` into the entry of `root`, adding it when absent.
+    mutating func xor(_ root: TupleRoot, _ edge: UInt64) {
+        switch self {
+        case .none: self = .one(root, edge: edge)
+        case .one(let existing, let existingEdge):
+            if existing == root {
+                self = .one(root, edge: existingEdge ^ edge)
+            } else {
+                self = .many([existing: existingEdge, root: edge])
+            }
+        case .many(var roots):
+            roots[root, default: 0] ^= edge
+            self = .many(roots)
+        }
+    }
+}
+
+/// One tuple as a bolt sees it: values with the field names of their stream, where
+/// it came from, and (internally) its place in the tuple trees it belongs to.
+public struct Tuple: Sendable, CustomStringConvertible {
+    public let sourceComponent: String
+    public let sourceTask: Int
+    public let stream: String
+    public let fields: Fields
+    public let values: [TupleValue]
+    var anchors: TupleAnchors
+    /// Set by the receiving instance: the key under which the anchored emits of this
+    /// tuple accumulate their edge ids until it is acked.
+    var deliveryID: UInt64 = 0
+
+    init(sourceComponent: String, sourceTask: Int, stream: String, fields: Fields, values: [TupleValue], anchors: TupleAnchors) {
+        self.sourceComponent = sourceComponent
+        self.sourceTask = sourceTask
+        self.stream = stream
+        self.fields = fields
+        self.values = values
+        self.anchors = anchors
+    }
+
+    /// A tuple built by a test or a tool, outside any topology.
+    public init(values: [TupleValue], fields: [String], sourceComponent: String = "test", sourceTask: Int = 0, stream: String = Streams.default) {
+        self.init(sourceComponent: sourceComponent, sourceTask: sourceTask, stream: stream, fields: Fields(fields), values: values, anchors: .none)
+    }
+
+    public var isTick: Bool { stream == Streams.tick && sourceComponent == Streams.systemComponent }
+
+    public subscript(index: Int) -> TupleValue { values[index] }
+
+    /// The value of field `name`; `.null` when the stream has no such field.
+    public subscript(name: String) -> TupleValue {
+        guard let index = fields.index(of: name), index < values.count else { return .null }
+        return values[index]
+    }
+
+    public func string(_ name: String) -> String? { self[name].stringValue }
+    public func int(_ name: String) -> Int64? { self[name].intValue }
+    public func double(_ name: String) -> Double? { self[name].doubleValue }
+
+    public var description: String {
+        "\(sourceComponent):\(sourceTask)/\(stream) " + "[" + values.map(\.description).joined(separator: ", ") + "]"
+    }
+}

@@ -1,0 +1,186 @@
+/// Tasks of a topology and where they run: task ids are dense, 0..<taskCount, in the
+/// order components were declared; tasks are spread round-robin over containers.
+public struct PhysicalPlan: Sendable, Equatable {
+    public struct Task: Sendable, Equatable {
+        public let id: Int
+        public let component: String
+        public let index: Int
+        public let container: Int
+        public let isSpout: Bool
+    }
+
+    public let topologyName: String
+    public let containers: Int
+    public let tasks: [Task]
+    public let tasksByComponent: [String: [Int]]
+
+    init(topology: Topology) {
+        topologyName = topology.name
+        containers = topology.config.containers
+        var tasks: [Task] = []
+        var byComponent: [String: [Int]] = [:]
+        for component in topology.components {
+            for index in 0..<component.parallelism {
+                let id = tasks.count
+                tasks.append(Task(id: id, component: component.id, index: index, container: id % containers, isSpout: component.isSpout))
+                byComponent[component.id, default: []].append(id)
+            }
+        }
+        self.tasks = tasks
+        self.tasksByComponent = byComponent
+    }
+
+    public func tasks(in container: Int) -> [Task] { tasks.filter { $0.container == container } }
+}
+
+/// Where one emitting task sends each tuple of each of its streams: the groupings of
+/// every subscriber, with their per-task state (shuffle order, partial-key loads,
+/// custom groupings). Pure apart from the seeded generator it is given.
+struct OutputRouter {
+    /// Mutable per-subscription state lives in these boxes, so routing mutates in
+    /// place instead of copying arrays out of an enum and back.
+    final class ShuffleOrder {
+        var order: [Int]
+        var next = 0
+        init(_ order: [Int]) { self.order = order }
+    }
+    final class Loads {
+        var counts: [Int]
+        init(_ count: Int) { counts = Array(repeating: 0, count: count) }
+    }
+    final class CustomBox {
+        var grouping: any CustomGrouping
+        let allowed: Set<Int>
+        init(_ grouping: any CustomGrouping, allowed: Set<Int>) { self.grouping = grouping; self.allowed = allowed }
+    }
+
+    enum Choice {
+        case shuffle(ShuffleOrder)
+        case fields(targets: [Int], indexes: [Int])
+        case all(targets: [Int])
+        case global(target: Int)
+        case partialKey(targets: [Int], indexes: [Int], loads: Loads)
+        case custom(CustomBox)
+        case direct(targets: Set<Int>)
+    }
+
+    struct Target {
+        var component: String
+        var choice: Choice
+    }
+
+    /// Per stream of the emitting component (a few: found by a linear scan, cheaper
+    /// than hashing the name per emit), its subscribers.
+    private(set) var streamIDs: [String] = []
+    private(set) var targetLists: [[Target]] = []
+    private var random: TopologyRandom
+
+    init(component: String, sourceTask: Int, topology: Topology, plan: PhysicalPlan, random: TopologyRandom) {
+        self.random = random
+        guard let spec = topology.component(component) else { return }
+        let sourceContainer = plan.tasks[sourceTask].container
+        for consumer in topology.components {
+            for input in consumer.inputs where input.component == component {
+                guard let stream = spec.stream(input.stream) else { continue }
+                let targets = plan.tasksByComponent[consumer.id] ?? []
+                let choice: Choice
+                switch input.grouping {
+                case .shuffle, .none:
+                    choice = .shuffle(ShuffleOrder(targets.shuffled(using: &self.random)))
+                case .localOrShuffle:
+                    let local = targets.filter { plan.tasks[$0].container == sourceContainer }
+                    let pool = local.isEmpty ? targets : local
+                    choice = .shuffle(ShuffleOrder(pool.shuffled(using: &self.random)))
+                case .fields(let names):
+                    choice = .fields(targets: targets, indexes: names.compactMap { stream.fields.index(of: $0) })
+                case .partialKey(let names):
+                    choice = .partialKey(targets: targets, indexes: names.compactMap { stream.fields.index(of: $0) }, loads: Loads(targets.count))
+                case .all:
+                    choice = .all(targets: targets)
+                case .global:
+                    choice = .global(target: targets.min() ?? 0)
+                case .direct:
+                    choice = .direct(targets: Set(targets))
+                case .custom(let make):
+                    var grouping = make()
+                    grouping.prepare(targetTasks: targets)
+                    choice = .custom(CustomBox(grouping, allowed: Set(targets)))
+                }
+                if let position = streamIDs.firstIndex(of: input.stream) {
+                    targetLists[position].append(Target(component: consumer.id, choice: choice))
+                } else {
+                    streamIDs.append(input.stream)
+                    targetLists.append([Target(component: consumer.id, choice: choice)])
+                }
+            }
+        }
+    }
+
+    /// Calls `deliver` with each task that gets a tuple of `values` on `stream`
+    /// (direct subscribers excluded: they get only `emitDirect`).
+    mutating func route(stream: String, values: [TupleValue], sourceTask: Int, _ deliver: (Int) -> Void) {
+        guard let streamIndex = streamIDs.firstIndex(of: stream) else { return }
+        for target in targetLists[streamIndex] {
+            switch target.choice {
+            case .shuffle(let state):
+                if state.next == state.order.count {
+                    state.order.shuffle(using: &random)
+                    state.next = 0
+                }
+                deliver(state.order[state.next])
+                state.next += 1
+            case .fields(let pool, let indexes):
+                deliver(pool[Int(Self.hash(values, indexes, seed: 0) % UInt64(pool.count))])
+            case .partialKey(let pool, let indexes, let loads):
+                let first = Int(Self.hash(values, indexes, seed: 0) % UInt64(pool.count))
+                let second = Int(Self.hash(values, indexes, seed: 0x9E37_79B9_7F4A_7C15) % UInt64(pool.count))
+                let chosen = loads.counts[second] < loads.counts[first] ? second : first
+                loads.counts[chosen] += 1
+                deliver(pool[chosen])
+            case .all(let pool):
+                for task in pool { deliver(task) }
+            case .global(let task):
+                deliver(task)
+            case .custom(let box):
+                for task in box.grouping.chooseTasks(sourceTask: sourceTask, values: values) where box.allowed.contains(task) { deliver(task) }
+            case .direct:
+                break
+            }
+        }
+    }
+
+    /// Whether `task` subscribes to `stream` with direct grouping.
+    func acceptsDirect(stream: String, task: Int) -> Bool {
+        guard let position = streamIDs.firstIndex(of: stream) else { return false }
+        for target in targetLists[position] {
+            if case .direct(let tasks) = target.choice, tasks.contains(task) { return true }
+        }
+        return false
+    }
+
+    static func hash(_ values: [TupleValue], _ indexes: [Int], seed: UInt64) -> UInt64 {
+        var hasher = StableHash(seed: 0xCBF2_9CE4_8422_2325 ^ seed)
+        for index in indexes where index < values.count { hasher.add(values[index]) }
+        return hasher.finalized
+    }
+}
+
+/// A small seeded generator (SplitMix64) so that a run's choices replay from its seed.
+struct TopologyRandom: RandomNumberGenerator, Sendable {
+    private var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    /// A nonzero 64-bit id (zero would make XOR tracking blind).
+    mutating func nonzero() -> UInt64 {
+        while true {
+            let value = next()
+            if value != 0 { return value }
+        }
+    }
+}

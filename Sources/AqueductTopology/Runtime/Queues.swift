@@ -1,0 +1,239 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import DequeModule
+import Synchronization
+
+/// A pthread mutex with one condition variable on the monotonic clock: instance threads
+/// sleep in the kernel while their queue is empty and wake when a batch arrives.
+final class Monitor: @unchecked Sendable {
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+
+    init() {
+        mutex.initialize(to: pthread_mutex_t())
+        condition.initialize(to: pthread_cond_t())
+        pthread_mutex_init(mutex, nil)
+        var attributes = pthread_condattr_t()
+        pthread_condattr_init(&attributes)
+        #if os(Linux)
+        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+        #endif
+        pthread_cond_init(condition, &attributes)
+        pthread_condattr_destroy(&attributes)
+    }
+
+    deinit {
+        pthread_cond_destroy(condition)
+        pthread_mutex_destroy(mutex)
+        condition.deallocate()
+        mutex.deallocate()
+    }
+
+    func lock() { pthread_mutex_lock(mutex) }
+    func unlock() { pthread_mutex_unlock(mutex) }
+    func broadcast() { pthread_cond_broadcast(condition) }
+
+    /// Waits (lock held) until signalled or `timeoutNanos` passed.
+    func wait(timeoutNanos: UInt64) {
+        var now = timespec()
+        #if os(Linux)
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        #else
+        clock_gettime(CLOCK_REALTIME, &now)
+        #endif
+        let total = UInt64(now.tv_nsec) + timeoutNanos % 1_000_000_000
+        var deadline = timespec()
+        deadline.tv_sec = now.tv_sec + Int(timeoutNanos / 1_000_000_000) + Int(total / 1_000_000_000)
+        deadline.tv_nsec = Int(total % 1_000_000_000)
+        pthread_cond_timedwait(condition, mutex, &deadline)
+    }
+}
+
+/// Heron's backpressure switch: while any input queue is above its high watermark,
+/// spouts do not call `nextTuple`. Counts the congested queues and the time spent with
+/// the switch on.
+final class BackpressureGate: Sendable {
+    private let congestedQueues = Atomic<Int>(0)
+    private let state = Mutex<(since: UInt64?, totalNanos: UInt64, episodes: Int)>((nil, 0, 0))
+    private let clock: any TopologyClock
+
+    init(clock: any TopologyClock) { self.clock = clock }
+
+    var isEngaged: Bool { congestedQueues.load(ordering: .relaxed) > 0 }
+
+    func engage() {
+        if congestedQueues.add(1, ordering: .relaxed).newValue == 1 {
+            let now = clock.nanoseconds()
+            state.withLock { state in
+                if state.since == nil { state.since = now; state.episodes += 1 }
+            }
+        }
+    }
+
+    func release() {
+        if congestedQueues.subtract(1, ordering: .relaxed).newValue == 0 {
+            let now = clock.nanoseconds()
+            state.withLock { state in
+                if let since = state.since { state.totalNanos += now &- since; state.since = nil }
+            }
+        }
+    }
+
+    /// Nanoseconds spent in backpressure so far (including a current episode), episodes.
+    func totals() -> (nanos: UInt64, episodes: Int) {
+        let now = clock.nanoseconds()
+        return state.withLock { state in
+            (state.totalNanos + (state.since.map { now &- $0 } ?? 0), state.episodes)
+        }
+    }
+}
+
+/// The input queue of a bolt task: batches in, batches out, bounded. Crossing the high
+/// watermark engages the backpressure gate until the queue falls to the low watermark;
+/// at capacity, emitters wait.
+final class TupleQueue: @unchecked Sendable {
+    private let monitor = Monitor()
+    private var items = Deque<Tuple>()
+    private var congested = false
+    private var closed = false
+    private var consumerWaiting = false
+    private var producersWaiting = 0
+    private let highWatermark: Int
+    private let lowWatermark: Int
+    private let capacity: Int
+    private let gate: BackpressureGate
+    /// Time this queue spent above its high watermark (it caused backpressure).
+    private var congestedSince: UInt64 = 0
+    private var congestedNanos: UInt64 = 0
+    private let clock: any TopologyClock
+
+    init(highWatermark: Int, lowWatermark: Int, capacity: Int, gate: BackpressureGate, clock: any TopologyClock) {
+        self.highWatermark = highWatermark
+        self.lowWatermark = lowWatermark
+        self.capacity = capacity
+        self.gate = gate
+        self.clock = clock
+    }
+
+    /// Appends a batch, waiting while the queue is at capacity. Returns false once the
+    /// queue is closed (the topology is stopping).
+    @discardableResult
+    func push(_ batch: [Tuple]) -> Bool {
+        monitor.lock()
+        defer { monitor.unlock() }
+        while items.count >= capacity && !closed {
+            producersWaiting += 1
+            monitor.wait(timeoutNanos: 100_000_000)
+            producersWaiting -= 1
+        }
+        if closed { return false }
+        items.append(contentsOf: batch)
+        if !congested && items.count >= highWatermark {
+            congested = true
+            congestedSince = clock.nanoseconds()
+            gate.engage()
+        }
+        if consumerWaiting { monitor.broadcast() }
+        return true
+    }
+
+    /// Moves up to `maxTuples` into `batch` (emptied first), waiting up to
+    /// `timeoutNanos` when there are none. Returns false when closed and empty.
+    func drain(into batch: inout [Tuple], maxTuples: Int, timeoutNanos: UInt64) -> Bool {
+        batch.removeAll(keepingCapacity: true)
+        monitor.lock()
+        defer { monitor.unlock() }
+        if items.isEmpty && !closed && timeoutNanos > 0 {
+            consumerWaiting = true
+            monitor.wait(timeoutNanos: timeoutNanos)
+            consumerWaiting = false
+        }
+        if items.isEmpty { return !closed }
+        let count = min(maxTuples, items.count)
+        batch.append(contentsOf: items.prefix(count))
+        items.removeFirst(count)
+        if congested && items.count <= lowWatermark {
+            congested = false
+            congestedNanos += clock.nanoseconds() &- congestedSince
+            gate.release()
+        }
+        if producersWaiting > 0 { monitor.broadcast() }
+        return true
+    }
+
+    func close() {
+        monitor.lock()
+        closed = true
+        if congested {
+            congested = false
+            gate.release()
+        }
+        monitor.broadcast()
+        monitor.unlock()
+    }
+
+    var depth: Int {
+        monitor.lock()
+        defer { monitor.unlock() }
+        return items.count
+    }
+
+    /// Nanoseconds this queue spent above its high watermark.
+    var backpressureNanos: UInt64 {
+        monitor.lock()
+        defer { monitor.unlock() }
+        return congestedNanos + (congested ? clock.nanoseconds() &- congestedSince : 0)
+    }
+}
+
+/// Acks and fails on their way back to a spout task. Not bounded by itself: it holds
+/// at most one message per tuple in flight, and those are bounded by the input queues.
+final class ControlQueue: @unchecked Sendable {
+    enum Message: Sendable {
+        case ack(key: UInt64, value: UInt64)
+        case fail(key: UInt64)
+    }
+
+    private let monitor = Monitor()
+    private var items: [Message] = []
+    private var waiting = false
+    private var closed = false
+
+    func push(_ messages: [Message]) {
+        monitor.lock()
+        items.append(contentsOf: messages)
+        if waiting { monitor.broadcast() }
+        monitor.unlock()
+    }
+
+    /// Swaps the pending messages into `batch` (emptied first), waiting up to
+    /// `timeoutNanos` when there are none.
+    func drain(into batch: inout [Message], timeoutNanos: UInt64) {
+        batch.removeAll(keepingCapacity: true)
+        monitor.lock()
+        if items.isEmpty && !closed && timeoutNanos > 0 {
+            waiting = true
+            monitor.wait(timeoutNanos: timeoutNanos)
+            waiting = false
+        }
+        swap(&items, &batch)
+        monitor.unlock()
+    }
+
+    /// Wakes a waiting spout (activation, shutdown).
+    func wake() {
+        monitor.lock()
+        monitor.broadcast()
+        monitor.unlock()
+    }
+
+    func close() {
+        monitor.lock()
+        closed = true
+        monitor.broadcast()
+        monitor.unlock()
+    }
+}

@@ -1,0 +1,77 @@
+import AqueductTopology
+
+/// Storm's WordCount: sentences → split into words → count per word (fields grouping).
+public enum WordCountTopology {
+    public static let sentences: [String] = [
+        "the cow jumped over the moon",
+        "an apple a day keeps the doctor away",
+        "four score and seven years ago",
+        "snow white and the seven dwarfs",
+        "i am at two with nature",
+    ]
+
+    /// Emits `sentences` in turn, `limit` sentences in all (nil: forever), each with
+    /// its sequence number as message id; replays failed ones.
+    public struct SentenceSpout: Spout {
+        let limit: Int?
+        var next = 0
+        var replay: [Int64] = []
+        var collector: SpoutCollector?
+
+        public init(limit: Int? = nil) { self.limit = limit }
+
+        public func declareOutputFields(_ declarer: inout OutputDeclarer) { declarer.declare(["sentence", "seq"]) }
+
+        public mutating func open(context: TopologyContext, collector: SpoutCollector) throws { self.collector = collector }
+
+        public mutating func nextTuple() {
+            let seq: Int64
+            if let failed = replay.popLast() {
+                seq = failed
+            } else {
+                if let limit, next >= limit { return }
+                seq = Int64(next)
+                next += 1
+            }
+            let sentence = WordCountTopology.sentences[Int(seq) % WordCountTopology.sentences.count]
+            collector?.emit([.string(sentence), .int(seq)], messageID: .int(seq))
+        }
+
+        public mutating func fail(_ messageID: TupleValue) {
+            if let seq = messageID.intValue { replay.append(seq) }
+        }
+    }
+
+    public struct SplitSentence: BasicBolt {
+        public init() {}
+        public func declareOutputFields(_ declarer: inout OutputDeclarer) { declarer.declare(["word"]) }
+        public mutating func execute(_ tuple: Tuple, collector: BasicCollector) throws {
+            for word in (tuple.string("sentence") ?? "").split(separator: " ") {
+                collector.emit([.string(String(word))])
+            }
+        }
+    }
+
+    /// Counts words; emits (word, count) on every update.
+    public struct WordCount: BasicBolt {
+        var counts: [String: Int64] = [:]
+        public init() {}
+        public func declareOutputFields(_ declarer: inout OutputDeclarer) { declarer.declare(["word", "count"]) }
+        public mutating func execute(_ tuple: Tuple, collector: BasicCollector) throws {
+            guard let word = tuple.string("word") else { return }
+            counts[word, default: 0] += 1
+            collector.emit([.string(word), .int(counts[word]!)])
+        }
+    }
+
+    /// sentences (spout) → split (2, shuffle) → count (4, fields "word") → `sink` (global).
+    public static func build<Sink: Bolt>(sentenceLimit: Int? = nil, sink: @autoclosure @escaping @Sendable () -> Sink,
+                                         config: TopologyConfig = TopologyConfig()) throws(TopologyError) -> Topology {
+        let builder = TopologyBuilder()
+        builder.setSpout("sentences", SentenceSpout(limit: sentenceLimit))
+        builder.setBolt("split", SplitSentence(), parallelism: 2).shuffleGrouping("sentences")
+        builder.setBolt("count", WordCount(), parallelism: 4).fieldsGrouping("split", ["word"])
+        builder.setBolt("sink", sink()).globalGrouping("count")
+        return try builder.build(name: "word-count", config: config)
+    }
+}
