@@ -168,7 +168,7 @@ let package = Package(
         .executableTarget(
             name: "aqueduct-bench",
             dependencies: [
-                "AqueductLog", "CAqueduct",
+                "AqueductLog", "CAqueduct", "AqueductTopology", "AqueductTopologyExamples",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],

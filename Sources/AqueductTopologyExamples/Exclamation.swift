@@ -38,7 +38,7 @@ public enum ExclamationTopology {
     }
 
     /// words (spout, 1) → exclaim1 (3, shuffle) → exclaim2 (2, shuffle) → `sink`.
-    public static func build<Sink: Bolt>(wordLimit: Int? = nil, sink: @autoclosure @escaping @Sendable () -> Sink,
+    public static func build<Sink: Bolt & SendableMetatype>(wordLimit: Int? = nil, sink: @autoclosure @escaping @Sendable () -> Sink,
                                          config: TopologyConfig = TopologyConfig()) throws(TopologyError) -> Topology {
         let builder = TopologyBuilder()
         builder.setSpout("word", WordSpout(limit: wordLimit))

@@ -65,7 +65,7 @@ public enum WordCountTopology {
     }
 
     /// sentences (spout) → split (2, shuffle) → count (4, fields "word") → `sink` (global).
-    public static func build<Sink: Bolt>(sentenceLimit: Int? = nil, sink: @autoclosure @escaping @Sendable () -> Sink,
+    public static func build<Sink: Bolt & SendableMetatype>(sentenceLimit: Int? = nil, sink: @autoclosure @escaping @Sendable () -> Sink,
                                          config: TopologyConfig = TopologyConfig()) throws(TopologyError) -> Topology {
         let builder = TopologyBuilder()
         builder.setSpout("sentences", SentenceSpout(limit: sentenceLimit))

@@ -16,7 +16,7 @@ struct Bench: AsyncParsableCommand {
             bandwidth, or the same run without interference) and the ratio is checked
             against the target in docs/BENCHMARKS.md.
             """,
-        subcommands: [AppendCommand.self, ReadCommand.self, FanoutCommand.self, ProbeCommand.self, AllCommand.self])
+        subcommands: [AppendCommand.self, ReadCommand.self, FanoutCommand.self, ProbeCommand.self, AllCommand.self, TopologyCommand.self])
 }
 
 /// The allocator setting the server makes at start (see `Server.tuneAllocator`).

@@ -77,17 +77,17 @@ public final class TopologyBuilder {
     public init() {}
 
     @discardableResult
-    public func setSpout<S: Spout>(_ id: String, _ spout: @autoclosure @escaping @Sendable () -> S, parallelism: Int = 1) -> ComponentDeclarer {
+    public func setSpout<S: Spout & SendableMetatype>(_ id: String, _ spout: @autoclosure @escaping @Sendable () -> S, parallelism: Int = 1) -> ComponentDeclarer {
         add(id, kind: .spout({ spout() }), parallelism: parallelism, streams: { declarer in spout().declareOutputFields(&declarer) })
     }
 
     @discardableResult
-    public func setBolt<B: Bolt>(_ id: String, _ bolt: @autoclosure @escaping @Sendable () -> B, parallelism: Int = 1) -> ComponentDeclarer {
+    public func setBolt<B: Bolt & SendableMetatype>(_ id: String, _ bolt: @autoclosure @escaping @Sendable () -> B, parallelism: Int = 1) -> ComponentDeclarer {
         add(id, kind: .bolt({ bolt() }), parallelism: parallelism, streams: { declarer in bolt().declareOutputFields(&declarer) })
     }
 
     @discardableResult
-    public func setBolt<B: BasicBolt>(_ id: String, _ bolt: @autoclosure @escaping @Sendable () -> B, parallelism: Int = 1) -> ComponentDeclarer {
+    public func setBolt<B: BasicBolt & SendableMetatype>(_ id: String, _ bolt: @autoclosure @escaping @Sendable () -> B, parallelism: Int = 1) -> ComponentDeclarer {
         add(id, kind: .bolt({ BasicBoltRunner(wrapped: bolt()) }), parallelism: parallelism,
             streams: { declarer in bolt().declareOutputFields(&declarer) })
     }
@@ -167,7 +167,7 @@ public struct ComponentDeclarer {
     }
 
     @discardableResult
-    public func customGrouping<G: CustomGrouping>(_ component: String, stream: String = Streams.default,
+    public func customGrouping<G: CustomGrouping & SendableMetatype>(_ component: String, stream: String = Streams.default,
                                                   _ custom: @autoclosure @escaping @Sendable () -> G) -> ComponentDeclarer {
         grouping(component, stream: stream, .custom({ custom() }))
     }

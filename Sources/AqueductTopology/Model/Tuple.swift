@@ -1,3 +1,5 @@
+import Synchronization
+
 /// Names of a stream's fields, in order, shared by every tuple of the stream.
 public final class Fields: Sendable, CustomStringConvertible {
     public let names: [String]
@@ -65,40 +67,83 @@ enum TupleAnchors: Sendable {
     }
 }
 
+/// Where tuples of one stream come from: shared by all tuples an emitting task sends on
+/// that stream, so a tuple carries one pointer instead of names and field lists.
+///
+/// Sources are immortal (created retained, never released: a few hundred bytes per
+/// submitted topology) and tuples hold them unmanaged: a shared object's
+/// reference count, written by the emitting and the executing thread for every tuple,
+/// cost more than the rest of a tuple's trip (cache-line ping-pong between cores).
+final class TupleSource: Sendable {
+    let component: String
+    let task: Int
+    let stream: String
+    let fields: Fields
+
+    private init(component: String, task: Int, stream: String, fields: Fields) {
+        self.component = component
+        self.task = task
+        self.stream = stream
+        self.fields = fields
+    }
+
+    static func immortal(component: String, task: Int, stream: String, fields: Fields) -> TupleSource {
+        let source = TupleSource(component: component, task: task, stream: stream, fields: fields)
+        _ = Unmanaged.passRetained(source)
+        return source
+    }
+
+    /// Sources of tuples built outside a topology (`Tuple(values:fields:)`), shared by
+    /// equal descriptions so that building many does not grow memory.
+    private static let made = Mutex<[String: TupleSource]>([:])
+
+    static func shared(component: String, task: Int, stream: String, fields: [String]) -> TupleSource {
+        let key = "\(component)\u{0}\(task)\u{0}\(stream)\u{0}" + fields.joined(separator: "\u{0}")
+        return made.withLock { made in
+            if let known = made[key] { return known }
+            let source = immortal(component: component, task: task, stream: stream, fields: Fields(fields))
+            made[key] = source
+            return source
+        }
+    }
+}
+
 /// One tuple as a bolt sees it: values with the field names of their stream, where
 /// it came from, and (internally) its place in the tuple trees it belongs to.
 public struct Tuple: Sendable, CustomStringConvertible {
-    public let sourceComponent: String
-    public let sourceTask: Int
-    public let stream: String
-    public let fields: Fields
+    private let sourceReference: Unmanaged<TupleSource>
     public let values: [TupleValue]
     var anchors: TupleAnchors
     /// Set by the receiving instance: the key under which the anchored emits of this
     /// tuple accumulate their edge ids until it is acked.
     var deliveryID: UInt64 = 0
 
-    init(sourceComponent: String, sourceTask: Int, stream: String, fields: Fields, values: [TupleValue], anchors: TupleAnchors) {
-        self.sourceComponent = sourceComponent
-        self.sourceTask = sourceTask
-        self.stream = stream
-        self.fields = fields
+    var source: TupleSource { sourceReference.takeUnretainedValue() }
+
+    init(source: Unmanaged<TupleSource>, values: [TupleValue], anchors: TupleAnchors) {
+        self.sourceReference = source
         self.values = values
         self.anchors = anchors
     }
 
     /// A tuple built by a test or a tool, outside any topology.
     public init(values: [TupleValue], fields: [String], sourceComponent: String = "test", sourceTask: Int = 0, stream: String = Streams.default) {
-        self.init(sourceComponent: sourceComponent, sourceTask: sourceTask, stream: stream, fields: Fields(fields), values: values, anchors: .none)
+        self.init(source: Unmanaged.passUnretained(TupleSource.shared(component: sourceComponent, task: sourceTask, stream: stream, fields: fields)),
+                  values: values, anchors: .none)
     }
 
-    public var isTick: Bool { stream == Streams.tick && sourceComponent == Streams.systemComponent }
+    public var sourceComponent: String { source.component }
+    public var sourceTask: Int { source.task }
+    public var stream: String { source.stream }
+    public var fields: Fields { source.fields }
+
+    public var isTick: Bool { source.stream == Streams.tick && source.component == Streams.systemComponent }
 
     public subscript(index: Int) -> TupleValue { values[index] }
 
     /// The value of field `name`; `.null` when the stream has no such field.
     public subscript(name: String) -> TupleValue {
-        guard let index = fields.index(of: name), index < values.count else { return .null }
+        guard let index = source.fields.index(of: name), index < values.count else { return .null }
         return values[index]
     }
 

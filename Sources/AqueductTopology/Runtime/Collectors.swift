@@ -2,16 +2,21 @@ import Synchronization
 
 /// What a spout emits with. Used from the spout's own thread only.
 public final class SpoutCollector {
+    struct State {
+        var ledger: AckLedger
+        /// Outcomes to hand to the spout's ack/fail once the current call returns (a
+        /// spout is never re-entered from inside its own emit).
+        var outcomes: [AckLedger.Outcome] = []
+    }
+
     let emitter: Emitter
-    var ledger: AckLedger
-    /// Outcomes to hand to the spout's ack/fail once the current call returns (a spout
-    /// is never re-entered from inside its own emit).
-    var outcomes: [AckLedger.Outcome] = []
+    private let threadState: ThreadState<State>
+    var state: UnsafeMutablePointer<State> { threadState.pointer }
 
     init(emitter: Emitter, now: UInt64) {
         self.emitter = emitter
         let timeout = UInt64(emitter.fabric.topology.config.messageTimeoutMilliseconds) * 1_000_000
-        ledger = AckLedger(timeoutNanos: timeout, now: now)
+        threadState = ThreadState(State(ledger: AckLedger(timeoutNanos: timeout, now: now)))
     }
 
     /// Emits a tuple on `stream`. With a `messageID` and at-least-once processing, the
@@ -22,7 +27,7 @@ public final class SpoutCollector {
 
     /// Emits to one task of a component subscribed to `stream` with direct grouping.
     public func emitDirect(task: Int, _ values: [TupleValue], stream: String = Streams.default, messageID: TupleValue? = nil) {
-        guard emitter.router.acceptsDirect(stream: stream, task: task) else {
+        guard emitter.router.pointee.acceptsDirect(stream: stream, task: task) else {
             emitter.metrics.droppedEmits.add(1, ordering: .relaxed)
             return
         }
@@ -30,41 +35,40 @@ public final class SpoutCollector {
     }
 
     private func emit(_ values: [TupleValue], stream: String, messageID: TupleValue?, directTask: Int?) {
-        guard let fields = emitter.fields(of: stream, valueCount: values.count) else { return }
+        guard let origin = emitter.source(of: stream, valueCount: values.count) else { return }
         let emitter = self.emitter
         let source = emitter.task
-        let component = emitter.component
         guard let messageID, emitter.reliable else {
             let deliver = { (target: Int) in
-                emitter.enqueue(Tuple(sourceComponent: component, sourceTask: source, stream: stream, fields: fields, values: values, anchors: .none), to: target)
+                emitter.enqueue(Tuple(source: origin, values: values, anchors: .none), to: target)
             }
-            if let directTask { deliver(directTask) } else { emitter.router.route(stream: stream, values: values, sourceTask: source, deliver) }
-            if let messageID { outcomes.append(.completed(messageID: messageID, latencyNanos: 0)) }
+            if let directTask { deliver(directTask) } else { emitter.router.pointee.route(stream: stream, values: values, sourceTask: source, deliver) }
+            if let messageID { state.pointee.outcomes.append(.completed(messageID: messageID, latencyNanos: 0)) }
             return
         }
-        let root = TupleRoot(task: source, key: emitter.random.nonzero())
+        let root = TupleRoot(task: source, key: emitter.random.pointee.nonzero())
         var treeValue: UInt64 = 0
         let deliver = { (target: Int) in
-            let edge = emitter.random.nonzero()
+            let edge = emitter.random.pointee.nonzero()
             treeValue ^= edge
-            emitter.enqueue(Tuple(sourceComponent: component, sourceTask: source, stream: stream, fields: fields, values: values,
-                                  anchors: .one(root, edge: edge)), to: target)
+            emitter.enqueue(Tuple(source: origin, values: values, anchors: .one(root, edge: edge)), to: target)
         }
-        if let directTask { deliver(directTask) } else { emitter.router.route(stream: stream, values: values, sourceTask: source, deliver) }
-        if let outcome = ledger.begin(key: root.key, value: treeValue, messageID: messageID, now: emitter.fabric.clock.nanoseconds()) {
-            outcomes.append(outcome)
+        if let directTask { deliver(directTask) } else { emitter.router.pointee.route(stream: stream, values: values, sourceTask: source, deliver) }
+        if let outcome = state.pointee.ledger.begin(key: root.key, value: treeValue, messageID: messageID, now: emitter.fabric.clock.nanoseconds()) {
+            state.pointee.outcomes.append(outcome)
         }
     }
 
     /// Tuple trees of this task not yet complete.
-    public var pendingCount: Int { ledger.pendingCount }
+    public var pendingCount: Int { state.pointee.ledger.pendingCount }
 }
 
 /// What a bolt emits, acks and fails with. Used from the bolt's own thread only.
 public final class BoltCollector {
     let emitter: Emitter
     /// XOR of the edge ids emitted anchored to each input not yet acked, by delivery id.
-    private var ackValues: [UInt64: UInt64] = [:]
+    private let ackValueState = ThreadState<[UInt64: UInt64]>([:])
+    private var ackValues: UnsafeMutablePointer<[UInt64: UInt64]> { ackValueState.pointer }
 
     init(emitter: Emitter) { self.emitter = emitter }
 
@@ -81,7 +85,7 @@ public final class BoltCollector {
 
     /// Emits to one task of a component subscribed to `stream` with direct grouping.
     public func emitDirect(task: Int, _ values: [TupleValue], stream: String = Streams.default, anchors: [Tuple] = []) {
-        guard emitter.router.acceptsDirect(stream: stream, task: task) else {
+        guard emitter.router.pointee.acceptsDirect(stream: stream, task: task) else {
             emitter.metrics.droppedEmits.add(1, ordering: .relaxed)
             return
         }
@@ -89,35 +93,34 @@ public final class BoltCollector {
     }
 
     private func emit(_ values: [TupleValue], stream: String, anchors: some Collection<Tuple>, directTask: Int?) {
-        guard let fields = emitter.fields(of: stream, valueCount: values.count) else { return }
+        guard let origin = emitter.source(of: stream, valueCount: values.count) else { return }
         let emitter = self.emitter
         let source = emitter.task
-        let component = emitter.component
         let anchored = emitter.reliable && anchors.contains { !$0.anchors.isEmpty }
         if !anchored {
             let deliver = { (target: Int) in
-                emitter.enqueue(Tuple(sourceComponent: component, sourceTask: source, stream: stream, fields: fields, values: values, anchors: .none), to: target)
+                emitter.enqueue(Tuple(source: origin, values: values, anchors: .none), to: target)
             }
-            if let directTask { deliver(directTask) } else { emitter.router.route(stream: stream, values: values, sourceTask: source, deliver) }
+            if let directTask { deliver(directTask) } else { emitter.router.pointee.route(stream: stream, values: values, sourceTask: source, deliver) }
             return
         }
         let deliver = { (target: Int) in
             var out = TupleAnchors.none
             for anchor in anchors where !anchor.anchors.isEmpty {
-                let edge = emitter.random.nonzero()
-                self.ackValues[anchor.deliveryID, default: 0] ^= edge
+                let edge = emitter.random.pointee.nonzero()
+                self.ackValues.pointee[anchor.deliveryID, default: 0] ^= edge
                 anchor.anchors.forEach { root, _ in out.xor(root, edge) }
             }
-            emitter.enqueue(Tuple(sourceComponent: component, sourceTask: source, stream: stream, fields: fields, values: values, anchors: out), to: target)
+            emitter.enqueue(Tuple(source: origin, values: values, anchors: out), to: target)
         }
-        if let directTask { deliver(directTask) } else { emitter.router.route(stream: stream, values: values, sourceTask: source, deliver) }
+        if let directTask { deliver(directTask) } else { emitter.router.pointee.route(stream: stream, values: values, sourceTask: source, deliver) }
     }
 
     /// The input is done with: its part of each tree it belongs to is complete.
     public func ack(_ input: Tuple) {
         emitter.metrics.acked.add(1, ordering: .relaxed)
         guard !input.anchors.isEmpty else { return }
-        let value = ackValues.removeValue(forKey: input.deliveryID) ?? 0
+        let value = ackValues.pointee.removeValue(forKey: input.deliveryID) ?? 0
         input.anchors.forEach { root, edge in emitter.sendControl(.ack(key: root.key, value: edge ^ value), to: root.task) }
     }
 
@@ -126,13 +129,13 @@ public final class BoltCollector {
     public func fail(_ input: Tuple) {
         emitter.metrics.failed.add(1, ordering: .relaxed)
         guard !input.anchors.isEmpty else { return }
-        ackValues.removeValue(forKey: input.deliveryID)
+        ackValues.pointee.removeValue(forKey: input.deliveryID)
         input.anchors.forEach { root, _ in emitter.sendControl(.fail(key: root.key), to: root.task) }
     }
 
     /// Inputs with anchored emits that are not acked yet (a bolt that never acks
     /// shows here, and its spouts see timeouts).
-    public var unackedAnchoredInputs: Int { ackValues.count }
+    public var unackedAnchoredInputs: Int { ackValues.pointee.count }
 }
 
 /// A `BasicBolt`'s collector: emits are anchored to the current input.

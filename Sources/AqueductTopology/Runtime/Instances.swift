@@ -3,8 +3,6 @@ import Synchronization
 
 /// Limits of the instance loops.
 enum InstanceLimits {
-    /// Input tuples a bolt takes from its queue per turn.
-    static let drainTuplesMax = 1_024
     /// `nextTuple` calls per spout turn before buffers are handed over and acks read.
     static let nextTupleCallsPerTurn = 1_024
     /// How long an idle instance sleeps before it looks again (Storm's spout wait).
@@ -33,6 +31,9 @@ final class SpoutInstance {
 
     func run() {
         let context = fabric.context(for: task)
+        // The component lives in a local for the loop: calls on a class's stored
+        // property would pay a dynamic exclusivity check each.
+        var spout = self.spout
         do {
             try spout.open(context: context, collector: collector)
         } catch {
@@ -51,13 +52,13 @@ final class SpoutInstance {
             for message in messages {
                 switch message {
                 case .ack(let key, let value):
-                    if let outcome = collector.ledger.ack(key: key, value: value, now: now) { collector.outcomes.append(outcome) }
+                    if let outcome = collector.state.pointee.ledger.ack(key: key, value: value, now: now) { collector.state.pointee.outcomes.append(outcome) }
                 case .fail(let key):
-                    if let outcome = collector.ledger.fail(key: key) { collector.outcomes.append(outcome) }
+                    if let outcome = collector.state.pointee.ledger.fail(key: key) { collector.state.pointee.outcomes.append(outcome) }
                 }
             }
-            collector.outcomes += collector.ledger.expire(now: now)
-            deliverOutcomes()
+            collector.state.pointee.outcomes += collector.state.pointee.ledger.expire(now: now)
+            deliverOutcomes(to: &spout)
 
             let shouldBeActive = fabric.isActive
             if shouldBeActive != active {
@@ -67,14 +68,14 @@ final class SpoutInstance {
             waitNanos = InstanceLimits.idleWaitNanos
             guard active, !fabric.gate.isEngaged else { continue }
             var calls = 0
-            while calls < InstanceLimits.nextTupleCallsPerTurn && collector.ledger.pendingCount < maxPending && !fabric.gate.isEngaged {
-                let before = metrics.emitted.load(ordering: .relaxed)
-                let outcomesBefore = collector.outcomes.count
+            while calls < InstanceLimits.nextTupleCallsPerTurn && collector.state.pointee.ledger.pendingCount < maxPending && !fabric.gate.isEngaged {
+                let before = collector.emitter.emittedSinceFlush
+                let outcomesBefore = collector.state.pointee.outcomes.count
                 spout.nextTuple()
                 calls += 1
-                if metrics.emitted.load(ordering: .relaxed) == before && collector.outcomes.count == outcomesBefore { break }
+                if collector.emitter.emittedSinceFlush == before && collector.state.pointee.outcomes.count == outcomesBefore { break }
                 waitNanos = 0
-                if !collector.outcomes.isEmpty { deliverOutcomes() }
+                if !collector.state.pointee.outcomes.isEmpty { deliverOutcomes(to: &spout) }
             }
             collector.emitter.flushAll()
         }
@@ -82,10 +83,10 @@ final class SpoutInstance {
         spout.close()
     }
 
-    private func deliverOutcomes() {
-        guard !collector.outcomes.isEmpty else { return }
-        let outcomes = collector.outcomes
-        collector.outcomes.removeAll(keepingCapacity: true)
+    private func deliverOutcomes(to spout: inout any Spout) {
+        guard !collector.state.pointee.outcomes.isEmpty else { return }
+        let outcomes = collector.state.pointee.outcomes
+        collector.state.pointee.outcomes.removeAll(keepingCapacity: true)
         for outcome in outcomes {
             switch outcome {
             case .completed(let messageID, let latency):
@@ -120,6 +121,7 @@ final class BoltInstance {
 
     func run() {
         let context = fabric.context(for: task)
+        var bolt = self.bolt
         do {
             try bolt.prepare(context: context, collector: collector)
         } catch {
@@ -131,9 +133,7 @@ final class BoltInstance {
         let clock = fabric.clock
         let tickNanos = fabric.topology.component(context.componentID)?.config.tickFrequencySeconds.map { UInt64($0 * 1e9) }
         var nextTick = tickNanos.map { clock.nanoseconds() + $0 }
-        let tickFields = Fields([])
-        var batch: [Tuple] = []
-        batch.reserveCapacity(InstanceLimits.drainTuplesMax)
+        let tickSource = Unmanaged.passUnretained(TupleSource.immortal(component: Streams.systemComponent, task: -1, stream: Streams.tick, fields: Fields([])))
         var deliveryID: UInt64 = 0
         while fabric.isRunning {
             var waitNanos = InstanceLimits.boltWaitNanos
@@ -141,19 +141,23 @@ final class BoltInstance {
                 let now = clock.nanoseconds()
                 waitNanos = due > now ? min(waitNanos, due - now) : 0
             }
-            guard queue.drain(into: &batch, maxTuples: InstanceLimits.drainTuplesMax, timeoutNanos: waitNanos) else { break }
+            guard var batch = queue.take(timeoutNanos: waitNanos) else { break }
             if !batch.isEmpty {
                 let started = clock.nanoseconds()
-                for index in batch.indices {
-                    deliveryID &+= 1
-                    batch[index].deliveryID = deliveryID
-                    bolt.execute(batch[index])
+                // Through the buffer: each tuple is lent to execute, not copied (and
+                // retained, released) out of the array.
+                batch.withUnsafeMutableBufferPointer { tuples in
+                    for index in tuples.indices {
+                        deliveryID &+= 1
+                        tuples[index].deliveryID = deliveryID
+                        bolt.execute(tuples[index])
+                    }
                 }
                 metrics.executeNanos.add(clock.nanoseconds() &- started, ordering: .relaxed)
                 metrics.executed.add(batch.count, ordering: .relaxed)
             }
             if let due = nextTick, let tickNanos, clock.nanoseconds() >= due {
-                bolt.execute(Tuple(sourceComponent: Streams.systemComponent, sourceTask: -1, stream: Streams.tick, fields: tickFields, values: [], anchors: .none))
+                bolt.execute(Tuple(source: tickSource, values: [], anchors: .none))
                 nextTick = due + tickNanos
                 if nextTick! < clock.nanoseconds() { nextTick = clock.nanoseconds() + tickNanos }
             }

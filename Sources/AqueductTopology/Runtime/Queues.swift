@@ -91,12 +91,14 @@ final class BackpressureGate: Sendable {
     }
 }
 
-/// The input queue of a bolt task: batches in, batches out, bounded. Crossing the high
-/// watermark engages the backpressure gate until the queue falls to the low watermark;
-/// at capacity, emitters wait.
+/// The input queue of a bolt task: whole batches in and out (an emitter hands over its
+/// buffer, the instance takes it back: no per-tuple copy or lock), bounded in tuples.
+/// Crossing the high watermark engages the backpressure gate until the queue falls to
+/// the low watermark; at capacity, emitters wait.
 final class TupleQueue: @unchecked Sendable {
     private let monitor = Monitor()
-    private var items = Deque<Tuple>()
+    private var batches = Deque<[Tuple]>()
+    private var count = 0
     private var congested = false
     private var closed = false
     private var consumerWaiting = false
@@ -124,14 +126,15 @@ final class TupleQueue: @unchecked Sendable {
     func push(_ batch: [Tuple]) -> Bool {
         monitor.lock()
         defer { monitor.unlock() }
-        while items.count >= capacity && !closed {
+        while count >= capacity && !closed {
             producersWaiting += 1
             monitor.wait(timeoutNanos: 100_000_000)
             producersWaiting -= 1
         }
         if closed { return false }
-        items.append(contentsOf: batch)
-        if !congested && items.count >= highWatermark {
+        count += batch.count
+        batches.append(batch)
+        if !congested && count >= highWatermark {
             congested = true
             congestedSince = clock.nanoseconds()
             gate.engage()
@@ -140,28 +143,26 @@ final class TupleQueue: @unchecked Sendable {
         return true
     }
 
-    /// Moves up to `maxTuples` into `batch` (emptied first), waiting up to
-    /// `timeoutNanos` when there are none. Returns false when closed and empty.
-    func drain(into batch: inout [Tuple], maxTuples: Int, timeoutNanos: UInt64) -> Bool {
-        batch.removeAll(keepingCapacity: true)
+    /// Takes the oldest batch, waiting up to `timeoutNanos` when there is none. Returns
+    /// an empty batch on timeout and nil when closed.
+    func take(timeoutNanos: UInt64) -> [Tuple]? {
         monitor.lock()
         defer { monitor.unlock() }
-        if items.isEmpty && !closed && timeoutNanos > 0 {
+        if batches.isEmpty && !closed && timeoutNanos > 0 {
             consumerWaiting = true
             monitor.wait(timeoutNanos: timeoutNanos)
             consumerWaiting = false
         }
-        if items.isEmpty { return !closed }
-        let count = min(maxTuples, items.count)
-        batch.append(contentsOf: items.prefix(count))
-        items.removeFirst(count)
-        if congested && items.count <= lowWatermark {
+        if closed { return nil }
+        guard let batch = batches.popFirst() else { return [] }
+        count -= batch.count
+        if congested && count <= lowWatermark {
             congested = false
             congestedNanos += clock.nanoseconds() &- congestedSince
             gate.release()
         }
         if producersWaiting > 0 { monitor.broadcast() }
-        return true
+        return batch
     }
 
     func close() {
@@ -178,7 +179,7 @@ final class TupleQueue: @unchecked Sendable {
     var depth: Int {
         monitor.lock()
         defer { monitor.unlock() }
-        return items.count
+        return count
     }
 
     /// Nanoseconds this queue spent above its high watermark.
