@@ -8,6 +8,9 @@ public enum TupleValue: Sendable, Hashable {
     case double(Double)
     case string(String)
     case bytes([UInt8])
+    /// Several values in one field: composite streamlet elements (key-value pairs,
+    /// windows) and lists.
+    case list([TupleValue])
 
     public var stringValue: String? { if case .string(let value) = self { value } else { nil } }
     public var intValue: Int64? { if case .int(let value) = self { value } else { nil } }
@@ -20,6 +23,7 @@ public enum TupleValue: Sendable, Hashable {
     }
     public var boolValue: Bool? { if case .bool(let value) = self { value } else { nil } }
     public var bytesValue: [UInt8]? { if case .bytes(let value) = self { value } else { nil } }
+    public var listValue: [TupleValue]? { if case .list(let value) = self { value } else { nil } }
 }
 
 extension TupleValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, ExpressibleByFloatLiteral,
@@ -41,6 +45,7 @@ extension TupleValue: CustomStringConvertible {
         case .double(let value): "\(value)"
         case .string(let value): value
         case .bytes(let value): "<\(value.count) bytes>"
+        case .list(let values): "[" + values.map(\.description).joined(separator: ", ") + "]"
         }
     }
 }
@@ -81,6 +86,10 @@ struct StableHash {
             add(byte: 5)
             add(word: UInt64(value.count))
             for byte in value { add(byte: byte) }
+        case .list(let values):
+            add(byte: 6)
+            add(word: UInt64(values.count))
+            for element in values { add(element) }
         }
     }
 
