@@ -16,7 +16,7 @@ let package = Package(
         .executable(name: "aqueduct", targets: ["aqueduct"]),
         .executable(name: "aqueduct-bench", targets: ["aqueduct-bench"]),
         // What users' topology programs depend on.
-        .library(name: "AqueductTopology", targets: ["AqueductTopology"]),
+        .library(name: "AqueductTopology", targets: ["AqueductTopology", "AqueductTopologyTopics"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
@@ -155,6 +155,9 @@ let package = Package(
             ],
             swiftSettings: strict),
 
+        // Topics as topology sources and sinks (TopicSpout, TopicSink), over the HTTP API.
+        .target(name: "AqueductTopologyTopics", dependencies: ["AqueductTopology", "AqueductClient", "AqueductBroker"], swiftSettings: strict),
+
         // The one binary: flag parsing and subcommands only.
         .executableTarget(
             name: "aqueduct",
@@ -198,6 +201,6 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(name: "AqueductTopologyTests", dependencies: ["AqueductTopology", "AqueductTopologyExamples"], swiftSettings: strict),
         // Runs the real `aqueduct` binary (built by `swift build`) as a child process.
-        .testTarget(name: "IntegrationTests", dependencies: ["AqueductClient"], swiftSettings: strict),
+        .testTarget(name: "IntegrationTests", dependencies: ["AqueductClient", "AqueductTopologyTopics", "AqueductTopologyExamples"], swiftSettings: strict),
     ]
 )

@@ -96,6 +96,20 @@ public struct AqueductClient: Sendable {
         try await call(.GET, "/v1/topics/\(escape(topic))/partitions/\(partition)/records?offset=\(offset)&maxWaitMs=\(maxWaitMilliseconds)&maxRecords=\(maxRecords)&maxBytes=\(maxBytes)&encoding=\(encoding.rawValue)")
     }
 
+    /// Commits the next offsets to consume of `topic` for a group without members.
+    public func commitOffsets(group: String, topic: String, offsets: [Int: Int64]) async throws {
+        let body = GroupOffsets(topic: topic, offsets: offsets.sorted { $0.key < $1.key }.map { GroupOffsets.Entry(partition: $0.key, offset: $0.value) })
+        let _: GroupOffsets = try await call(.POST, "/v1/groups/\(escape(group))/offsets", body: body)
+    }
+
+    /// The group's committed offsets of `topic`, by partition.
+    public func committedOffsets(group: String, topic: String) async throws -> [Int: Int64] {
+        let answer: GroupOffsets = try await call(.GET, "/v1/groups/\(escape(group))/offsets?topic=\(escape(topic))")
+        var offsets: [Int: Int64] = [:]
+        for entry in answer.offsets { offsets[entry.partition] = entry.offset }
+        return offsets
+    }
+
     public func offsets(_ topic: String, partition: Int) async throws -> OffsetsResponse {
         try await call(.GET, "/v1/topics/\(escape(topic))/partitions/\(partition)/offsets")
     }

@@ -165,3 +165,22 @@ public struct GroupList: Codable, Sendable {
         self.groups = groups
     }
 }
+
+/// `POST /v1/groups/{group}/offsets` and the answer of `GET` on it: the next offset
+/// to consume per partition of one topic.
+public struct GroupOffsets: Codable, Sendable, Equatable {
+    public struct Entry: Codable, Sendable, Equatable {
+        public var partition: Int
+        public var offset: Int64
+        public init(partition: Int, offset: Int64) {
+            self.partition = partition
+            self.offset = offset
+        }
+    }
+    public var topic: String
+    public var offsets: [Entry]
+    public init(topic: String, offsets: [Entry]) {
+        self.topic = topic
+        self.offsets = offsets
+    }
+}

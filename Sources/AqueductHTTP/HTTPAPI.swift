@@ -104,6 +104,23 @@ public enum HTTPAPI {
             }
             return try json(description)
         }
+        router.post("/v1/groups/:group/offsets") { request, context in
+            let name = context.parameters.get("group") ?? ""
+            guard let groups else { throw BrokerError(.unavailable, "consumer groups are not enabled on this server") }
+            let body: GroupOffsets = try await decodeBody(request, context: context)
+            var offsets: [Int: Int64] = [:]
+            for entry in body.offsets { offsets[entry.partition] = entry.offset }
+            try await groups.commitOffsets(group: name, topic: body.topic, offsets: offsets)
+            return try json(body)
+        }
+        router.get("/v1/groups/:group/offsets") { request, context in
+            let name = context.parameters.get("group") ?? ""
+            guard let topic = request.uri.queryParameters["topic"].map(String.init), !topic.isEmpty else {
+                throw BrokerError(.invalidRequest, "name the topic: /v1/groups/\(name)/offsets?topic=<topic>")
+            }
+            let committed = groups?.committedOffsets(group: name, topic: topic) ?? [:]
+            return try json(GroupOffsets(topic: topic, offsets: committed.sorted { $0.key < $1.key }.map { GroupOffsets.Entry(partition: $0.key, offset: $0.value) }))
+        }
         return router
     }
 

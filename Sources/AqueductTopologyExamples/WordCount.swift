@@ -43,10 +43,11 @@ public enum WordCountTopology {
     }
 
     public struct SplitSentence: BasicBolt {
-        public init() {}
+        let field: String
+        public init(field: String = "sentence") { self.field = field }
         public func declareOutputFields(_ declarer: inout OutputDeclarer) { declarer.declare(["word"]) }
         public mutating func execute(_ tuple: Tuple, collector: BasicCollector) throws {
-            for word in (tuple.string("sentence") ?? "").split(separator: " ") {
+            for word in (tuple.string(field) ?? "").split(separator: " ") {
                 collector.emit([.string(String(word))])
             }
         }
@@ -67,11 +68,20 @@ public enum WordCountTopology {
     /// sentences (spout) → split (2, shuffle) → count (4, fields "word") → `sink` (global).
     public static func build<Sink: Bolt & SendableMetatype>(sentenceLimit: Int? = nil, sink: @autoclosure @escaping @Sendable () -> Sink,
                                          config: TopologyConfig = TopologyConfig()) throws(TopologyError) -> Topology {
+        try build(name: "word-count", sentences: SentenceSpout(limit: sentenceLimit), sentenceField: "sentence", sink: sink(), config: config)
+    }
+
+    /// The same with any sentence source: `sentenceField` names its text field (a
+    /// topic spout's is "value").
+    public static func build<Source: Spout & SendableMetatype, Sink: Bolt & SendableMetatype>(
+        name: String, sentences: @autoclosure @escaping @Sendable () -> Source, sentenceField: String, spoutParallelism: Int = 1,
+        sink: @autoclosure @escaping @Sendable () -> Sink, sinkParallelism: Int = 1, config: TopologyConfig = TopologyConfig()
+    ) throws(TopologyError) -> Topology {
         let builder = TopologyBuilder()
-        builder.setSpout("sentences", SentenceSpout(limit: sentenceLimit))
-        builder.setBolt("split", SplitSentence(), parallelism: 2).shuffleGrouping("sentences")
+        builder.setSpout("sentences", sentences(), parallelism: spoutParallelism)
+        builder.setBolt("split", SplitSentence(field: sentenceField), parallelism: 2).shuffleGrouping("sentences")
         builder.setBolt("count", WordCount(), parallelism: 4).fieldsGrouping("split", ["word"])
-        builder.setBolt("sink", sink()).globalGrouping("count")
-        return try builder.build(name: "word-count", config: config)
+        builder.setBolt("sink", sink(), parallelism: sinkParallelism).fieldsGrouping("count", ["word"])
+        return try builder.build(name: name, config: config)
     }
 }

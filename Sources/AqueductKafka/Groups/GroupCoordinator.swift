@@ -198,6 +198,34 @@ public struct KafkaGroupDirectory: GroupDirectory {
         coordinator.describe(name).map(describe)
     }
 
+    public func commitOffsets(group: String, topic: String, offsets: [Int: Int64]) async throws(BrokerError) {
+        guard !group.isEmpty else { throw BrokerError(.invalidRequest, "group name is empty") }
+        var commits: [(TopicPartition, OffsetStore.Committed)] = []
+        for (partition, offset) in offsets.sorted(by: { $0.key < $1.key }) {
+            guard offset >= 0 else { throw BrokerError(.invalidRequest, "offset \(offset) of partition \(partition) is negative") }
+            _ = try broker.offsets(topic: topic, partition: partition)  // the partition exists
+            commits.append((TopicPartition(topic, partition),
+                            OffsetStore.Committed(offset: offset, leaderEpoch: -1, metadata: nil, commitTimestamp: 0)))
+        }
+        let code = await coordinator.commit(groupID: group, memberID: "", generation: -1, commits)
+        switch code {
+        case KafkaErrorCode.none: return
+        case KafkaErrorCode.unknownMemberID:
+            throw BrokerError(.invalidRequest, "group '\(group)' has members: its offsets are committed by them",
+                hint: "use another group name for this consumer")
+        default:
+            throw BrokerError(.unavailable, "offset commit failed (Kafka error code \(code))", hint: "retry")
+        }
+    }
+
+    public func committedOffsets(group: String, topic: String) -> [Int: Int64] {
+        var found: [Int: Int64] = [:]
+        for (partition, committed) in coordinator.offsets.offsets(group: group) where partition.topic == topic {
+            found[partition.partition] = committed.offset
+        }
+        return found
+    }
+
     private func describe(_ group: GroupStateMachine) -> GroupDescription {
         var owners: [TopicPartition: String] = [:]
         let members = group.members.map { member -> GroupDescription.Member in

@@ -78,12 +78,16 @@ extension Spout {
 /// input must be acked or failed, now or later.
 public protocol Bolt {
     func declareOutputFields(_ declarer: inout OutputDeclarer)
+    /// Seconds between tick tuples this bolt needs (Storm's component configuration);
+    /// the builder's `tickFrequency` overrides it. Default nil: none.
+    var tickFrequencySeconds: Double? { get }
     mutating func prepare(context: TopologyContext, collector: BoltCollector) throws
     mutating func execute(_ tuple: Tuple)
     mutating func cleanup()
 }
 
 extension Bolt {
+    public var tickFrequencySeconds: Double? { nil }
     public func declareOutputFields(_ declarer: inout OutputDeclarer) {}
     public mutating func prepare(context: TopologyContext, collector: BoltCollector) throws {}
     public mutating func cleanup() {}

@@ -83,7 +83,10 @@ public final class TopologyBuilder {
 
     @discardableResult
     public func setBolt<B: Bolt & SendableMetatype>(_ id: String, _ bolt: @autoclosure @escaping @Sendable () -> B, parallelism: Int = 1) -> ComponentDeclarer {
-        add(id, kind: .bolt({ bolt() }), parallelism: parallelism, streams: { declarer in bolt().declareOutputFields(&declarer) })
+        let prototype = bolt()
+        let declarer = add(id, kind: .bolt({ bolt() }), parallelism: parallelism, streams: { declarer in prototype.declareOutputFields(&declarer) })
+        if let tick = prototype.tickFrequencySeconds { declarer.tickFrequency(seconds: tick) }
+        return declarer
     }
 
     @discardableResult

@@ -26,6 +26,7 @@ enum StreamletComponent {
         func declareOutputFields(_ declarer: inout OutputDeclarer) {
             for stream in streams { declarer.declareStream(stream, fields: streamletFields) }
         }
+        var tickFrequencySeconds: Double? { inner.tickFrequencySeconds }
         mutating func prepare(context: TopologyContext, collector: BoltCollector) throws { try inner.prepare(context: context, collector: collector) }
         mutating func execute(_ tuple: Tuple) { inner.execute(tuple) }
         mutating func cleanup() { inner.cleanup() }
