@@ -79,3 +79,29 @@ import Testing
         #expect(ledger.expire(now: 1_000_000 * second + second / 4).isEmpty)
     }
 }
+
+/// The ack paths' hash table against `Dictionary`, under seeded random operations.
+@Suite struct UInt64TableTests {
+    @Test func matchesDictionaryUnderRandomOperations() {
+        for seed in 1...20 {
+            var random = TopologyRandom(seed: UInt64(seed))
+            var table = UInt64Table<Int>()
+            var reference: [UInt64: Int] = [:]
+            // Small key space: many collisions, reinserts and deletions inside runs.
+            let keys = (0..<64).map { _ in random.nonzero() % (seed % 2 == 0 ? 1_000 : UInt64.max) + 1 }
+            for step in 0..<5_000 {
+                let key = keys[Int(random.next() % UInt64(keys.count))]
+                switch random.next() % 3 {
+                case 0, 1:
+                    table[key] = step
+                    reference[key] = step
+                default:
+                    #expect(table.removeValue(forKey: key) == reference.removeValue(forKey: key))
+                }
+                #expect(table.count == reference.count)
+            }
+            for key in keys { #expect(table[key] == reference[key], "seed \(seed)") }
+            #expect(table.allValues.sorted() == reference.values.sorted())
+        }
+    }
+}

@@ -31,13 +31,13 @@ struct AckLedger {
 
     static let bucketCount = 3
 
-    private var buckets: [[UInt64: Tree]]
+    private var buckets: [UInt64Table<Tree>]
     private let rotationNanos: UInt64
     private var nextRotationNanos: UInt64
     private(set) var pendingCount = 0
 
     init(timeoutNanos: UInt64, now: UInt64) {
-        buckets = Array(repeating: [:], count: Self.bucketCount)
+        buckets = Array(repeating: UInt64Table(), count: Self.bucketCount)
         rotationNanos = max(1, timeoutNanos / UInt64(Self.bucketCount - 1))
         nextRotationNanos = now + rotationNanos
     }
@@ -92,9 +92,9 @@ struct AckLedger {
                 break
             }
             let expired = buckets.removeLast()
-            buckets.insert([:], at: 0)
+            buckets.insert(UInt64Table(), at: 0)
             pendingCount -= expired.count
-            for tree in expired.values.sorted(by: { $0.beganNanos < $1.beganNanos }) {
+            for tree in expired.allValues.sorted(by: { $0.beganNanos < $1.beganNanos }) {
                 outcomes.append(.failed(messageID: tree.messageID, reason: .timedOut))
             }
             nextRotationNanos += rotationNanos

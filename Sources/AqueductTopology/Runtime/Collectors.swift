@@ -7,6 +7,8 @@ public final class SpoutCollector {
         /// Outcomes to hand to the spout's ack/fail once the current call returns (a
         /// spout is never re-entered from inside its own emit).
         var outcomes: [AckLedger.Outcome] = []
+        /// The time of the current `nextTuple` call (read once per call, not per emit).
+        var now: UInt64 = 0
     }
 
     let emitter: Emitter
@@ -54,7 +56,7 @@ public final class SpoutCollector {
             emitter.enqueue(Tuple(source: origin, values: values, anchors: .one(root, edge: edge)), to: target)
         }
         if let directTask { deliver(directTask) } else { emitter.router.pointee.route(stream: stream, values: values, sourceTask: source, deliver) }
-        if let outcome = state.pointee.ledger.begin(key: root.key, value: treeValue, messageID: messageID, now: emitter.fabric.clock.nanoseconds()) {
+        if let outcome = state.pointee.ledger.begin(key: root.key, value: treeValue, messageID: messageID, now: state.pointee.now) {
             state.pointee.outcomes.append(outcome)
         }
     }
@@ -67,8 +69,8 @@ public final class SpoutCollector {
 public final class BoltCollector {
     let emitter: Emitter
     /// XOR of the edge ids emitted anchored to each input not yet acked, by delivery id.
-    private let ackValueState = ThreadState<[UInt64: UInt64]>([:])
-    private var ackValues: UnsafeMutablePointer<[UInt64: UInt64]> { ackValueState.pointer }
+    private let ackValueState = ThreadState(UInt64Table<UInt64>())
+    private var ackValues: UnsafeMutablePointer<UInt64Table<UInt64>> { ackValueState.pointer }
 
     init(emitter: Emitter) { self.emitter = emitter }
 
@@ -108,7 +110,7 @@ public final class BoltCollector {
             var out = TupleAnchors.none
             for anchor in anchors where !anchor.anchors.isEmpty {
                 let edge = emitter.random.pointee.nonzero()
-                self.ackValues.pointee[anchor.deliveryID, default: 0] ^= edge
+                self.ackValues.pointee[anchor.deliveryID] = (self.ackValues.pointee[anchor.deliveryID] ?? 0) ^ edge
                 anchor.anchors.forEach { root, _ in out.xor(root, edge) }
             }
             emitter.enqueue(Tuple(source: origin, values: values, anchors: out), to: target)

@@ -71,6 +71,7 @@ final class SpoutInstance {
             while calls < InstanceLimits.nextTupleCallsPerTurn && collector.state.pointee.ledger.pendingCount < maxPending && !fabric.gate.isEngaged {
                 let before = collector.emitter.emittedSinceFlush
                 let outcomesBefore = collector.state.pointee.outcomes.count
+                collector.state.pointee.now = fabric.clock.nanoseconds()
                 spout.nextTuple()
                 calls += 1
                 if collector.emitter.emittedSinceFlush == before && collector.state.pointee.outcomes.count == outcomesBefore { break }

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The stream-processing benchmark of issue #4, with its reference in the same run:
+# Apache Flink 2.3 (PyFlink's local MiniCluster, ../shared/bench/peer-flink.sh) running
+# datagen → filter → blackhole and datagen → GROUP BY k COUNT(*) → blackhole at
+# parallelism 1 and 2, then Aqueduct's topology engine running the same two jobs (and
+# WordCount) in local mode, acking off and on. Prints rows/s side by side and the
+# ratios against Flink's best parallelism.
+#
+#   scripts/bench-topology.sh                 # ROWS=20000000 (Flink's default)
+#   ROWS=5000000 FLINK=0 scripts/bench-topology.sh
+set -u
+cd "$(dirname "$0")/.."
+BENCH=${BENCH_DIR:-$PWD/../shared/bench}
+ROWS=${ROWS:-20000000}
+OUT=$(mktemp -d "${TMPDIR:-/tmp}/aqueduct-bench-topology.XXXXXX")
+trap 'rm -rf "$OUT"' EXIT
+[ -x .build/release/aqueduct-bench ] || swift build -c release --product aqueduct-bench
+
+{
+  echo "== $(date -u +%FT%TZ), $(nproc) cores, loadavg $(cut -d' ' -f1-3 /proc/loadavg), ROWS=$ROWS"
+  if [ "${FLINK:-1}" = 1 ]; then
+    echo "== Apache Flink"
+    bash "$BENCH/peer-flink.sh" "$ROWS" 2>&1 | grep -E "rows/s|install|total"
+  fi
+  for parallelism in 1 2; do
+    echo "== Aqueduct topologies, bolt parallelism $parallelism"
+    .build/release/aqueduct-bench topology --rows "$ROWS" --parallelism "$parallelism" 2>&1 | grep -E "acking"
+  done
+} | tee "$OUT/report.txt"
+
+echo "== summary (tuples or rows per second; ratio against Flink's faster parallelism)"
+awk '
+  /stateless filter/ { v = $0; sub(/.*-> /, "", v); sub(/ rows.*/, "", v); gsub(/,/, "", v); if (v + 0 > flink["filter"]) flink["filter"] = v + 0 }
+  /GROUP BY k COUNT\(\*\) -> blackhole/ { v = $0; sub(/.*-> /, "", v); sub(/ rows.*/, "", v); gsub(/,/, "", v); if (v + 0 > flink["count"]) flink["count"] = v + 0 }
+  /^== Aqueduct topologies/ { p = $NF }
+  / acking / {
+    job = $1; mode = $3; sub(/:$/, "", mode)
+    v = $0; sub(/.*= /, "", v); sub(/ tuples\/s.*/, "", v); gsub(/,/, "", v)
+    ref = flink[job]
+    if (ref > 0) printf "  %-9s acking %-3s p=%s  %10d tuples/s  Flink %10d rows/s  ratio %.2f\n", job, mode, p, v, ref, v / ref
+    else printf "  %-9s acking %-3s p=%s  %10d tuples/s\n", job, mode, p, v
+  }' "$OUT/report.txt"
