@@ -20,7 +20,10 @@ trap 'rm -rf "$OUT"' EXIT
   echo "== $(date -u +%FT%TZ), $(nproc) cores, loadavg $(cut -d' ' -f1-3 /proc/loadavg), ROWS=$ROWS"
   if [ "${FLINK:-1}" = 1 ]; then
     echo "== Apache Flink"
-    bash "$BENCH/peer-flink.sh" "$ROWS" 2>&1 | grep -E "rows/s|install|total"
+    # To a file, not a pipe: peer-flink.sh's watchdog (a background sleep) would hold a
+    # pipe open for its 900 s.
+    bash "$BENCH/peer-flink.sh" "$ROWS" >"$OUT/flink.txt" 2>&1
+    grep -E "rows/s|install|total" "$OUT/flink.txt"
   fi
   for parallelism in 1 2; do
     echo "== Aqueduct topologies, bolt parallelism $parallelism"

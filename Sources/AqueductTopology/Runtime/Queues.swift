@@ -193,7 +193,7 @@ final class TupleQueue: @unchecked Sendable {
 /// Acks and fails on their way back to a spout task. Not bounded by itself: it holds
 /// at most one message per tuple in flight, and those are bounded by the input queues.
 final class ControlQueue: @unchecked Sendable {
-    enum Message: Sendable {
+    enum Message: Sendable, Equatable {
         case ack(key: UInt64, value: UInt64)
         case fail(key: UInt64)
     }
