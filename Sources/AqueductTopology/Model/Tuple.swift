@@ -78,17 +78,21 @@ final class TupleSource: Sendable {
     let component: String
     let task: Int
     let stream: String
+    /// The stream's position among its component's declared streams (its name on the
+    /// wire between containers).
+    let streamIndex: Int
     let fields: Fields
 
-    private init(component: String, task: Int, stream: String, fields: Fields) {
+    private init(component: String, task: Int, stream: String, streamIndex: Int, fields: Fields) {
         self.component = component
         self.task = task
         self.stream = stream
+        self.streamIndex = streamIndex
         self.fields = fields
     }
 
-    static func immortal(component: String, task: Int, stream: String, fields: Fields) -> TupleSource {
-        let source = TupleSource(component: component, task: task, stream: stream, fields: fields)
+    static func immortal(component: String, task: Int, stream: String, streamIndex: Int = 0, fields: Fields) -> TupleSource {
+        let source = TupleSource(component: component, task: task, stream: stream, streamIndex: streamIndex, fields: fields)
         _ = Unmanaged.passRetained(source)
         return source
     }

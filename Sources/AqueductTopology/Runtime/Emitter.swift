@@ -1,35 +1,66 @@
 import Synchronization
 
-/// State shared by the tasks of one running topology in this process: the queues that
-/// connect them, the backpressure gate, the switches, the metrics.
+/// Where tuples and acks for tasks of other containers go: the stream manager.
+protocol RemoteLink: Sendable {
+    func send(tuples: [Tuple], to task: Int)
+    func send(control: [ControlQueue.Message], toSpout task: Int)
+    /// This container's queues started or stopped holding the spouts back.
+    func localBackpressure(engaged: Bool)
+}
+
+/// State shared by the tasks of one running topology in this process (one container):
+/// the queues that connect them, the backpressure gate, the switches, the metrics, and
+/// the link to the other containers.
 final class Fabric: Sendable {
     let topology: Topology
     let plan: PhysicalPlan
     let clock: any TopologyClock
     let gate: BackpressureGate
-    /// Input queue per bolt task (index = task id); nil for spouts.
+    /// This container's index, or nil when every task runs here (local mode).
+    let container: Int?
+    /// Input queue per bolt task of this container (index = task id); nil otherwise.
     let inputQueues: [TupleQueue?]
-    /// Ack/fail queue per spout task; nil for bolts.
+    /// Ack/fail queue per spout task of this container; nil otherwise.
     let controlQueues: [ControlQueue?]
     let metrics: [InstanceMetrics]
+    /// The source of each (task, declared stream), shared by emitters and by tuples
+    /// arriving from other containers.
+    let sources: [[Unmanaged<TupleSource>]]
     let seed: UInt64
     private let switches = Mutex<(running: Bool, active: Bool, errors: [String])>((true, true, []))
+    private let remoteLink = Mutex<(any RemoteLink)?>(nil)
 
-    init(topology: Topology, clock: any TopologyClock) {
+    init(topology: Topology, clock: any TopologyClock, container: Int? = nil) {
         self.topology = topology
-        self.plan = PhysicalPlan(topology: topology)
+        let plan = PhysicalPlan(topology: topology)
+        self.plan = plan
         self.clock = clock
+        self.container = container
         let gate = BackpressureGate(clock: clock)
         self.gate = gate
         let config = topology.config
+        let isLocal = plan.tasks.map { container == nil || $0.container == container }
         inputQueues = plan.tasks.map { task in
-            task.isSpout ? nil : TupleQueue(highWatermark: config.queueHighWatermarkTuples, lowWatermark: config.queueLowWatermarkTuples,
+            task.isSpout || !isLocal[task.id] ? nil : TupleQueue(highWatermark: config.queueHighWatermarkTuples, lowWatermark: config.queueLowWatermarkTuples,
                                             capacity: config.queueCapacityTuples, gate: gate, clock: clock)
         }
-        controlQueues = plan.tasks.map { $0.isSpout ? ControlQueue() : nil }
+        controlQueues = plan.tasks.map { $0.isSpout && isLocal[$0.id] ? ControlQueue() : nil }
         metrics = plan.tasks.map { _ in InstanceMetrics() }
+        sources = plan.tasks.map { task in
+            let streams = topology.component(task.component)?.streams ?? []
+            return streams.enumerated().map { index, stream in
+                Unmanaged.passUnretained(TupleSource.immortal(component: task.component, task: task.id, stream: stream.id, streamIndex: index, fields: stream.fields))
+            }
+        }
         seed = config.seed ?? UInt64.random(in: 1...UInt64.max)
+        gate.onLocalChange { [weak self] engaged in self?.remote?.localBackpressure(engaged: engaged) }
     }
+
+    func connect(_ link: any RemoteLink) { remoteLink.withLock { $0 = link } }
+    var remote: (any RemoteLink)? { remoteLink.withLock { $0 } }
+
+    /// Tasks that run in this container.
+    var localTasks: [Int] { plan.tasks.filter { container == nil || $0.container == container }.map(\.id) }
 
     var isRunning: Bool { switches.withLock { $0.running } }
     var isActive: Bool { switches.withLock { $0.active } }
@@ -124,7 +155,7 @@ final class Emitter {
         randomState = ThreadState(random)
         let streams = fabric.topology.component(info.component)?.streams ?? []
         streamIDs = streams.map(\.id)
-        streamSources = streams.map { Unmanaged.passUnretained(TupleSource.immortal(component: info.component, task: task, stream: $0.id, fields: $0.fields)) }
+        streamSources = fabric.sources[task]
         bufferState = ThreadState(Buffers(outgoing: Array(repeating: [], count: fabric.plan.tasks.count),
                                           control: Array(repeating: [], count: fabric.plan.tasks.count)))
         batchTuples = fabric.topology.config.emitBatchTuples
@@ -167,7 +198,11 @@ final class Emitter {
         guard !buffers.pointee.outgoing[target].isEmpty else { return }
         let batch = buffers.pointee.outgoing[target]
         buffers.pointee.outgoing[target] = []
-        fabric.inputQueues[target]?.push(batch)
+        if let queue = fabric.inputQueues[target] {
+            queue.push(batch)
+        } else {
+            fabric.remote?.send(tuples: batch, to: target)
+        }
     }
 
     /// Hands every buffered tuple and ack to its destination.
@@ -182,7 +217,11 @@ final class Emitter {
         for spoutTask in buffers.pointee.dirtyControl where !buffers.pointee.control[spoutTask].isEmpty {
             let messages = buffers.pointee.control[spoutTask]
             buffers.pointee.control[spoutTask].removeAll(keepingCapacity: true)
-            fabric.controlQueues[spoutTask]?.push(messages)
+            if let queue = fabric.controlQueues[spoutTask] {
+                queue.push(messages)
+            } else {
+                fabric.remote?.send(control: messages, toSpout: spoutTask)
+            }
         }
         buffers.pointee.dirtyControl.removeAll(keepingCapacity: true)
     }

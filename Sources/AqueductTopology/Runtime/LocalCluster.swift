@@ -21,20 +21,30 @@ public final class RunningTopology: Sendable {
     public let topology: Topology
     public var plan: PhysicalPlan { fabric.plan }
     let fabric: Fabric
-    private let finished: [DispatchSemaphore]
+    private let finished = Mutex<[DispatchSemaphore]?>(nil)
     private let killed = Mutex(false)
 
-    init(topology: Topology, clock: any TopologyClock, tasks: [Int]? = nil) {
+    init(topology: Topology, clock: any TopologyClock, container: Int? = nil, deferStart: Bool = false) {
         self.topology = topology
-        let fabric = Fabric(topology: topology, clock: clock)
-        self.fabric = fabric
-        let local = tasks ?? fabric.plan.tasks.map(\.id)
-        var finished: [DispatchSemaphore] = []
-        for task in local {
+        fabric = Fabric(topology: topology, clock: clock, container: container)
+        if !deferStart { startTasks() }
+    }
+
+    /// Starts a thread per task of this container (once).
+    func startTasks() {
+        let fabric = self.fabric
+        let topology = self.topology
+        let started = finished.withLock { finished -> Bool in
+            guard finished == nil else { return false }
+            finished = []
+            return true
+        }
+        guard started else { return }
+        for task in fabric.localTasks {
             let info = fabric.plan.tasks[task]
             guard let spec = topology.component(info.component) else { continue }
             let done = DispatchSemaphore(value: 0)
-            finished.append(done)
+            finished.withLock { $0?.append(done) }
             let thread = Thread {
                 switch spec.kind {
                 case .spout(let make): SpoutInstance(fabric: fabric, task: task, spout: make()).run()
@@ -46,7 +56,6 @@ public final class RunningTopology: Sendable {
             thread.stackSize = 1 << 20
             thread.start()
         }
-        self.finished = finished
     }
 
     /// Spouts start (or resume) calling `nextTuple`.
@@ -65,7 +74,7 @@ public final class RunningTopology: Sendable {
         }
         guard first else { return }
         fabric.stop()
-        for done in finished { done.wait() }
+        for done in finished.withLock({ $0 ?? [] }) { done.wait() }
     }
 
     /// Failures of user code (open or prepare threw); the topology stopped at the first.
@@ -74,7 +83,8 @@ public final class RunningTopology: Sendable {
 
     public func metrics() -> TopologyMetrics {
         let backpressure = fabric.gate.totals()
-        let tasks = fabric.plan.tasks.map { task -> TaskMetrics in
+        let local = Set(fabric.localTasks)
+        let tasks = fabric.plan.tasks.filter { local.contains($0.id) }.map { task -> TaskMetrics in
             let metrics = fabric.metrics[task.id]
             let executed = metrics.executed.load(ordering: .relaxed)
             let latency = metrics.completeLatencyPercentiles()

@@ -57,6 +57,11 @@ final class Monitor: @unchecked Sendable {
 /// the switch on.
 final class BackpressureGate: Sendable {
     private let congestedQueues = Atomic<Int>(0)
+    /// Congested queues of this container only (the others' come as remote engages).
+    private let localCongested = Atomic<Int>(0)
+    private let localListener = Mutex<(@Sendable (Bool) -> Void)?>(nil)
+    /// Containers whose backpressure is on, as their stream managers said.
+    private let remoteEngaged = Mutex<Set<Int>>([])
     private let state = Mutex<(since: UInt64?, totalNanos: UInt64, episodes: Int)>((nil, 0, 0))
     private let clock: any TopologyClock
 
@@ -64,7 +69,30 @@ final class BackpressureGate: Sendable {
 
     var isEngaged: Bool { congestedQueues.load(ordering: .relaxed) > 0 }
 
-    func engage() {
+    /// Called with true when this container's first queue congests, false when its last
+    /// one drains (the stream manager tells the other containers).
+    func onLocalChange(_ listener: @escaping @Sendable (Bool) -> Void) { localListener.withLock { $0 = listener } }
+
+    /// A local queue crossed its high watermark.
+    func engageLocal() {
+        if localCongested.add(1, ordering: .relaxed).newValue == 1 { localListener.withLock { $0 }?(true) }
+        engage()
+    }
+
+    /// A local queue fell to its low watermark.
+    func releaseLocal() {
+        if localCongested.subtract(1, ordering: .relaxed).newValue == 0 { localListener.withLock { $0 }?(false) }
+        release()
+    }
+
+    /// Another container's backpressure state (idempotent per container).
+    func remote(container: Int, engaged: Bool) {
+        let changed = remoteEngaged.withLock { set in engaged ? set.insert(container).inserted : set.remove(container) != nil }
+        guard changed else { return }
+        if engaged { engage() } else { release() }
+    }
+
+    private func engage() {
         if congestedQueues.add(1, ordering: .relaxed).newValue == 1 {
             let now = clock.nanoseconds()
             state.withLock { state in
@@ -73,7 +101,7 @@ final class BackpressureGate: Sendable {
         }
     }
 
-    func release() {
+    private func release() {
         if congestedQueues.subtract(1, ordering: .relaxed).newValue == 0 {
             let now = clock.nanoseconds()
             state.withLock { state in
@@ -137,10 +165,28 @@ final class TupleQueue: @unchecked Sendable {
         if !congested && count >= highWatermark {
             congested = true
             congestedSince = clock.nanoseconds()
-            gate.engage()
+            gate.engageLocal()
         }
         if consumerWaiting { monitor.broadcast() }
         return true
+    }
+
+    /// Appends a batch from another container without waiting at capacity: a stream
+    /// manager's reader must never block (it would stall acks and tuples for other
+    /// tasks behind it, and could deadlock two containers). Backpressure bounds what
+    /// still arrives.
+    func pushFromRemote(_ batch: [Tuple]) {
+        monitor.lock()
+        defer { monitor.unlock() }
+        if closed { return }
+        count += batch.count
+        batches.append(batch)
+        if !congested && count >= highWatermark {
+            congested = true
+            congestedSince = clock.nanoseconds()
+            gate.engageLocal()
+        }
+        if consumerWaiting { monitor.broadcast() }
     }
 
     /// Takes the oldest batch, waiting up to `timeoutNanos` when there is none. Returns
@@ -159,7 +205,7 @@ final class TupleQueue: @unchecked Sendable {
         if congested && count <= lowWatermark {
             congested = false
             congestedNanos += clock.nanoseconds() &- congestedSince
-            gate.release()
+            gate.releaseLocal()
         }
         if producersWaiting > 0 { monitor.broadcast() }
         return batch
@@ -170,7 +216,7 @@ final class TupleQueue: @unchecked Sendable {
         closed = true
         if congested {
             congested = false
-            gate.release()
+            gate.releaseLocal()
         }
         monitor.broadcast()
         monitor.unlock()
