@@ -15,6 +15,7 @@ let package = Package(
     products: [
         .executable(name: "aqueduct", targets: ["aqueduct"]),
         .executable(name: "aqueduct-bench", targets: ["aqueduct-bench"]),
+        .executable(name: "aqueduct-examples", targets: ["aqueduct-examples"]),
         // What users' topology programs depend on.
         .library(name: "AqueductTopology", targets: ["AqueductTopology", "AqueductTopologyTopics"]),
     ],
@@ -145,6 +146,10 @@ let package = Package(
 
         // Example topologies (Storm's ExclamationTopology and WordCount), run by the tests.
         .target(name: "AqueductTopologyExamples", dependencies: ["AqueductTopology"], swiftSettings: strict),
+        // The examples as a topology program (local mode, --describe, one container).
+        .executableTarget(
+            name: "aqueduct-examples", dependencies: ["AqueductTopology", "AqueductTopologyExamples", "AqueductTopologyTopics"],
+            swiftSettings: strict),
 
         // The client side of the HTTP API, used by the CLI.
         .target(

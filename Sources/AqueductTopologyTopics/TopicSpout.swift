@@ -92,6 +92,8 @@ public struct TopicSpout: Spout {
     public mutating func ack(_ messageID: TupleValue) {
         guard let (partition, offset) = Self.position(messageID) else { return }
         pending[partition]?[offset] = nil
+        // Also here: while backpressure holds the spout, nextTuple is not called.
+        if let reader { commitIfDue(reader: reader) }
     }
 
     public mutating func fail(_ messageID: TupleValue) {

@@ -100,7 +100,7 @@ final class StreamManager: RemoteLink, @unchecked Sendable {
         defer { lock.unlock() }
         do {
             for attempt in 0..<50 {
-                if stopped.load(ordering: .relaxed) { return }
+                if stopped.load(ordering: .relaxed) || !fabric.isRunning { return }
                 let socket = connection(to: peer)
                 if socket >= 0 && writeAll(socket, bytes) { return }
                 dropConnection(to: peer, socket)
@@ -166,7 +166,13 @@ final class StreamManager: RemoteLink, @unchecked Sendable {
     }
 
     private func readLoop(_ socket: Int32) {
-        defer { close(socket) }
+        // Containers that said "backpressure on" over this connection: if it breaks (the
+        // peer died), their word no longer holds, and a restarted peer starts clear.
+        var engagedPeers: Set<Int> = []
+        defer {
+            close(socket)
+            for peer in engagedPeers { fabric.gate.remote(container: peer, engaged: false) }
+        }
         var header = [UInt8](repeating: 0, count: 4)
         while !stopped.load(ordering: .relaxed) {
             guard readExactly(socket, &header, count: 4) else { return }
@@ -178,7 +184,11 @@ final class StreamManager: RemoteLink, @unchecked Sendable {
             var body = [UInt8](repeating: 0, count: length)
             guard readExactly(socket, &body, count: length) else { return }
             do {
-                try deliver(TupleCodec.decode(frameBody: body[...]))
+                let frame = try TupleCodec.decode(frameBody: body[...])
+                if case .backpressure(let peer, let engaged) = frame {
+                    if engaged { engagedPeers.insert(peer) } else { engagedPeers.remove(peer) }
+                }
+                try deliver(frame)
             } catch {
                 decodeErrors.add(1, ordering: .relaxed)
                 return

@@ -1,0 +1,130 @@
+import AqueductClient
+import AqueductHTTP
+import AqueductTopologyExamples
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// WordCount from a topic to a topic as two container processes of a topology program
+/// (`aqueduct-examples`), started the way the scheduler starts them. One container is
+/// killed with SIGKILL mid-run and started again: every sentence is still counted at
+/// least once (trees lost with it time out and the topic spout replays them).
+@Suite struct ContainerProcessTests {
+    static var examplesPath: String {
+        URL(fileURLWithPath: ServerProcess.binaryPath).deletingLastPathComponent().appendingPathComponent("aqueduct-examples").path
+    }
+
+    final class Container: @unchecked Sendable {
+        let process = Process()
+        let log = Locked("")
+
+        init(index: Int, environment: [String: String]) throws {
+            process.executableURL = URL(fileURLWithPath: ContainerProcessTests.examplesPath)
+            process.arguments = ["word-count-topics", "sentences", "counts"]
+            var env = ProcessInfo.processInfo.environment
+            for (key, value) in environment { env[key] = value }
+            env["AQUEDUCT_CONTAINER"] = String(index)
+            process.environment = env
+            let pipe = Pipe()
+            process.standardError = pipe
+            process.standardOutput = pipe
+            pipe.fileHandleForReading.readabilityHandler = { [log] handle in
+                let data = handle.availableData
+                if !data.isEmpty { log.withLock { $0 += String(decoding: data, as: UTF8.self) } }
+            }
+            try process.run()
+        }
+
+        func signal(_ number: Int32) { kill(process.processIdentifier, number) }
+
+        func waitForExit(seconds: Double) -> Int32? {
+            let deadline = Date().addingTimeInterval(seconds)
+            while process.isRunning && Date() < deadline { usleep(20_000) }
+            return process.isRunning ? nil : process.terminationStatus
+        }
+    }
+
+    static func freePort() -> Int {
+        let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(socket) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socket, $0, &length) } }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    func produce(_ client: AqueductClient, _ range: Range<Int>) async throws {
+        let records = range.map { ProduceRecordJSON(value: WordCountTopology.sentences[$0 % WordCountTopology.sentences.count], partition: $0 % 4) }
+        _ = try await client.produce("sentences", records: records)
+    }
+
+    /// Records per word on the counts topic: one per counted occurrence (more after replays).
+    func recordsPerWord(_ client: AqueductClient) async throws -> [String: Int] {
+        var perWord: [String: Int] = [:]
+        var offset: Int64 = 0
+        while true {
+            let page = try await client.fetch("counts", partition: 0, offset: String(offset), maxRecords: 10_000)
+            for record in page.records { if let word = record.key { perWord[word, default: 0] += 1 } }
+            if page.records.isEmpty || page.nextOffset >= page.endOffset { return perWord }
+            offset = page.nextOffset
+        }
+    }
+
+    @Test func killedContainerLosesNothing() async throws {
+        guard FileManager.default.isExecutableFile(atPath: Self.examplesPath) else {
+            throw IntegrationError("no aqueduct-examples at \(Self.examplesPath); run `swift build` first")
+        }
+        let directory = NSTemporaryDirectory() + "aqueduct-containers-" + UUID().uuidString
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let server = ServerProcess(dataDirectory: directory)
+        try await server.start()
+        let client = AqueductClient(baseURL: server.baseURL)
+        _ = try await client.createTopic("sentences", partitions: 4)
+        _ = try await client.createTopic("counts", partitions: 1)
+        try await produce(client, 0..<2_000)
+
+        let ports = [Self.freePort(), Self.freePort()]
+        let environment = [
+            "AQUEDUCT_HTTP": server.baseURL, "AQUEDUCT_CONTAINERS": "2", "AQUEDUCT_MESSAGE_TIMEOUT_MS": "2000",
+            "AQUEDUCT_STMGR_ADDRESSES": ports.map { "127.0.0.1:\($0)" }.joined(separator: ","),
+        ]
+        var containers = [try Container(index: 0, environment: environment), try Container(index: 1, environment: environment)]
+        defer { for container in containers { container.signal(SIGKILL) } }
+
+        // Mid-run: container 1 (split, count and sink tasks) dies and comes back.
+        for _ in 0..<400 {
+            if (try await recordsPerWord(client).values.reduce(0, +)) > 2_000 { break }
+            try await Task.sleep(for: .milliseconds(25))
+        }
+        containers[1].signal(SIGKILL)
+        _ = containers[1].waitForExit(seconds: 5)
+        try await produce(client, 2_000..<3_000)
+        try await Task.sleep(for: .milliseconds(300))
+        containers[1] = try Container(index: 1, environment: environment)
+
+        var expected: [String: Int] = [:]
+        for index in 0..<3_000 {
+            for word in WordCountTopology.sentences[index % WordCountTopology.sentences.count].split(separator: " ") { expected[String(word), default: 0] += 1 }
+        }
+        var perWord: [String: Int] = [:]
+        let deadline = ContinuousClock.now + .seconds(90)
+        while ContinuousClock.now < deadline {
+            perWord = try await recordsPerWord(client)
+            if expected.allSatisfy({ perWord[$0.key, default: 0] >= $0.value }) { break }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        let missing = expected.filter { perWord[$0.key, default: 0] < $0.value }
+        #expect(missing.isEmpty, "words counted fewer times than they occur: \(missing.map { "\($0.key): \(perWord[$0.key, default: 0])/\($0.value)" }); logs:\n\(containers.map { $0.log.withLock { $0 } })")
+
+        for container in containers { container.signal(SIGTERM) }
+        #expect(containers[0].waitForExit(seconds: 20) == 0)
+        #expect(containers[1].waitForExit(seconds: 20) == 0)
+        _ = try await server.stop()
+    }
+}
