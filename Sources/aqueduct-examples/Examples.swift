@@ -8,6 +8,7 @@ import Foundation
 /// container of it when the server's scheduler starts it.
 ///
 ///     aqueduct-examples word-count-topics <sentences-topic> <counts-topic>
+///     aqueduct-examples windowed-counts
 ///     aqueduct-examples exclamation
 @main
 struct Examples {
@@ -22,6 +23,11 @@ struct Examples {
                 TopologyProgram.run(try WordCountTopology.build(
                     name: "word-count", sentences: TopicSpout(topic: sentences, commitIntervalMilliseconds: 200), sentenceField: "value",
                     spoutParallelism: 1, sink: TopicSink(topic: counts, keyField: "word", valueField: "count")))
+            case "windowed-counts":
+                // Per-word counts in 10 s windows, one every 2 s, printed as windows close.
+                TopologyProgram.run(try WindowedWordCounts.build(wordLimit: nil) { result in
+                    print("\(result.key.start)-\(result.key.end) \(result.key.key) \(result.value)")
+                })
             case "exclamation":
                 TopologyProgram.run(try ExclamationTopology.build(sink: Printer()))
             default:
@@ -34,7 +40,7 @@ struct Examples {
     }
 
     static func usage() -> Never {
-        FileHandle.standardError.write(Data("usage: aqueduct-examples word-count-topics <sentences-topic> <counts-topic> | exclamation\n".utf8))
+        FileHandle.standardError.write(Data("usage: aqueduct-examples word-count-topics <sentences-topic> <counts-topic> | windowed-counts | exclamation\n".utf8))
         exit(2)
     }
 

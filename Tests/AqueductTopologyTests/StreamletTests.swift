@@ -1,4 +1,5 @@
 @testable import AqueductTopology
+import AqueductTopologyExamples
 import Foundation
 import Synchronization
 import Testing
@@ -139,5 +140,28 @@ import Testing
             #expect(error.problems.contains { $0.contains("sliding count window needs 1 <= slide <= size") })
             #expect(error.problems.contains { $0.contains("split has no stream \"b\" (streams: a)") })
         }
+    }
+}
+
+/// The example Streamlet program with a sliding time window, with short windows.
+@Suite struct WindowedExampleTests {
+    final class Output: Sendable {
+        let results = Mutex<[KeyValue<KeyedWindow<String>, Int64>]>([])
+    }
+
+    @Test func windowedWordCountsCountEveryWordInEachWindowCoveringIt() throws {
+        let output = Output()
+        let words = 2_000
+        let topology = try WindowedWordCounts.build(windowMilliseconds: 300, slideMilliseconds: 100, wordLimit: words) { result in
+            output.results.withLock { $0.append(result) }
+        }
+        let running = LocalCluster().submit(topology)
+        defer { running.kill() }
+        // Each word is in 3 windows (300 ms long, one every 100 ms).
+        _ = running.waitUntil(timeoutSeconds: 15) { _ in output.results.withLock { $0.reduce(0) { $0 + $1.value } } >= Int64(3 * words) }
+        let results = output.results.withLock { $0 }
+        #expect(results.reduce(0) { $0 + $1.value } == Int64(3 * words))
+        #expect(results.allSatisfy { $0.key.end - $0.key.start == 300 })
+        #expect(Set(results.map(\.key.key)).count == 27, "every distinct word of the sentences")
     }
 }
