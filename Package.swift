@@ -151,6 +151,10 @@ let package = Package(
             name: "aqueduct-examples", dependencies: ["AqueductTopology", "AqueductTopologyExamples", "AqueductTopologyTopics"],
             swiftSettings: strict),
 
+        // Topologies in the service: the local scheduler's decisions (ContainerSupervisor,
+        // pure), the topology master and the process shell to come.
+        .target(name: "AqueductTopologyService", dependencies: ["AqueductTopology"], swiftSettings: strict),
+
         // The client side of the HTTP API, used by the CLI.
         .target(
             name: "AqueductClient",
@@ -204,6 +208,7 @@ let package = Package(
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ],
             swiftSettings: strict),
+        .testTarget(name: "AqueductTopologyServiceTests", dependencies: ["AqueductTopologyService"], swiftSettings: strict),
         .testTarget(name: "AqueductTopologyTests", dependencies: ["AqueductTopology", "AqueductTopologyExamples"], swiftSettings: strict),
         // Runs the real `aqueduct` binary (built by `swift build`) as a child process.
         .testTarget(name: "IntegrationTests", dependencies: ["AqueductClient", "AqueductTopologyTopics", "AqueductTopologyExamples"], swiftSettings: strict),

@@ -35,6 +35,13 @@ public enum TopologyProgram {
         public var components: [Component]
         /// Task id → container.
         public var taskContainers: [Int]
+
+        public init(name: String, containers: Int, components: [Component], taskContainers: [Int]) {
+            self.name = name
+            self.containers = containers
+            self.components = components
+            self.taskContainers = taskContainers
+        }
     }
 
     public static func describe(_ topology: Topology) -> Description {
