@@ -123,7 +123,7 @@ let package = Package(
         .target(
             name: "AqueductServer",
             dependencies: [
-                "AqueductHTTP", "AqueductKafka",
+                "AqueductHTTP", "AqueductKafka", "AqueductTopologyService",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -153,7 +153,10 @@ let package = Package(
 
         // Topologies in the service: the local scheduler's decisions (ContainerSupervisor,
         // pure), the topology master and the process shell to come.
-        .target(name: "AqueductTopologyService", dependencies: ["AqueductTopology"], swiftSettings: strict),
+        .target(
+            name: "AqueductTopologyService",
+            dependencies: ["AqueductTopology", "AqueductHTTP", "AqueductBroker", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
 
         // The client side of the HTTP API, used by the CLI.
         .target(

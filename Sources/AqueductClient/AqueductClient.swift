@@ -96,6 +96,30 @@ public struct AqueductClient: Sendable {
         try await call(.GET, "/v1/topics/\(escape(topic))/partitions/\(partition)/records?offset=\(offset)&maxWaitMs=\(maxWaitMilliseconds)&maxRecords=\(maxRecords)&maxBytes=\(maxBytes)&encoding=\(encoding.rawValue)")
     }
 
+    public func submitTopology(_ request: TopologySubmitRequest) async throws -> TopologyStatusJSON {
+        try await call(.POST, "/v1/topologies", body: request)
+    }
+
+    public func listTopologies() async throws -> TopologyList {
+        try await call(.GET, "/v1/topologies")
+    }
+
+    public func topologyStatus(_ name: String) async throws -> TopologyStatusJSON {
+        try await call(.GET, "/v1/topologies/\(escape(name))")
+    }
+
+    public func killTopology(_ name: String) async throws {
+        let _: Empty = try await call(.DELETE, "/v1/topologies/\(escape(name))")
+    }
+
+    public func setTopologyActive(_ name: String, _ active: Bool) async throws -> TopologyStatusJSON {
+        try await call(.POST, "/v1/topologies/\(escape(name))/\(active ? "activate" : "deactivate")")
+    }
+
+    public func updateTopology(_ name: String, parallelism: [String: Int]) async throws -> TopologyStatusJSON {
+        try await call(.POST, "/v1/topologies/\(escape(name))/parallelism", body: TopologyUpdateRequest(parallelism: parallelism))
+    }
+
     /// Commits the next offsets to consume of `topic` for a group without members.
     public func commitOffsets(group: String, topic: String, offsets: [Int: Int64]) async throws {
         let body = GroupOffsets(topic: topic, offsets: offsets.sorted { $0.key < $1.key }.map { GroupOffsets.Entry(partition: $0.key, offset: $0.value) })

@@ -184,3 +184,99 @@ public struct GroupOffsets: Codable, Sendable, Equatable {
         self.offsets = offsets
     }
 }
+
+/// `POST /v1/topologies`: run a topology program in the service.
+public struct TopologySubmitRequest: Codable, Sendable {
+    /// Path of the program (on the server's machine), built against AqueductTopology.
+    public var executable: String
+    public var arguments: [String]
+    /// Registers the topology under this name instead of the program's.
+    public var name: String?
+
+    public init(executable: String, arguments: [String] = [], name: String? = nil) {
+        self.executable = executable
+        self.arguments = arguments
+        self.name = name
+    }
+}
+
+/// `POST /v1/topologies/{name}/parallelism`: `{"parallelism": {"count": 4}}`.
+public struct TopologyUpdateRequest: Codable, Sendable {
+    public var parallelism: [String: Int]
+    public init(parallelism: [String: Int]) { self.parallelism = parallelism }
+}
+
+/// A running topology: its plan, its container processes and its metrics.
+public struct TopologyStatusJSON: Codable, Sendable, Equatable {
+    public struct Container: Codable, Sendable, Equatable {
+        public var index: Int
+        public var pid: Int32?
+        public var restarts: Int
+        public var lastExitStatus: Int32?
+        public var log: String
+        public init(index: Int, pid: Int32?, restarts: Int, lastExitStatus: Int32?, log: String) {
+            self.index = index
+            self.pid = pid
+            self.restarts = restarts
+            self.lastExitStatus = lastExitStatus
+            self.log = log
+        }
+    }
+
+    public struct Component: Codable, Sendable, Equatable {
+        public var id: String
+        public var spout: Bool
+        public var parallelism: Int
+        public var emitted: Int
+        public var executed: Int
+        public var acked: Int
+        public var failed: Int
+        public var timedOut: Int
+        public var executeLatencyMicros: Double
+        public var completeLatencyP50Micros: Double
+        public var completeLatencyP99Micros: Double
+        public var queueDepth: Int
+        public var backpressureMillis: Double
+        public init(id: String, spout: Bool, parallelism: Int, emitted: Int = 0, executed: Int = 0, acked: Int = 0, failed: Int = 0,
+                    timedOut: Int = 0, executeLatencyMicros: Double = 0, completeLatencyP50Micros: Double = 0,
+                    completeLatencyP99Micros: Double = 0, queueDepth: Int = 0, backpressureMillis: Double = 0) {
+            self.id = id
+            self.spout = spout
+            self.parallelism = parallelism
+            self.emitted = emitted
+            self.executed = executed
+            self.acked = acked
+            self.failed = failed
+            self.timedOut = timedOut
+            self.executeLatencyMicros = executeLatencyMicros
+            self.completeLatencyP50Micros = completeLatencyP50Micros
+            self.completeLatencyP99Micros = completeLatencyP99Micros
+            self.queueDepth = queueDepth
+            self.backpressureMillis = backpressureMillis
+        }
+    }
+
+    public var name: String
+    /// running, deactivated or killing.
+    public var state: String
+    public var executable: String
+    public var arguments: [String]
+    public var generation: Int
+    public var containers: [Container]
+    public var components: [Component]
+
+    public init(name: String, state: String, executable: String, arguments: [String], generation: Int, containers: [Container], components: [Component]) {
+        self.name = name
+        self.state = state
+        self.executable = executable
+        self.arguments = arguments
+        self.generation = generation
+        self.containers = containers
+        self.components = components
+    }
+}
+
+public struct TopologyList: Codable, Sendable {
+    public var topologies: [TopologyStatusJSON]
+    public init(topologies: [TopologyStatusJSON]) { self.topologies = topologies }
+}

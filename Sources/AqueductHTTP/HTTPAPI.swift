@@ -43,7 +43,8 @@ public enum HTTPAPI {
     public static let fetchRecordsMax = 10_000
 
     public static func router(
-        broker: Broker, groups: (any GroupDirectory)? = nil, metricsText: @escaping @Sendable () -> String
+        broker: Broker, groups: (any GroupDirectory)? = nil, topologies: (any TopologyDirectory)? = nil,
+        metricsText: @escaping @Sendable () -> String
     ) -> Router<BasicRequestContext> {
         let router = Router()
         router.middlewares.add(ErrorTranslation())
@@ -103,6 +104,38 @@ public enum HTTPAPI {
                     hint: "list the groups with `aqueduct group list`")
             }
             return try json(description)
+        }
+        @Sendable func master() throws(BrokerError) -> any TopologyDirectory {
+            guard let topologies else { throw BrokerError(.unavailable, "topologies are not enabled on this server") }
+            return topologies
+        }
+        router.post("/v1/topologies") { request, context in
+            let body: TopologySubmitRequest = try await decodeBody(request, context: context)
+            return try json(try await master().submit(body), status: .created)
+        }
+        router.get("/v1/topologies") { _, _ in
+            try json(TopologyList(topologies: topologies?.list() ?? []))
+        }
+        router.get("/v1/topologies/:name") { _, context in
+            try json(try master().status(context.parameters.get("name") ?? ""))
+        }
+        router.delete("/v1/topologies/:name") { _, context in
+            try master().kill(context.parameters.get("name") ?? "")
+            return Response(status: .noContent)
+        }
+        router.post("/v1/topologies/:name/activate") { _, context in
+            let name = context.parameters.get("name") ?? ""
+            try master().setActive(name, true)
+            return try json(try master().status(name))
+        }
+        router.post("/v1/topologies/:name/deactivate") { _, context in
+            let name = context.parameters.get("name") ?? ""
+            try master().setActive(name, false)
+            return try json(try master().status(name))
+        }
+        router.post("/v1/topologies/:name/parallelism") { request, context in
+            let body: TopologyUpdateRequest = try await decodeBody(request, context: context)
+            return try json(try await master().update(context.parameters.get("name") ?? "", parallelism: body.parallelism))
         }
         router.post("/v1/groups/:group/offsets") { request, context in
             let name = context.parameters.get("group") ?? ""

@@ -1,6 +1,7 @@
 import AqueductBroker
 import AqueductCommon
 import AqueductHTTP
+import AqueductTopologyService
 import AqueductKafka
 import AqueductLog
 import AqueductMetadata
@@ -108,7 +109,8 @@ public enum Server {
         }
         let kafkaPort = kafkaServer?.boundPort
         let directory = groupCoordinator.map { KafkaGroupDirectory(coordinator: $0, broker: components.broker) }
-        let router = HTTPAPI.router(broker: components.broker, groups: directory, metricsText: {
+        let topologies = TopologyMaster(runDirectory: configuration.dataDirectory + "/topologies", logger: logger)
+        let router = HTTPAPI.router(broker: components.broker, groups: directory, topologies: topologies, metricsText: {
             directory.map(Self.recordGroupMetrics)
             return components.metricsText()
         })
@@ -117,6 +119,7 @@ public enum Server {
             configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "aqueduct"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? configuration.httpPort
+                topologies.setServerURL("http://\(configuration.httpHost == "0.0.0.0" ? "127.0.0.1" : configuration.httpHost):\(port)")
                 logger.info("aqueduct is serving", metadata: [
                     "http": "\(configuration.httpHost):\(port)",
                     "kafka": "\(kafkaPort.map { "\(configuration.kafka.host):\($0)" } ?? "off")",
@@ -132,6 +135,7 @@ public enum Server {
                     .init(service: application),
                 ] + (kafkaServer.map { [ServiceGroupConfiguration.ServiceConfiguration(service: KafkaService(server: $0, groups: groupCoordinator))] } ?? []) + [
                     .init(service: retention),
+                    .init(service: TopologyService(master: topologies)),
                     .init(service: DrainOnShutdown(storage: components.storage), successTerminationBehavior: .ignore),
                 ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
@@ -190,6 +194,18 @@ struct KafkaService: Service {
             }
         }
         await server.close()
+    }
+}
+
+/// Restarts topology containers that exit; stops them all at shutdown.
+struct TopologyService: Service {
+    let master: TopologyMaster
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            await master.run()
+        }
+        master.stopAll()
     }
 }
 

@@ -7,7 +7,7 @@ import Foundation
 /// `TopologyProgram.run`, which runs it in local mode, describes it, or runs one
 /// container of it when the server's scheduler starts it.
 ///
-///     aqueduct-examples word-count-topics <sentences-topic> <counts-topic>
+///     aqueduct-examples word-count-topics <sentences-topic> <counts-topic> [containers]
 ///     aqueduct-examples windowed-counts
 ///     aqueduct-examples exclamation
 @main
@@ -20,9 +20,11 @@ struct Examples {
                 guard arguments.count >= 3 else { usage() }
                 let sentences = arguments[arguments.startIndex + 1]
                 let counts = arguments[arguments.startIndex + 2]
+                var config = TopologyConfig()
+                if arguments.count >= 4, let containers = Int(arguments[arguments.startIndex + 3]) { config.containers = containers }
                 TopologyProgram.run(try WordCountTopology.build(
                     name: "word-count", sentences: TopicSpout(topic: sentences, commitIntervalMilliseconds: 200), sentenceField: "value",
-                    spoutParallelism: 1, sink: TopicSink(topic: counts, keyField: "word", valueField: "count")))
+                    spoutParallelism: 1, sink: TopicSink(topic: counts, keyField: "word", valueField: "count"), config: config))
             case "windowed-counts":
                 // Per-word counts in 10 s windows, one every 2 s, printed as windows close.
                 TopologyProgram.run(try WindowedWordCounts.build(wordLimit: nil) { result in

@@ -21,8 +21,9 @@ private let receivedSignal = Atomic<Int32>(0)
 ///   every second. Exits 1 when user code fails (the scheduler restarts it).
 /// - otherwise: local mode, every task in this process, until SIGINT or SIGTERM.
 ///
-/// `AQUEDUCT_CONTAINERS=<n>`, `AQUEDUCT_PARALLELISM=component=n,…` and
-/// `AQUEDUCT_MESSAGE_TIMEOUT_MS=<ms>` override the topology's settings.
+/// `AQUEDUCT_TOPOLOGY_NAME`, `AQUEDUCT_CONTAINERS=<n>`, `AQUEDUCT_PARALLELISM=component=n,…`
+/// and `AQUEDUCT_MESSAGE_TIMEOUT_MS=<ms>` override the topology's settings;
+/// `AQUEDUCT_START_INACTIVE=1` starts a container with its spouts deactivated.
 public enum TopologyProgram {
     public struct Description: Codable, Sendable, Equatable {
         public struct Component: Codable, Sendable, Equatable {
@@ -67,9 +68,10 @@ public enum TopologyProgram {
             topology = try topology.withParallelism(parallelism)
         }
         var config = topology.config
+        let name = environment["AQUEDUCT_TOPOLOGY_NAME"].flatMap { $0.isEmpty ? nil : $0 } ?? topology.name
         if let containers = environment["AQUEDUCT_CONTAINERS"].flatMap(Int.init) { config.containers = containers }
         if let timeout = environment["AQUEDUCT_MESSAGE_TIMEOUT_MS"].flatMap(Int.init) { config.messageTimeoutMilliseconds = timeout }
-        return try Topology.validated(name: topology.name, config: config, components: topology.components)
+        return try Topology.validated(name: name, config: config, components: topology.components)
     }
 
     public static func run(_ declared: Topology) -> Never {
@@ -129,6 +131,7 @@ public enum TopologyProgram {
         }
         running.fabric.connect(manager)
         manager.setPeers(peers)
+        if environment["AQUEDUCT_START_INACTIVE"] == "1" { running.deactivate() }
         running.startTasks()
         let status = supervise(containers: [running], metricsFile: environment["AQUEDUCT_METRICS_FILE"])
         manager.stop()

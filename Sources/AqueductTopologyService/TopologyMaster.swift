@@ -1,0 +1,280 @@
+import AqueductBroker
+import AqueductHTTP
+import AqueductTopology
+import Foundation
+import Logging
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The topology master and local scheduler of the service: describes a submitted
+/// program (`<executable> --describe`), starts its containers as child processes with
+/// the environment `TopologyProgram` reads, restarts those that exit (the decisions are
+/// `ContainerSupervisor`'s), signals them to (de)activate or stop, and reports their
+/// state and the metrics they write. Containers listen on loopback only.
+///
+/// Not yet: the registry lives in memory (a restarted server stops its containers at
+/// shutdown and does not restart them).
+public final class TopologyMaster: TopologyDirectory, @unchecked Sendable {
+    struct Registration {
+        var executable: String
+        var arguments: [String]
+        var parallelism: [String: Int] = [:]
+        var ports: [Int]
+        var processes: [Int: Process] = [:]
+    }
+
+    private struct State {
+        var supervisor = ContainerSupervisor()
+        var registrations: [String: Registration] = [:]
+    }
+
+    private let state = Mutex(State())
+    private let runDirectory: String
+    private let serverURL = Mutex("http://127.0.0.1:8080")
+    private let logger: Logger
+    /// How long `--describe` may take.
+    static let describeTimeoutSeconds = 30.0
+
+    public init(runDirectory: String, logger: Logger) {
+        self.runDirectory = runDirectory
+        self.logger = logger
+        try? FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
+    }
+
+    public func setServerURL(_ url: String) { serverURL.withLock { $0 = url } }
+
+    static func nowMilliseconds() -> Int64 { Int64(Date().timeIntervalSince1970 * 1_000) }
+
+    // MARK: TopologyDirectory
+
+    public func submit(_ request: TopologySubmitRequest) async throws(BrokerError) -> TopologyStatusJSON {
+        if let name = request.name, name.isEmpty { throw BrokerError(.invalidRequest, "name is empty") }
+        let description = try await describe(executable: request.executable, arguments: request.arguments, name: request.name, parallelism: [:])
+        let actions = try state.withLock { state throws(BrokerError) -> [ContainerSupervisor.Action] in
+            do {
+                let actions = try state.supervisor.submit(description, now: Self.nowMilliseconds())
+                state.registrations[description.name] = Registration(
+                    executable: request.executable, arguments: request.arguments, ports: (0..<description.containers).map { _ in Self.freePort() })
+                return actions
+            } catch {
+                throw BrokerError(.invalidRequest, "\(error)", hint: "aqueduct topology kill \(description.name)")
+            }
+        }
+        logger.info("topology submitted", metadata: ["topology": "\(description.name)", "containers": "\(description.containers)"])
+        perform(actions)
+        return try status(description.name)
+    }
+
+    public func list() -> [TopologyStatusJSON] {
+        let names = state.withLock { $0.supervisor.topologies.keys.sorted() }
+        return names.compactMap { try? status($0) }
+    }
+
+    public func status(_ name: String) throws(BrokerError) -> TopologyStatusJSON {
+        let found = state.withLock { state in state.supervisor.topologies[name].map { ($0, state.registrations[name]) } }
+        guard let (topology, registration) = found, let registration else {
+            throw BrokerError(.invalidRequest, "no topology named '\(name)'", hint: "list them with `aqueduct topology list`")
+        }
+        var components = topology.description.components.map { TopologyStatusJSON.Component(id: $0.id, spout: $0.spout, parallelism: $0.parallelism) }
+        for container in topology.containers {
+            guard let data = FileManager.default.contents(atPath: metricsPath(name, container.index)),
+                  let metrics = try? JSONDecoder().decode(TopologyMetrics.self, from: data) else { continue }
+            for task in metrics.tasks {
+                guard let index = components.firstIndex(where: { $0.id == task.component }) else { continue }
+                components[index].emitted += task.emitted
+                components[index].executed += task.executed
+                components[index].acked += task.acked
+                components[index].failed += task.failed
+                components[index].timedOut += task.timedOut
+                components[index].queueDepth += task.queueDepth
+                components[index].backpressureMillis += task.backpressureMillis
+                components[index].executeLatencyMicros = max(components[index].executeLatencyMicros, task.executeLatencyMicros)
+                components[index].completeLatencyP50Micros = max(components[index].completeLatencyP50Micros, task.completeLatencyP50Micros)
+                components[index].completeLatencyP99Micros = max(components[index].completeLatencyP99Micros, task.completeLatencyP99Micros)
+            }
+        }
+        return TopologyStatusJSON(
+            name: name, state: topology.state.rawValue, executable: registration.executable, arguments: registration.arguments,
+            generation: topology.generation,
+            containers: topology.containers.map {
+                TopologyStatusJSON.Container(index: $0.index, pid: $0.pid, restarts: $0.restarts, lastExitStatus: $0.lastExitStatus, log: logPath(name, $0.index))
+            },
+            components: components)
+    }
+
+    public func kill(_ name: String) throws(BrokerError) {
+        let actions = try state.withLock { state throws(BrokerError) -> [ContainerSupervisor.Action] in
+            do { return try state.supervisor.kill(name) } catch { throw BrokerError(.invalidRequest, "\(error)") }
+        }
+        logger.info("topology killed", metadata: ["topology": "\(name)"])
+        perform(actions)
+    }
+
+    public func setActive(_ name: String, _ active: Bool) throws(BrokerError) {
+        let actions = try state.withLock { state throws(BrokerError) -> [ContainerSupervisor.Action] in
+            do { return try state.supervisor.setActive(name, active) } catch { throw BrokerError(.invalidRequest, "\(error)") }
+        }
+        perform(actions)
+    }
+
+    public func update(_ name: String, parallelism: [String: Int]) async throws(BrokerError) -> TopologyStatusJSON {
+        guard let registration = state.withLock({ $0.registrations[name] }) else {
+            throw BrokerError(.invalidRequest, "no topology named '\(name)'")
+        }
+        var merged = registration.parallelism
+        merged.merge(parallelism) { _, new in new }
+        let description = try await describe(executable: registration.executable, arguments: registration.arguments, name: name, parallelism: merged)
+        let actions = try state.withLock { state throws(BrokerError) -> [ContainerSupervisor.Action] in
+            do {
+                let actions = try state.supervisor.update(description, now: Self.nowMilliseconds())
+                state.registrations[name]?.parallelism = merged
+                state.registrations[name]?.ports = (0..<description.containers).map { _ in Self.freePort() }
+                return actions
+            } catch {
+                throw BrokerError(.invalidRequest, "\(error)")
+            }
+        }
+        perform(actions)
+        return try status(name)
+    }
+
+    // MARK: Running
+
+    /// Restarts what is due until cancelled, then stops every container (server shutdown).
+    public func run() async {
+        while !Task.isCancelled {
+            let actions = state.withLock { $0.supervisor.tick(now: Self.nowMilliseconds()) }
+            perform(actions)
+            try? await Task.sleep(for: .milliseconds(200))
+        }
+        stopAll()
+    }
+
+    public func stopAll() {
+        let processes = state.withLock { state in state.registrations.values.flatMap { $0.processes.values } }
+        for process in processes where process.isRunning { Glibc.kill(process.processIdentifier, SIGTERM) }
+        let deadline = Date().addingTimeInterval(10)
+        while processes.contains(where: \.isRunning) && Date() < deadline { usleep(50_000) }
+        for process in processes where process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) }
+    }
+
+    private func perform(_ actions: [ContainerSupervisor.Action]) {
+        for action in actions {
+            switch action {
+            case .start(let name, let container, let generation, let active):
+                start(name, container: container, generation: generation, active: active)
+            case .signal(let pid, let signal):
+                let number: Int32 = switch signal {
+                case .terminate: SIGTERM
+                case .activate: SIGUSR2
+                case .deactivate: SIGUSR1
+                }
+                Glibc.kill(pid, number)
+            case .forget(let name):
+                state.withLock { _ = $0.registrations.removeValue(forKey: name) }
+                logger.info("topology stopped", metadata: ["topology": "\(name)"])
+            }
+        }
+    }
+
+    private func start(_ name: String, container: Int, generation: Int, active: Bool) {
+        guard let (registration, containers) = state.withLock({ state in
+            state.registrations[name].flatMap { registration in state.supervisor.topologies[name].map { (registration, $0.description.containers) } }
+        }) else { return }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: registration.executable)
+        process.arguments = registration.arguments
+        var environment = ProcessInfo.processInfo.environment
+        environment["AQUEDUCT_HTTP"] = serverURL.withLock { $0 }
+        environment["AQUEDUCT_TOPOLOGY_NAME"] = name
+        environment["AQUEDUCT_CONTAINER"] = String(container)
+        environment["AQUEDUCT_CONTAINERS"] = String(containers)
+        environment["AQUEDUCT_STMGR_ADDRESSES"] = registration.ports.map { "127.0.0.1:\($0)" }.joined(separator: ",")
+        environment["AQUEDUCT_METRICS_FILE"] = metricsPath(name, container)
+        environment["AQUEDUCT_START_INACTIVE"] = active ? "0" : "1"
+        if !registration.parallelism.isEmpty {
+            environment["AQUEDUCT_PARALLELISM"] = registration.parallelism.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+        }
+        process.environment = environment
+        let logFile = logPath(name, container)
+        FileManager.default.createFile(atPath: logFile, contents: nil)
+        if let handle = FileHandle(forWritingAtPath: logFile) {
+            handle.seekToEndOfFile()
+            process.standardOutput = handle
+            process.standardError = handle
+        }
+        process.terminationHandler = { [weak self] finished in
+            guard let self else { return }
+            let actions = self.state.withLock { state in
+                state.supervisor.exited(name, container: container, pid: finished.processIdentifier, status: finished.terminationStatus, now: Self.nowMilliseconds())
+            }
+            if finished.terminationStatus != 0 {
+                self.logger.warning("topology container exited", metadata: ["topology": "\(name)", "container": "\(container)", "status": "\(finished.terminationStatus)"])
+            }
+            self.perform(actions)
+        }
+        do {
+            try process.run()
+        } catch {
+            logger.error("cannot start topology container", metadata: ["topology": "\(name)", "container": "\(container)", "error": "\(error)"])
+            state.withLock { $0.supervisor.startFailed(name, container: container, now: Self.nowMilliseconds()) }
+            return
+        }
+        let actions = state.withLock { state in
+            state.registrations[name]?.processes[container] = process
+            return state.supervisor.started(name, container: container, generation: generation, pid: process.processIdentifier, now: Self.nowMilliseconds())
+        }
+        perform(actions)
+    }
+
+    private func describe(executable: String, arguments: [String], name: String?, parallelism: [String: Int]) async throws(BrokerError) -> TopologyProgram.Description {
+        guard FileManager.default.isExecutableFile(atPath: executable) else {
+            throw BrokerError(.invalidRequest, "no executable at \(executable) on the server's machine", hint: "give the path of a built topology program")
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments + ["--describe"]
+        var environment = ProcessInfo.processInfo.environment
+        if let name { environment["AQUEDUCT_TOPOLOGY_NAME"] = name }
+        if !parallelism.isEmpty {
+            environment["AQUEDUCT_PARALLELISM"] = parallelism.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+        }
+        process.environment = environment
+        let output = Pipe()
+        let errors = Pipe()
+        process.standardOutput = output
+        process.standardError = errors
+        do { try process.run() } catch { throw BrokerError(.invalidRequest, "cannot run \(executable): \(error)") }
+        let deadline = Date().addingTimeInterval(Self.describeTimeoutSeconds)
+        while process.isRunning && Date() < deadline { try? await Task.sleep(for: .milliseconds(20)) }
+        if process.isRunning {
+            process.terminate()
+            throw BrokerError(.invalidRequest, "\(executable) --describe did not finish in \(Int(Self.describeTimeoutSeconds)) s")
+        }
+        let stdout = output.fileHandleForReading.readDataToEndOfFile()
+        let stderr = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        guard process.terminationStatus == 0, let description = try? JSONDecoder().decode(TopologyProgram.Description.self, from: stdout) else {
+            throw BrokerError(.invalidRequest, "\(executable) --describe failed (exit \(process.terminationStatus)): \(stderr.trimmingCharacters(in: .whitespacesAndNewlines))",
+                hint: "a topology program calls TopologyProgram.run(topology)")
+        }
+        return description
+    }
+
+    private func logPath(_ name: String, _ container: Int) -> String { "\(runDirectory)/\(name).container-\(container).log" }
+    private func metricsPath(_ name: String, _ container: Int) -> String { "\(runDirectory)/\(name).container-\(container).metrics.json" }
+
+    static func freePort() -> Int {
+        let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(socket) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socket, $0, &length) } }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}

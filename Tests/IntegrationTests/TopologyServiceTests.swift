@@ -1,0 +1,104 @@
+import AqueductClient
+import AqueductHTTP
+import AqueductTopologyExamples
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `aqueduct topology submit` end to end: the server describes the program, starts two
+/// containers, restarts one killed with SIGKILL mid-run, and every sentence is counted
+/// at least once; status shows metrics; kill stops every container.
+@Suite struct TopologyServiceTests {
+    func produce(_ client: AqueductClient, _ range: Range<Int>) async throws {
+        let records = range.map { ProduceRecordJSON(value: WordCountTopology.sentences[$0 % WordCountTopology.sentences.count], partition: $0 % 4) }
+        _ = try await client.produce("sentences", records: records)
+    }
+
+    func recordsPerWord(_ client: AqueductClient) async throws -> [String: Int] {
+        var perWord: [String: Int] = [:]
+        var offset: Int64 = 0
+        while true {
+            let page = try await client.fetch("counts", partition: 0, offset: String(offset), maxRecords: 10_000)
+            for record in page.records { if let word = record.key { perWord[word, default: 0] += 1 } }
+            if page.records.isEmpty || page.nextOffset >= page.endOffset { return perWord }
+            offset = page.nextOffset
+        }
+    }
+
+    func expected(_ sentences: Int) -> [String: Int] {
+        var expected: [String: Int] = [:]
+        for index in 0..<sentences {
+            for word in WordCountTopology.sentences[index % WordCountTopology.sentences.count].split(separator: " ") { expected[String(word), default: 0] += 1 }
+        }
+        return expected
+    }
+
+    func covered(_ client: AqueductClient, sentences: Int, seconds: Double) async throws -> Bool {
+        let wanted = expected(sentences)
+        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1_000))
+        while ContinuousClock.now < deadline {
+            let perWord = try await recordsPerWord(client)
+            if wanted.allSatisfy({ perWord[$0.key, default: 0] >= $0.value }) { return true }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        return false
+    }
+
+    @Test func submitRestartAndKill() async throws {
+        let examples = ContainerProcessTests.examplesPath
+        guard FileManager.default.isExecutableFile(atPath: examples) else { throw IntegrationError("no aqueduct-examples at \(examples)") }
+        let directory = NSTemporaryDirectory() + "aqueduct-service-" + UUID().uuidString
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        // Containers inherit the server's environment: trees lost with the killed
+        // container time out after 3 s instead of 30 (and are replayed).
+        setenv("AQUEDUCT_MESSAGE_TIMEOUT_MS", "3000", 1)
+        defer { unsetenv("AQUEDUCT_MESSAGE_TIMEOUT_MS") }
+        let server = ServerProcess(dataDirectory: directory)
+        try await server.start()
+        let client = AqueductClient(baseURL: server.baseURL)
+        _ = try await client.createTopic("sentences", partitions: 4)
+        _ = try await client.createTopic("counts", partitions: 1)
+        try await produce(client, 0..<1_000)
+
+        // A program that is not a topology program is refused with its own words.
+        await #expect(throws: (any Error).self) {
+            _ = try await client.submitTopology(TopologySubmitRequest(executable: "/bin/false"))
+        }
+
+        let submitted = try await client.submitTopology(TopologySubmitRequest(
+            executable: examples, arguments: ["word-count-topics", "sentences", "counts", "2"], name: "wc"))
+        #expect(submitted.containers.count == 2)
+        #expect(submitted.components.map(\.id) == ["sentences", "split", "count", "sink"])
+        #expect(try await covered(client, sentences: 1_000, seconds: 60))
+
+        // Kill a container: the server starts it again, and nothing is lost.
+        let victim = try #require(try await client.topologyStatus("wc").containers[1].pid)
+        kill(victim, SIGKILL)
+        try await produce(client, 1_000..<1_500)
+        var restarted = false
+        for _ in 0..<100 {
+            let status = try await client.topologyStatus("wc")
+            if status.containers[1].restarts >= 1, let pid = status.containers[1].pid, pid != victim { restarted = true; break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(restarted, "container 1 was not restarted")
+        #expect(try await covered(client, sentences: 1_500, seconds: 60))
+
+        let status = try await client.topologyStatus("wc")
+        #expect(status.components.first { $0.id == "count" }.map { $0.executed > 0 } == true, "metrics from the containers: \(status.components)")
+        #expect(try await client.listTopologies().topologies.map(\.name) == ["wc"])
+
+        let pids = status.containers.compactMap(\.pid)
+        try await client.killTopology("wc")
+        var gone = false
+        for _ in 0..<100 {
+            if try await client.listTopologies().topologies.isEmpty && pids.allSatisfy({ Glibc.kill($0, 0) != 0 }) { gone = true; break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(gone, "containers still running after kill")
+        _ = try await server.stop()
+    }
+}
