@@ -112,7 +112,7 @@ public enum Server {
         let topologies = TopologyMaster(runDirectory: configuration.dataDirectory + "/topologies", logger: logger)
         let router = HTTPAPI.router(broker: components.broker, groups: directory, topologies: topologies, metricsText: {
             directory.map(Self.recordGroupMetrics)
-            return components.metricsText()
+            return components.metricsText() + topologies.prometheusText()
         })
         let application = Application(
             router: router,

@@ -141,6 +141,46 @@ public final class TopologyMaster: TopologyDirectory, @unchecked Sendable {
         return try status(name)
     }
 
+    /// Per-task metrics of every running topology in Prometheus text format (the
+    /// containers' latest reports).
+    public func prometheusText() -> String {
+        let topologies = state.withLock { state in state.supervisor.topologies.values.map { ($0.name, $0.containers.map(\.index)) } }
+        var samples: [String: [String]] = [:]
+        let help: [(String, String, String)] = [
+            ("aqueduct_topology_emitted_total", "counter", "Tuples emitted by a task."),
+            ("aqueduct_topology_executed_total", "counter", "Tuples executed by a bolt task."),
+            ("aqueduct_topology_acked_total", "counter", "Spouts: tuple trees completed; bolts: inputs acked."),
+            ("aqueduct_topology_failed_total", "counter", "Spouts: tuple trees failed or timed out; bolts: inputs failed."),
+            ("aqueduct_topology_execute_latency_microseconds", "gauge", "Mean execute latency of a bolt task."),
+            ("aqueduct_topology_complete_latency_p99_microseconds", "gauge", "Complete latency p99 of a spout task."),
+            ("aqueduct_topology_queue_depth", "gauge", "Tuples waiting in a task's input queue."),
+            ("aqueduct_topology_backpressure_milliseconds_total", "counter", "Time a task's queue held the spouts back."),
+        ]
+        for (name, containers) in topologies.sorted(by: { $0.0 < $1.0 }) {
+            for container in containers {
+                guard let data = FileManager.default.contents(atPath: metricsPath(name, container)),
+                      let metrics = try? JSONDecoder().decode(TopologyMetrics.self, from: data) else { continue }
+                for task in metrics.tasks {
+                    let labels = "{topology=\"\(name)\",component=\"\(task.component)\",task=\"\(task.task)\",container=\"\(task.container)\"}"
+                    samples["aqueduct_topology_emitted_total", default: []].append("aqueduct_topology_emitted_total\(labels) \(task.emitted)")
+                    samples["aqueduct_topology_executed_total", default: []].append("aqueduct_topology_executed_total\(labels) \(task.executed)")
+                    samples["aqueduct_topology_acked_total", default: []].append("aqueduct_topology_acked_total\(labels) \(task.acked)")
+                    samples["aqueduct_topology_failed_total", default: []].append("aqueduct_topology_failed_total\(labels) \(task.failed)")
+                    samples["aqueduct_topology_execute_latency_microseconds", default: []].append("aqueduct_topology_execute_latency_microseconds\(labels) \(task.executeLatencyMicros)")
+                    samples["aqueduct_topology_complete_latency_p99_microseconds", default: []].append("aqueduct_topology_complete_latency_p99_microseconds\(labels) \(task.completeLatencyP99Micros)")
+                    samples["aqueduct_topology_queue_depth", default: []].append("aqueduct_topology_queue_depth\(labels) \(task.queueDepth)")
+                    samples["aqueduct_topology_backpressure_milliseconds_total", default: []].append("aqueduct_topology_backpressure_milliseconds_total\(labels) \(task.backpressureMillis)")
+                }
+            }
+        }
+        var text = ""
+        for (metric, type, description) in help {
+            guard let lines = samples[metric] else { continue }
+            text += "# HELP \(metric) \(description)\n# TYPE \(metric) \(type)\n" + lines.joined(separator: "\n") + "\n"
+        }
+        return text
+    }
+
     // MARK: Running
 
     /// Restarts what is due until cancelled, then stops every container (server shutdown).

@@ -2,6 +2,9 @@ import AqueductClient
 import AqueductHTTP
 import AqueductTopologyExamples
 import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 import Testing
 
 #if canImport(Glibc)
@@ -90,6 +93,11 @@ import Glibc
         let status = try await client.topologyStatus("wc")
         #expect(status.components.first { $0.id == "count" }.map { $0.executed > 0 } == true, "metrics from the containers: \(status.components)")
         #expect(try await client.listTopologies().topologies.map(\.name) == ["wc"])
+        var request = URLRequest(url: URL(string: server.baseURL + "/metrics")!)
+        request.httpMethod = "GET"
+        let (body, _) = try await URLSession.shared.data(for: request)
+        let metricsText = String(decoding: body, as: UTF8.self)
+        #expect(metricsText.contains("aqueduct_topology_executed_total{topology=\"wc\",component=\"count\""))
 
         let pids = status.containers.compactMap(\.pid)
         try await client.killTopology("wc")
