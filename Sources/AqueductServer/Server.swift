@@ -109,7 +109,9 @@ public enum Server {
         }
         let kafkaPort = kafkaServer?.boundPort
         let directory = groupCoordinator.map { KafkaGroupDirectory(coordinator: $0, broker: components.broker) }
-        let topologies = TopologyMaster(runDirectory: configuration.dataDirectory + "/topologies", logger: logger)
+        let topologies = TopologyMaster(
+            runDirectory: configuration.dataDirectory + "/topologies",
+            store: MetadataTopologyRegistry(metadata: components.metadata, logger: logger), logger: logger)
         let router = HTTPAPI.router(broker: components.broker, groups: directory, topologies: topologies, metricsText: {
             directory.map(Self.recordGroupMetrics)
             return components.metricsText() + topologies.prometheusText()
@@ -120,6 +122,7 @@ public enum Server {
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? configuration.httpPort
                 topologies.setServerURL("http://\(configuration.httpHost == "0.0.0.0" ? "127.0.0.1" : configuration.httpHost):\(port)")
+                Task { await topologies.resume() }
                 logger.info("aqueduct is serving", metadata: [
                     "http": "\(configuration.httpHost):\(port)",
                     "kafka": "\(kafkaPort.map { "\(configuration.kafka.host):\($0)" } ?? "off")",
@@ -194,6 +197,37 @@ struct KafkaService: Service {
             }
         }
         await server.close()
+    }
+}
+
+/// Topology records under `/topologies/<name>` in the metadata store.
+struct MetadataTopologyRegistry: TopologyRegistryStore {
+    let metadata: EmbeddedMetadataStore
+    let logger: Logger
+    static let prefix = "/topologies/"
+
+    func save(_ record: TopologyRecord) async {
+        guard let name = record.name else { return }
+        do { _ = try await metadata.putJSON(Self.prefix + name, record) } catch {
+            logger.error("cannot store topology record", metadata: ["topology": "\(name)", "error": "\(error)"])
+        }
+    }
+
+    func delete(_ name: String) async {
+        do { _ = try await metadata.delete(Self.prefix + name) } catch {
+            logger.error("cannot delete topology record", metadata: ["topology": "\(name)", "error": "\(error)"])
+        }
+    }
+
+    func loadAll() async -> [TopologyRecord] {
+        do {
+            return try await metadata.list(prefix: Self.prefix).compactMap { entry in
+                try? JSONDecoder().decode(TopologyRecord.self, from: Data(entry.value.value))
+            }
+        } catch {
+            logger.error("cannot read topology records", metadata: ["error": "\(error)"])
+            return []
+        }
     }
 }
 

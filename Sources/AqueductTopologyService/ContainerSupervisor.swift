@@ -63,14 +63,14 @@ public struct ContainerSupervisor: Sendable {
 
     public init(limits: Limits = Limits()) { self.limits = limits }
 
-    public mutating func submit(_ description: TopologyProgram.Description, now: Int64) throws(SupervisorError) -> [Action] {
+    public mutating func submit(_ description: TopologyProgram.Description, now: Int64, active: Bool = true) throws(SupervisorError) -> [Action] {
         guard topologies[description.name] == nil else {
             throw SupervisorError(description: "a topology named \(description.name) is running: kill it first, or update it")
         }
         guard description.containers >= 1 else { throw SupervisorError(description: "the plan has no containers") }
         let containers = (0..<description.containers).map { Container(index: $0, generation: 0) }
-        topologies[description.name] = Topology(name: description.name, description: description, generation: 0, state: .running, containers: containers)
-        return containers.map { .start(topology: description.name, container: $0.index, generation: 0, active: true) }
+        topologies[description.name] = Topology(name: description.name, description: description, generation: 0, state: active ? .running : .deactivated, containers: containers)
+        return containers.map { .start(topology: description.name, container: $0.index, generation: 0, active: active) }
     }
 
     public mutating func started(_ name: String, container: Int, generation: Int, pid: Int32, now: Int64) -> [Action] {

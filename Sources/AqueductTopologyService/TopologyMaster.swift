@@ -15,8 +15,8 @@ import Glibc
 /// `ContainerSupervisor`'s), signals them to (de)activate or stop, and reports their
 /// state and the metrics they write. Containers listen on loopback only.
 ///
-/// Not yet: the registry lives in memory (a restarted server stops its containers at
-/// shutdown and does not restart them).
+/// Submissions are kept in a `TopologyRegistryStore` (the server's metadata), so a
+/// restarted server starts its topologies again (`resume`).
 public final class TopologyMaster: TopologyDirectory, @unchecked Sendable {
     struct Registration {
         var executable: String
@@ -33,13 +33,15 @@ public final class TopologyMaster: TopologyDirectory, @unchecked Sendable {
 
     private let state = Mutex(State())
     private let runDirectory: String
+    private let store: (any TopologyRegistryStore)?
     private let serverURL = Mutex("http://127.0.0.1:8080")
     private let logger: Logger
     /// How long `--describe` may take.
     static let describeTimeoutSeconds = 30.0
 
-    public init(runDirectory: String, logger: Logger) {
+    public init(runDirectory: String, store: (any TopologyRegistryStore)? = nil, logger: Logger) {
         self.runDirectory = runDirectory
+        self.store = store
         self.logger = logger
         try? FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
     }
@@ -52,20 +54,51 @@ public final class TopologyMaster: TopologyDirectory, @unchecked Sendable {
 
     public func submit(_ request: TopologySubmitRequest) async throws(BrokerError) -> TopologyStatusJSON {
         if let name = request.name, name.isEmpty { throw BrokerError(.invalidRequest, "name is empty") }
-        let description = try await describe(executable: request.executable, arguments: request.arguments, name: request.name, parallelism: [:])
+        let record = TopologyRecord(name: request.name, executable: request.executable, arguments: request.arguments, parallelism: [:], active: true)
+        let name = try await launch(record)
+        if let saved = state.withLock({ $0.registrations[name] }) {
+            await store?.save(TopologyRecord(name: name, executable: saved.executable, arguments: saved.arguments, parallelism: [:], active: true))
+        }
+        return try status(name)
+    }
+
+    /// Starts the topologies the store remembers (at server start).
+    public func resume() async {
+        guard let store else { return }
+        for record in await store.loadAll() {
+            do throws(BrokerError) {
+                _ = try await launch(record)
+                logger.info("topology resumed", metadata: ["topology": "\(record.name ?? "?")"])
+            } catch {
+                logger.error("cannot resume topology", metadata: ["topology": "\(record.name ?? "?")", "error": "\(error)"])
+            }
+        }
+    }
+
+    private func launch(_ record: TopologyRecord) async throws(BrokerError) -> String {
+        let description = try await describe(executable: record.executable, arguments: record.arguments, name: record.name, parallelism: record.parallelism)
         let actions = try state.withLock { state throws(BrokerError) -> [ContainerSupervisor.Action] in
             do {
-                let actions = try state.supervisor.submit(description, now: Self.nowMilliseconds())
+                let actions = try state.supervisor.submit(description, now: Self.nowMilliseconds(), active: record.active)
                 state.registrations[description.name] = Registration(
-                    executable: request.executable, arguments: request.arguments, ports: (0..<description.containers).map { _ in Self.freePort() })
+                    executable: record.executable, arguments: record.arguments, parallelism: record.parallelism,
+                    ports: (0..<description.containers).map { _ in Self.freePort() })
                 return actions
             } catch {
                 throw BrokerError(.invalidRequest, "\(error)", hint: "aqueduct topology kill \(description.name)")
             }
         }
-        logger.info("topology submitted", metadata: ["topology": "\(description.name)", "containers": "\(description.containers)"])
+        logger.info("topology started", metadata: ["topology": "\(description.name)", "containers": "\(description.containers)"])
         perform(actions)
-        return try status(description.name)
+        return description.name
+    }
+
+    private func remember(_ name: String) async {
+        guard let store, let (registration, active) = state.withLock({ state in
+            state.registrations[name].flatMap { registration in state.supervisor.topologies[name].map { (registration, $0.state == .running) } }
+        }) else { return }
+        await store.save(TopologyRecord(name: name, executable: registration.executable, arguments: registration.arguments,
+                                        parallelism: registration.parallelism, active: active))
     }
 
     public func list() -> [TopologyStatusJSON] {
@@ -111,6 +144,7 @@ public final class TopologyMaster: TopologyDirectory, @unchecked Sendable {
         }
         logger.info("topology killed", metadata: ["topology": "\(name)"])
         perform(actions)
+        if let store { Task { await store.delete(name) } }
     }
 
     public func setActive(_ name: String, _ active: Bool) throws(BrokerError) {
@@ -118,6 +152,7 @@ public final class TopologyMaster: TopologyDirectory, @unchecked Sendable {
             do { return try state.supervisor.setActive(name, active) } catch { throw BrokerError(.invalidRequest, "\(error)") }
         }
         perform(actions)
+        Task { await remember(name) }
     }
 
     public func update(_ name: String, parallelism: [String: Int]) async throws(BrokerError) -> TopologyStatusJSON {

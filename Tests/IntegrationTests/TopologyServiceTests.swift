@@ -109,4 +109,38 @@ import Glibc
         #expect(gone, "containers still running after kill")
         _ = try await server.stop()
     }
+
+    /// A restarted server starts its topologies again from its metadata.
+    @Test func topologiesSurviveAServerRestart() async throws {
+        let examples = ContainerProcessTests.examplesPath
+        guard FileManager.default.isExecutableFile(atPath: examples) else { throw IntegrationError("no aqueduct-examples at \(examples)") }
+        let directory = NSTemporaryDirectory() + "aqueduct-service-restart-" + UUID().uuidString
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let first = ServerProcess(dataDirectory: directory)
+        try await first.start()
+        var client = AqueductClient(baseURL: first.baseURL)
+        _ = try await client.createTopic("sentences", partitions: 4)
+        _ = try await client.createTopic("counts", partitions: 1)
+        try await produce(client, 0..<300)
+        _ = try await client.submitTopology(TopologySubmitRequest(executable: examples, arguments: ["word-count-topics", "sentences", "counts"], name: "wc"))
+        #expect(try await covered(client, sentences: 300, seconds: 60))
+        let before = try #require(try await client.topologyStatus("wc").containers[0].pid)
+        #expect(try await first.stop() == 0)
+        #expect(Glibc.kill(before, 0) != 0, "the server stops its containers when it stops")
+
+        let second = ServerProcess(dataDirectory: directory)
+        try await second.start()
+        client = AqueductClient(baseURL: second.baseURL)
+        var listed: [String] = []
+        for _ in 0..<100 {
+            listed = try await client.listTopologies().topologies.map(\.name)
+            if listed == ["wc"] { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(listed == ["wc"])
+        try await produce(client, 300..<600)
+        #expect(try await covered(client, sentences: 600, seconds: 60), "the resumed topology processes new sentences")
+        try await client.killTopology("wc")
+        _ = try await second.stop()
+    }
 }
