@@ -275,7 +275,8 @@ public final class TopologyMaster: TopologyDirectory, @unchecked Sendable {
         }
         process.environment = environment
         let logFile = logPath(name, container)
-        FileManager.default.createFile(atPath: logFile, contents: nil)
+        // Appended to across restarts: the output of a crashed container stays readable.
+        if !FileManager.default.fileExists(atPath: logFile) { _ = FileManager.default.createFile(atPath: logFile, contents: nil) }
         if let handle = FileHandle(forWritingAtPath: logFile) {
             handle.seekToEndOfFile()
             process.standardOutput = handle
