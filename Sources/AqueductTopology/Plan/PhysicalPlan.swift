@@ -119,6 +119,14 @@ struct OutputRouter {
     /// Calls `deliver` with each task that gets a tuple of `values` on `stream`
     /// (direct subscribers excluded: they get only `emitDirect`).
     mutating func route(stream: String, values: [TupleValue], sourceTask: Int, _ deliver: (Int) -> Void) {
+        var found: [Int] = []
+        targets(stream: stream, values: values, sourceTask: sourceTask, into: &found)
+        for task in found { deliver(task) }
+    }
+
+    /// The tasks that get a tuple of `values` on `stream`, appended to `deliver` (the
+    /// emit path uses this with a reused buffer: no closure context per emit).
+    mutating func targets(stream: String, values: [TupleValue], sourceTask: Int, into deliver: inout [Int]) {
         guard let streamIndex = streamIDs.firstIndex(of: stream) else { return }
         for target in targetLists[streamIndex] {
             switch target.choice {
@@ -127,22 +135,22 @@ struct OutputRouter {
                     state.order.shuffle(using: &random)
                     state.next = 0
                 }
-                deliver(state.order[state.next])
+                deliver.append(state.order[state.next])
                 state.next += 1
             case .fields(let pool, let indexes):
-                deliver(pool[Int(Self.hash(values, indexes, seed: 0) % UInt64(pool.count))])
+                deliver.append(pool[Int(Self.hash(values, indexes, seed: 0) % UInt64(pool.count))])
             case .partialKey(let pool, let indexes, let loads):
                 let first = Int(Self.hash(values, indexes, seed: 0) % UInt64(pool.count))
                 let second = Int(Self.hash(values, indexes, seed: 0x9E37_79B9_7F4A_7C15) % UInt64(pool.count))
                 let chosen = loads.counts[second] < loads.counts[first] ? second : first
                 loads.counts[chosen] += 1
-                deliver(pool[chosen])
+                deliver.append(pool[chosen])
             case .all(let pool):
-                for task in pool { deliver(task) }
+                for task in pool { deliver.append(task) }
             case .global(let task):
-                deliver(task)
+                deliver.append(task)
             case .custom(let box):
-                for task in box.grouping.chooseTasks(sourceTask: sourceTask, values: values) where box.allowed.contains(task) { deliver(task) }
+                for task in box.grouping.chooseTasks(sourceTask: sourceTask, values: values) where box.allowed.contains(task) { deliver.append(task) }
             case .direct:
                 break
             }

@@ -40,22 +40,23 @@ public final class SpoutCollector {
         guard let origin = emitter.source(of: stream, valueCount: values.count) else { return }
         let emitter = self.emitter
         let source = emitter.task
+        let targets = emitter.targets
+        targets.pointee.removeAll(keepingCapacity: true)
+        if let directTask { targets.pointee.append(directTask) } else {
+            emitter.router.pointee.targets(stream: stream, values: values, sourceTask: source, into: &targets.pointee)
+        }
         guard let messageID, emitter.reliable else {
-            let deliver = { (target: Int) in
-                emitter.enqueue(Tuple(source: origin, values: values, anchors: .none), to: target)
-            }
-            if let directTask { deliver(directTask) } else { emitter.router.pointee.route(stream: stream, values: values, sourceTask: source, deliver) }
+            for target in targets.pointee { emitter.enqueue(Tuple(source: origin, values: values, anchors: .none), to: target) }
             if let messageID { state.pointee.outcomes.append(.completed(messageID: messageID, latencyNanos: 0)) }
             return
         }
         let root = TupleRoot(task: source, key: emitter.random.pointee.nonzero())
         var treeValue: UInt64 = 0
-        let deliver = { (target: Int) in
+        for target in targets.pointee {
             let edge = emitter.random.pointee.nonzero()
             treeValue ^= edge
             emitter.enqueue(Tuple(source: origin, values: values, anchors: .one(root, edge: edge)), to: target)
         }
-        if let directTask { deliver(directTask) } else { emitter.router.pointee.route(stream: stream, values: values, sourceTask: source, deliver) }
         if let outcome = state.pointee.ledger.begin(key: root.key, value: treeValue, messageID: messageID, now: state.pointee.now) {
             state.pointee.outcomes.append(outcome)
         }
@@ -98,24 +99,26 @@ public final class BoltCollector {
         guard let origin = emitter.source(of: stream, valueCount: values.count) else { return }
         let emitter = self.emitter
         let source = emitter.task
+        let targets = emitter.targets
+        targets.pointee.removeAll(keepingCapacity: true)
+        if let directTask { targets.pointee.append(directTask) } else {
+            emitter.router.pointee.targets(stream: stream, values: values, sourceTask: source, into: &targets.pointee)
+        }
         let anchored = emitter.reliable && anchors.contains { !$0.anchors.isEmpty }
         if !anchored {
-            let deliver = { (target: Int) in
-                emitter.enqueue(Tuple(source: origin, values: values, anchors: .none), to: target)
-            }
-            if let directTask { deliver(directTask) } else { emitter.router.pointee.route(stream: stream, values: values, sourceTask: source, deliver) }
+            for target in targets.pointee { emitter.enqueue(Tuple(source: origin, values: values, anchors: .none), to: target) }
             return
         }
-        let deliver = { (target: Int) in
+        let ackValues = self.ackValues
+        for target in targets.pointee {
             var out = TupleAnchors.none
             for anchor in anchors where !anchor.anchors.isEmpty {
                 let edge = emitter.random.pointee.nonzero()
-                self.ackValues.pointee[anchor.deliveryID] = (self.ackValues.pointee[anchor.deliveryID] ?? 0) ^ edge
+                ackValues.pointee[anchor.deliveryID] = (ackValues.pointee[anchor.deliveryID] ?? 0) ^ edge
                 anchor.anchors.forEach { root, _ in out.xor(root, edge) }
             }
             emitter.enqueue(Tuple(source: origin, values: values, anchors: out), to: target)
         }
-        if let directTask { deliver(directTask) } else { emitter.router.pointee.route(stream: stream, values: values, sourceTask: source, deliver) }
     }
 
     /// The input is done with: its part of each tree it belongs to is complete.

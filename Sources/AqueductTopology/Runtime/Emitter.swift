@@ -134,6 +134,9 @@ final class Emitter {
     private let routerState: ThreadState<OutputRouter>
     private let randomState: ThreadState<TopologyRandom>
     private let bufferState: ThreadState<Buffers>
+    private let targetState = ThreadState<[Int]>([])
+    /// Scratch list of an emit's destination tasks.
+    var targets: UnsafeMutablePointer<[Int]> { targetState.pointer }
     var router: UnsafeMutablePointer<OutputRouter> { routerState.pointer }
     /// Tuple and edge ids.
     var random: UnsafeMutablePointer<TopologyRandom> { randomState.pointer }
