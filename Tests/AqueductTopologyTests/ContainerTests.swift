@@ -54,19 +54,6 @@ import Testing
     /// A slow bolt in another container than the spout: its congestion reaches the
     /// spout's container through the stream managers and stops the spout there.
     @Test func backpressureCrossesContainers() throws {
-        struct Endless: Spout {
-            var next: Int64 = 0
-            var collector: SpoutCollector?
-            func declareOutputFields(_ declarer: inout OutputDeclarer) { declarer.declare(["n"]) }
-            mutating func open(context: TopologyContext, collector: SpoutCollector) throws { self.collector = collector }
-            mutating func nextTuple() {
-                collector?.emit([.int(next)])
-                next += 1
-            }
-        }
-        struct Slow: Bolt {
-            mutating func execute(_ tuple: Tuple) { Thread.sleep(forTimeInterval: 0.000_05) }
-        }
         var config = TopologyConfig()
         config.containers = 2
         config.queueHighWatermarkTuples = 1_000
@@ -74,8 +61,8 @@ import Testing
         config.queueCapacityTuples = 2_000
         config.emitBatchTuples = 100
         let builder = TopologyBuilder()
-        builder.setSpout("endless", Endless())  // task 0: container 0
-        builder.setBolt("slow", Slow()).shuffleGrouping("endless")  // task 1: container 1
+        builder.setSpout("endless", EndlessSpout())  // task 0: container 0
+        builder.setBolt("slow", SlowBolt()).shuffleGrouping("endless")  // task 1: container 1
         let group = try ContainerGroup(topology: try builder.build(name: "remote-backpressure", config: config))
         defer { group.kill() }
         Thread.sleep(forTimeInterval: 1.5)

@@ -169,27 +169,14 @@ import Testing
     /// A slow bolt: its queue crosses the high watermark, spouts stop, the queue never
     /// exceeds its capacity, and the time in backpressure is counted.
     @Test func backpressureBoundsQueues() throws {
-        struct Endless: Spout {
-            var next: Int64 = 0
-            var collector: SpoutCollector?
-            func declareOutputFields(_ declarer: inout OutputDeclarer) { declarer.declare(["n"]) }
-            mutating func open(context: TopologyContext, collector: SpoutCollector) throws { self.collector = collector }
-            mutating func nextTuple() {
-                collector?.emit([.int(next)])
-                next += 1
-            }
-        }
-        struct Slow: Bolt {
-            mutating func execute(_ tuple: Tuple) { Thread.sleep(forTimeInterval: 0.000_05) }
-        }
         var config = TopologyConfig()
         config.queueHighWatermarkTuples = 1_000
         config.queueLowWatermarkTuples = 500
         config.queueCapacityTuples = 2_000
         config.emitBatchTuples = 100
         let builder = TopologyBuilder()
-        builder.setSpout("endless", Endless())
-        builder.setBolt("slow", Slow()).shuffleGrouping("endless")
+        builder.setSpout("endless", EndlessSpout())
+        builder.setBolt("slow", SlowBolt()).shuffleGrouping("endless")
         let running = LocalCluster().submit(try builder.build(name: "backpressure", config: config))
         defer { running.kill() }
         var deepest = 0

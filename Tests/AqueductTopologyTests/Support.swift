@@ -1,4 +1,5 @@
 @testable import AqueductTopology
+import Foundation
 import Synchronization
 
 /// Tuples that reached a sink, shared by the sink's tasks and the test.
@@ -61,4 +62,21 @@ struct CountingSpout: Spout {
         log.fail(messageID)
         if replayFailed { replay.append(messageID) }
     }
+}
+
+/// Emits increasing ints as fast as it is asked, untracked (backpressure tests).
+struct EndlessSpout: Spout {
+    var next: Int64 = 0
+    var collector: SpoutCollector?
+    func declareOutputFields(_ declarer: inout OutputDeclarer) { declarer.declare(["n"]) }
+    mutating func open(context: TopologyContext, collector: SpoutCollector) throws { self.collector = collector }
+    mutating func nextTuple() {
+        collector?.emit([.int(next)])
+        next += 1
+    }
+}
+
+/// Takes 50 µs per tuple: slower than any spout.
+struct SlowBolt: Bolt {
+    mutating func execute(_ tuple: Tuple) { Thread.sleep(forTimeInterval: 0.000_05) }
 }

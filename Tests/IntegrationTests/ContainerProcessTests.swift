@@ -59,23 +59,6 @@ import Glibc
         return Int(UInt16(bigEndian: address.sin_port))
     }
 
-    func produce(_ client: AqueductClient, _ range: Range<Int>) async throws {
-        let records = range.map { ProduceRecordJSON(value: WordCountTopology.sentences[$0 % WordCountTopology.sentences.count], partition: $0 % 4) }
-        _ = try await client.produce("sentences", records: records)
-    }
-
-    /// Records per word on the counts topic: one per counted occurrence (more after replays).
-    func recordsPerWord(_ client: AqueductClient) async throws -> [String: Int] {
-        var perWord: [String: Int] = [:]
-        var offset: Int64 = 0
-        while true {
-            let page = try await client.fetch("counts", partition: 0, offset: String(offset), maxRecords: 10_000)
-            for record in page.records { if let word = record.key { perWord[word, default: 0] += 1 } }
-            if page.records.isEmpty || page.nextOffset >= page.endOffset { return perWord }
-            offset = page.nextOffset
-        }
-    }
-
     @Test func killedContainerLosesNothing() async throws {
         guard FileManager.default.isExecutableFile(atPath: Self.examplesPath) else {
             throw IntegrationError("no aqueduct-examples at \(Self.examplesPath); run `swift build` first")
@@ -87,7 +70,7 @@ import Glibc
         let client = AqueductClient(baseURL: server.baseURL)
         _ = try await client.createTopic("sentences", partitions: 4)
         _ = try await client.createTopic("counts", partitions: 1)
-        try await produce(client, 0..<2_000)
+        try await WordCountTopics.produce(client, 0..<2_000)
 
         let ports = [Self.freePort(), Self.freePort()]
         let environment = [
@@ -99,23 +82,20 @@ import Glibc
 
         // Mid-run: container 1 (split, count and sink tasks) dies and comes back.
         for _ in 0..<400 {
-            if (try await recordsPerWord(client).values.reduce(0, +)) > 2_000 { break }
+            if (try await WordCountTopics.recordsPerWord(client).values.reduce(0, +)) > 2_000 { break }
             try await Task.sleep(for: .milliseconds(25))
         }
         containers[1].signal(SIGKILL)
         _ = containers[1].waitForExit(seconds: 5)
-        try await produce(client, 2_000..<3_000)
+        try await WordCountTopics.produce(client, 2_000..<3_000)
         try await Task.sleep(for: .milliseconds(300))
         containers[1] = try Container(index: 1, environment: environment)
 
-        var expected: [String: Int] = [:]
-        for index in 0..<3_000 {
-            for word in WordCountTopology.sentences[index % WordCountTopology.sentences.count].split(separator: " ") { expected[String(word), default: 0] += 1 }
-        }
+        let expected = WordCountTopics.expected(0..<3_000)
         var perWord: [String: Int] = [:]
         let deadline = ContinuousClock.now + .seconds(90)
         while ContinuousClock.now < deadline {
-            perWord = try await recordsPerWord(client)
+            perWord = try await WordCountTopics.recordsPerWord(client)
             if expected.allSatisfy({ perWord[$0.key, default: 0] >= $0.value }) { break }
             try await Task.sleep(for: .milliseconds(200))
         }

@@ -9,34 +9,16 @@ import Testing
 /// WordCount from a topic to a topic through the real server: every sentence counted,
 /// offsets committed only for processed records, a restarted topology resumes there.
 @Suite struct TopicTopologyTests {
-    func produceSentences(_ client: AqueductClient, range: Range<Int>, partitions: Int) async throws {
-        let records = range.map { index in
-            ProduceRecordJSON(value: WordCountTopology.sentences[index % WordCountTopology.sentences.count], partition: index % partitions)
-        }
-        _ = try await client.produce("sentences", records: records)
-    }
-
     func latestCounts(_ client: AqueductClient) async throws -> [String: Int64] {
         var counts: [String: Int64] = [:]
-        var offset: Int64 = 0
-        while true {
-            let page = try await client.fetch("counts", partition: 0, offset: String(offset), maxRecords: 10_000)
-            for record in page.records {
-                if let word = record.key, let count = record.value.flatMap({ Int64($0) }) { counts[word] = max(counts[word] ?? 0, count) }
-            }
-            if page.records.isEmpty || page.nextOffset >= page.endOffset { return counts }
-            offset = page.nextOffset
+        for record in try await WordCountTopics.counts(client) {
+            if let word = record.key, let count = record.value.flatMap({ Int64($0) }) { counts[word] = max(counts[word] ?? 0, count) }
         }
+        return counts
     }
 
     func expectedCounts(_ sentences: Range<Int>) -> [String: Int64] {
-        var expected: [String: Int64] = [:]
-        for index in sentences {
-            for word in WordCountTopology.sentences[index % WordCountTopology.sentences.count].split(separator: " ") {
-                expected[String(word), default: 0] += 1
-            }
-        }
-        return expected
+        WordCountTopics.expected(sentences).mapValues(Int64.init)
     }
 
     @Test func wordCountFromTopicToTopic() async throws {
@@ -48,7 +30,7 @@ import Testing
         let client = AqueductClient(baseURL: server.baseURL)
         _ = try await client.createTopic("sentences", partitions: 4)
         _ = try await client.createTopic("counts", partitions: 1)
-        try await produceSentences(client, range: 0..<1_000, partitions: 4)
+        try await WordCountTopics.produce(client, 0..<1_000)
 
         func topology() throws -> Topology {
             try WordCountTopology.build(
@@ -72,7 +54,7 @@ import Testing
         first.kill()
 
         // Second run: resumes from the committed offsets and reads only the new sentences.
-        try await produceSentences(client, range: 1_000..<1_100, partitions: 4)
+        try await WordCountTopics.produce(client, 1_000..<1_100)
         let second = LocalCluster().submit(try topology())
         let resumed = await poll(seconds: 30) { second.metrics().component("sentences")?.acked == 100 }
         #expect(resumed)

@@ -15,35 +15,11 @@ import Glibc
 /// containers, restarts one killed with SIGKILL mid-run, and every sentence is counted
 /// at least once; status shows metrics; kill stops every container.
 @Suite struct TopologyServiceTests {
-    func produce(_ client: AqueductClient, _ range: Range<Int>) async throws {
-        let records = range.map { ProduceRecordJSON(value: WordCountTopology.sentences[$0 % WordCountTopology.sentences.count], partition: $0 % 4) }
-        _ = try await client.produce("sentences", records: records)
-    }
-
-    func recordsPerWord(_ client: AqueductClient) async throws -> [String: Int] {
-        var perWord: [String: Int] = [:]
-        var offset: Int64 = 0
-        while true {
-            let page = try await client.fetch("counts", partition: 0, offset: String(offset), maxRecords: 10_000)
-            for record in page.records { if let word = record.key { perWord[word, default: 0] += 1 } }
-            if page.records.isEmpty || page.nextOffset >= page.endOffset { return perWord }
-            offset = page.nextOffset
-        }
-    }
-
-    func expected(_ sentences: Int) -> [String: Int] {
-        var expected: [String: Int] = [:]
-        for index in 0..<sentences {
-            for word in WordCountTopology.sentences[index % WordCountTopology.sentences.count].split(separator: " ") { expected[String(word), default: 0] += 1 }
-        }
-        return expected
-    }
-
     func covered(_ client: AqueductClient, sentences: Int, seconds: Double) async throws -> Bool {
-        let wanted = expected(sentences)
+        let wanted = WordCountTopics.expected(0..<sentences)
         let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1_000))
         while ContinuousClock.now < deadline {
-            let perWord = try await recordsPerWord(client)
+            let perWord = try await WordCountTopics.recordsPerWord(client)
             if wanted.allSatisfy({ perWord[$0.key, default: 0] >= $0.value }) { return true }
             try await Task.sleep(for: .milliseconds(100))
         }
@@ -64,7 +40,7 @@ import Glibc
         let client = AqueductClient(baseURL: server.baseURL)
         _ = try await client.createTopic("sentences", partitions: 4)
         _ = try await client.createTopic("counts", partitions: 1)
-        try await produce(client, 0..<1_000)
+        try await WordCountTopics.produce(client, 0..<1_000)
 
         // A program that is not a topology program is refused with its own words.
         await #expect(throws: (any Error).self) {
@@ -80,7 +56,7 @@ import Glibc
         // Kill a container: the server starts it again, and nothing is lost.
         let victim = try #require(try await client.topologyStatus("wc").containers[1].pid)
         kill(victim, SIGKILL)
-        try await produce(client, 1_000..<1_500)
+        try await WordCountTopics.produce(client, 1_000..<1_500)
         var restarted = false
         for _ in 0..<100 {
             let status = try await client.topologyStatus("wc")
@@ -121,7 +97,7 @@ import Glibc
         var client = AqueductClient(baseURL: first.baseURL)
         _ = try await client.createTopic("sentences", partitions: 4)
         _ = try await client.createTopic("counts", partitions: 1)
-        try await produce(client, 0..<300)
+        try await WordCountTopics.produce(client, 0..<300)
         _ = try await client.submitTopology(TopologySubmitRequest(executable: examples, arguments: ["word-count-topics", "sentences", "counts"], name: "wc"))
         #expect(try await covered(client, sentences: 300, seconds: 60))
         let before = try #require(try await client.topologyStatus("wc").containers[0].pid)
@@ -138,7 +114,7 @@ import Glibc
             try await Task.sleep(for: .milliseconds(100))
         }
         #expect(listed == ["wc"])
-        try await produce(client, 300..<600)
+        try await WordCountTopics.produce(client, 300..<600)
         #expect(try await covered(client, sentences: 600, seconds: 60), "the resumed topology processes new sentences")
         try await client.killTopology("wc")
         _ = try await second.stop()
