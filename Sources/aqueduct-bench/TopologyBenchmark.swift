@@ -16,15 +16,18 @@ struct TopologyCommand: ParsableCommand {
     @Option(help: "Rows per job.") var rows = 5_000_000
     @Option(help: "Jobs: filter, count, wordcount (comma separated).") var jobs = "filter,count,wordcount"
     @Option(help: "Acking: off, on or both.") var acking = "both"
-    @Option(help: "Parallelism of each bolt (the spout has 1).") var parallelism = 1
+    @Option(help: "Parallelism of each bolt.") var parallelism = 1
+    @Option(help: "Spout tasks (each generates its share of the rows).") var spouts = 1
+    @Flag(help: "Chain bolts onto their upstream task's thread where the plan allows (TopologyConfig.chaining).") var chaining = false
     @Option(help: "maxSpoutPending with acking on (per spout task).") var maxSpoutPending = 20_000
 
     func run() throws {
         let modes: [TopologyConfig.Reliability] = acking == "off" ? [.atMostOnce] : acking == "on" ? [.atLeastOnce] : [.atMostOnce, .atLeastOnce]
-        say("topology jobs: \(rows) rows each, bolt parallelism \(parallelism), \(ProcessInfo.processInfo.activeProcessorCount) cores")
+        say("topology jobs: \(rows) rows each, \(spouts) spout task(s), bolt parallelism \(parallelism), chaining \(chaining ? "on" : "off"), \(ProcessInfo.processInfo.activeProcessorCount) cores")
         for job in jobs.split(separator: ",").map(String.init) {
             for mode in modes {
-                let result = try TopologyJob(name: job, rows: rows, parallelism: parallelism, reliability: mode, maxSpoutPending: maxSpoutPending).run()
+                let result = try TopologyJob(name: job, rows: rows, parallelism: parallelism, spouts: spouts, chaining: chaining,
+                                             reliability: mode, maxSpoutPending: maxSpoutPending).run()
                 say(result)
             }
         }
@@ -40,12 +43,15 @@ struct TopologyJob {
     let name: String
     let rows: Int
     let parallelism: Int
+    let spouts: Int
+    let chaining: Bool
     let reliability: TopologyConfig.Reliability
     let maxSpoutPending: Int
 
     /// Rows like Flink's datagen: k random in 0...999, w random 8 lowercase letters.
+    /// Each task generates its share of `rows`.
     struct RowSpout: Spout {
-        let rows: Int
+        var rows: Int
         let tracked: Bool
         var emitted = 0
         var random = SystemRandomNumberGenerator()
@@ -55,6 +61,8 @@ struct TopologyJob {
         func declareOutputFields(_ declarer: inout OutputDeclarer) { declarer.declare(["k", "w"]) }
         mutating func open(context: TopologyContext, collector: SpoutCollector) throws {
             self.collector = collector
+            let tasks = context.componentTasks.count
+            rows = rows / tasks + (context.taskIndex < rows % tasks ? 1 : 0)
             state = random.next()
         }
         mutating func nextTuple() {
@@ -104,7 +112,8 @@ struct TopologyJob {
         }
     }
 
-    /// The blackhole: counts and acks.
+    /// The blackhole: acks, and counts what arrived (published now and then and at
+    /// the end: a shared counter per tuple would cost more than the job).
     struct Discard: Bolt {
         let tally: Tally
         var collector: BoltCollector?
@@ -112,8 +121,13 @@ struct TopologyJob {
         mutating func prepare(context: TopologyContext, collector: BoltCollector) throws { self.collector = collector }
         mutating func execute(_ tuple: Tuple) {
             collector?.ack(tuple)
-            tally.count.add(1, ordering: .relaxed)
+            local += 1
+            if local == 4_096 {
+                tally.count.add(local, ordering: .relaxed)
+                local = 0
+            }
         }
+        mutating func cleanup() { tally.count.add(local, ordering: .relaxed) }
     }
 
     func run() throws -> String {
@@ -121,18 +135,19 @@ struct TopologyJob {
         var config = TopologyConfig()
         config.reliability = reliability
         config.maxSpoutPending = reliability == .atLeastOnce ? maxSpoutPending : nil
+        config.chaining = chaining
         let tracked = reliability == .atLeastOnce
         let builder = TopologyBuilder()
         let topology: Topology
         let rows = self.rows
         switch name {
         case "filter":
-            builder.setSpout("rows", RowSpout(rows: rows, tracked: tracked))
+            builder.setSpout("rows", RowSpout(rows: rows, tracked: tracked), parallelism: spouts)
             builder.setBolt("filter", EvenFilter(), parallelism: parallelism).localOrShuffleGrouping("rows")
             builder.setBolt("discard", Discard(tally: tally), parallelism: parallelism).localOrShuffleGrouping("filter")
             topology = try builder.build(name: "filter", config: config)
         case "count":
-            builder.setSpout("rows", RowSpout(rows: rows, tracked: tracked))
+            builder.setSpout("rows", RowSpout(rows: rows, tracked: tracked), parallelism: spouts)
             builder.setBolt("count", CountPerKey(), parallelism: parallelism).fieldsGrouping("rows", ["k"])
             builder.setBolt("discard", Discard(tally: tally), parallelism: parallelism).localOrShuffleGrouping("count")
             topology = try builder.build(name: "count", config: config)

@@ -1,5 +1,11 @@
 /// Tasks of a topology and where they run: task ids are dense, 0..<taskCount, in the
-/// order components were declared; tasks are spread round-robin over containers.
+/// order components were declared; threads are spread round-robin over containers.
+///
+/// With `TopologyConfig.chaining`, a bolt whose only input is a local-or-shuffle (or
+/// none) subscription to a component of the same parallelism runs chained: its task i
+/// executes on the thread of the upstream task i, called directly from that task's
+/// emit (Flink's operator chaining: no queue, no hand-over between threads). Bolts
+/// with tick tuples are never chained.
 public struct PhysicalPlan: Sendable, Equatable {
     public struct Task: Sendable, Equatable {
         public let id: Int
@@ -7,6 +13,8 @@ public struct PhysicalPlan: Sendable, Equatable {
         public let index: Int
         public let container: Int
         public let isSpout: Bool
+        /// The task on whose thread this one runs (nil: a thread of its own).
+        public let chainedTo: Int?
     }
 
     public let topologyName: String
@@ -17,20 +25,65 @@ public struct PhysicalPlan: Sendable, Equatable {
     init(topology: Topology) {
         topologyName = topology.name
         containers = topology.config.containers
-        var tasks: [Task] = []
         var byComponent: [String: [Int]] = [:]
+        var firstTask: [String: Int] = [:]
+        var taskCount = 0
+        for component in topology.components {
+            firstTask[component.id] = taskCount
+            byComponent[component.id] = Array(taskCount..<taskCount + component.parallelism)
+            taskCount += component.parallelism
+        }
+        var chainedTo = [Int?](repeating: nil, count: taskCount)
+        for component in topology.components {
+            guard let host = Self.chainHost(of: component, in: topology), let hostFirst = firstTask[host], let first = firstTask[component.id] else { continue }
+            for index in 0..<component.parallelism { chainedTo[first + index] = hostFirst + index }
+        }
+        // Threads (tasks not chained) round-robin over containers; a chained task goes
+        // where the head of its chain runs.
+        var threadContainer = [Int](repeating: 0, count: taskCount)
+        var threads = 0
+        for task in 0..<taskCount where chainedTo[task] == nil {
+            threadContainer[task] = threads % containers
+            threads += 1
+        }
+        func head(_ task: Int) -> Int {
+            var current = task
+            while let host = chainedTo[current] { current = host }
+            return current
+        }
+        var tasks: [Task] = []
         for component in topology.components {
             for index in 0..<component.parallelism {
                 let id = tasks.count
-                tasks.append(Task(id: id, component: component.id, index: index, container: id % containers, isSpout: component.isSpout))
-                byComponent[component.id, default: []].append(id)
+                tasks.append(Task(id: id, component: component.id, index: index, container: threadContainer[head(id)],
+                                  isSpout: component.isSpout, chainedTo: chainedTo[id]))
             }
         }
         self.tasks = tasks
         self.tasksByComponent = byComponent
     }
 
+    /// The component whose tasks run `component`'s tasks chained, if chaining applies.
+    static func chainHost(of component: ComponentSpec, in topology: Topology) -> String? {
+        guard topology.config.chaining, !component.isSpout, component.config.tickFrequencySeconds == nil,
+              component.inputs.count == 1, let input = component.inputs.first,
+              let upstream = topology.component(input.component), upstream.parallelism == component.parallelism
+        else { return nil }
+        switch input.grouping {
+        case .localOrShuffle, .none: return upstream.id
+        default: return nil
+        }
+    }
+
     public func tasks(in container: Int) -> [Task] { tasks.filter { $0.container == container } }
+
+    /// Tasks that run on their own thread in `container` (nil: all containers).
+    func threadTasks(in container: Int?) -> [Int] {
+        tasks.filter { $0.chainedTo == nil && (container == nil || $0.container == container) }.map(\.id)
+    }
+
+    /// Tasks chained onto `task` (directly).
+    func chained(onto task: Int) -> [Int] { tasks.filter { $0.chainedTo == task }.map(\.id) }
 }
 
 /// Where one emitting task sends each tuple of each of its streams: the groupings of
@@ -69,51 +122,77 @@ struct OutputRouter {
         var choice: Choice
     }
 
-    /// Per stream of the emitting component (a few: found by a linear scan, cheaper
-    /// than hashing the name per emit), its subscribers.
+    /// The emitting component's declared streams, in declaration order (the emitter's
+    /// stream index), and each one's subscribers.
     private(set) var streamIDs: [String] = []
     private(set) var targetLists: [[Target]] = []
+    /// Per stream, the one task every tuple goes to when the subscriptions leave no
+    /// choice (a single subscriber task, global, chained), else -1: the emit path's
+    /// shortcut past the target list.
+    private var fixedTargets: [Int] = []
     private var random: TopologyRandom
 
     init(component: String, sourceTask: Int, topology: Topology, plan: PhysicalPlan, random: TopologyRandom) {
         self.random = random
         guard let spec = topology.component(component) else { return }
+        streamIDs = spec.streams.map(\.id)
+        targetLists = Array(repeating: [], count: streamIDs.count)
         let sourceContainer = plan.tasks[sourceTask].container
         for consumer in topology.components {
             for input in consumer.inputs where input.component == component {
                 guard let stream = spec.stream(input.stream) else { continue }
                 let targets = plan.tasksByComponent[consumer.id] ?? []
                 let choice: Choice
-                switch input.grouping {
-                case .shuffle, .none:
-                    choice = .shuffle(ShuffleOrder(targets.shuffled(using: &self.random)))
-                case .localOrShuffle:
-                    let local = targets.filter { plan.tasks[$0].container == sourceContainer }
-                    let pool = local.isEmpty ? targets : local
-                    choice = .shuffle(ShuffleOrder(pool.shuffled(using: &self.random)))
-                case .fields(let names):
-                    choice = .fields(targets: targets, indexes: names.compactMap { stream.fields.index(of: $0) })
-                case .partialKey(let names):
-                    choice = .partialKey(targets: targets, indexes: names.compactMap { stream.fields.index(of: $0) }, loads: Loads(targets.count))
-                case .all:
-                    choice = .all(targets: targets)
-                case .global:
-                    choice = .global(target: targets.min() ?? 0)
-                case .direct:
-                    choice = .direct(targets: Set(targets))
-                case .custom(let make):
-                    var grouping = make()
-                    grouping.prepare(targetTasks: targets)
-                    choice = .custom(CustomBox(grouping, allowed: Set(targets)))
+                if let chained = targets.first(where: { plan.tasks[$0].chainedTo == sourceTask }) {
+                    // Chained: the task of the same index, on this thread.
+                    choice = .global(target: chained)
+                } else {
+                    switch input.grouping {
+                    case .shuffle, .none:
+                        choice = .shuffle(ShuffleOrder(targets.shuffled(using: &self.random)))
+                    case .localOrShuffle:
+                        let local = targets.filter { plan.tasks[$0].container == sourceContainer }
+                        let pool = local.isEmpty ? targets : local
+                        choice = .shuffle(ShuffleOrder(pool.shuffled(using: &self.random)))
+                    case .fields(let names):
+                        choice = .fields(targets: targets, indexes: names.compactMap { stream.fields.index(of: $0) })
+                    case .partialKey(let names):
+                        choice = .partialKey(targets: targets, indexes: names.compactMap { stream.fields.index(of: $0) }, loads: Loads(targets.count))
+                    case .all:
+                        choice = .all(targets: targets)
+                    case .global:
+                        choice = .global(target: targets.min() ?? 0)
+                    case .direct:
+                        choice = .direct(targets: Set(targets))
+                    case .custom(let make):
+                        var grouping = make()
+                        grouping.prepare(targetTasks: targets)
+                        choice = .custom(CustomBox(grouping, allowed: Set(targets)))
+                    }
                 }
                 if let position = streamIDs.firstIndex(of: input.stream) {
                     targetLists[position].append(Target(component: consumer.id, choice: choice))
-                } else {
-                    streamIDs.append(input.stream)
-                    targetLists.append([Target(component: consumer.id, choice: choice)])
                 }
             }
         }
+        fixedTargets = targetLists.map { targets in
+            guard targets.count == 1 else { return -1 }
+            switch targets[0].choice {
+            case .global(let task): return task
+            case .shuffle(let state) where state.order.count == 1: return state.order[0]
+            case .fields(let pool, _) where pool.count == 1: return pool[0]
+            case .partialKey(let pool, _, _) where pool.count == 1: return pool[0]
+            case .all(let pool) where pool.count == 1: return pool[0]
+            default: return -1
+            }
+        }
+    }
+
+    /// The only task that tuples on the stream go to, when there is no choice.
+    @inline(__always)
+    func fixedTarget(streamIndex: Int) -> Int? {
+        let task = fixedTargets[streamIndex]
+        return task >= 0 ? task : nil
     }
 
     /// Calls `deliver` with each task that gets a tuple of `values` on `stream`
@@ -128,6 +207,11 @@ struct OutputRouter {
     /// emit path uses this with a reused buffer: no closure context per emit).
     mutating func targets(stream: String, values: [TupleValue], sourceTask: Int, into deliver: inout [Int]) {
         guard let streamIndex = streamIDs.firstIndex(of: stream) else { return }
+        targets(streamIndex: streamIndex, values: values, sourceTask: sourceTask, into: &deliver)
+    }
+
+    /// The same, by the stream's position among the component's declared streams.
+    mutating func targets(streamIndex: Int, values: [TupleValue], sourceTask: Int, into deliver: inout [Int]) {
         for target in targetLists[streamIndex] {
             switch target.choice {
             case .shuffle(let state):

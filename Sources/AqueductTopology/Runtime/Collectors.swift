@@ -37,29 +37,44 @@ public final class SpoutCollector {
     }
 
     private func emit(_ values: [TupleValue], stream: String, messageID: TupleValue?, directTask: Int?) {
-        guard let origin = emitter.source(of: stream, valueCount: values.count) else { return }
         let emitter = self.emitter
-        let source = emitter.task
-        let targets = emitter.targets
-        targets.pointee.removeAll(keepingCapacity: true)
-        if let directTask { targets.pointee.append(directTask) } else {
-            emitter.router.pointee.targets(stream: stream, values: values, sourceTask: source, into: &targets.pointee)
-        }
-        guard let messageID, emitter.reliable else {
-            for target in targets.pointee { emitter.enqueue(Tuple(source: origin, values: values, anchors: .none), to: target) }
-            if let messageID { state.pointee.outcomes.append(.completed(messageID: messageID, latencyNanos: 0)) }
-            return
-        }
-        let root = TupleRoot(task: source, key: emitter.random.pointee.nonzero())
+        guard let streamIndex = emitter.streamIndex(of: stream, valueCount: values.count) else { return }
+        let origin = emitter.source(ofStream: streamIndex)
+        let tracked = messageID != nil && emitter.reliable
+        let root = tracked ? TupleRoot(task: emitter.task, key: emitter.random.pointee.nonzero()) : nil
         var treeValue: UInt64 = 0
-        for target in targets.pointee {
-            let edge = emitter.random.pointee.nonzero()
-            treeValue ^= edge
-            emitter.enqueue(Tuple(source: origin, values: values, anchors: .one(root, edge: edge)), to: target)
+        if let target = directTask ?? emitter.router.pointee.fixedTarget(streamIndex: streamIndex) {
+            treeValue = send(values, origin, root: root, to: target)
+        } else {
+            let targets = emitter.targets
+            targets.pointee.removeAll(keepingCapacity: true)
+            emitter.router.pointee.targets(streamIndex: streamIndex, values: values, sourceTask: emitter.task, into: &targets.pointee)
+            var position = 0
+            while position < targets.pointee.count {
+                treeValue ^= send(values, origin, root: root, to: targets.pointee[position])
+                position += 1
+            }
+        }
+        guard let messageID else { return }
+        guard let root else {
+            state.pointee.outcomes.append(.completed(messageID: messageID, latencyNanos: 0))
+            return
         }
         if let outcome = state.pointee.ledger.begin(key: root.key, value: treeValue, messageID: messageID, now: state.pointee.now) {
             state.pointee.outcomes.append(outcome)
         }
+    }
+
+    /// Sends one copy of a spout tuple; returns its edge id in the tree (0 untracked).
+    @inline(__always)
+    private func send(_ values: [TupleValue], _ origin: Unmanaged<TupleSource>, root: TupleRoot?, to target: Int) -> UInt64 {
+        guard let root else {
+            emitter.enqueue(Tuple(source: origin, values: values, anchors: .none), to: target)
+            return 0
+        }
+        let edge = emitter.random.pointee.nonzero()
+        emitter.enqueue(Tuple(source: origin, values: values, anchors: .one(root, edge: edge)), to: target)
+        return edge
     }
 
     /// Tuple trees of this task not yet complete.
@@ -83,7 +98,25 @@ public final class BoltCollector {
 
     /// Emits a tuple anchored to one input.
     public func emit(_ values: [TupleValue], stream: String = Streams.default, anchor: Tuple) {
-        emit(values, stream: stream, anchors: CollectionOfOne(anchor), directTask: nil)
+        let emitter = self.emitter
+        // The common case of a bolt (one anchor, one destination) without the general
+        // path's target list and anchor collection.
+        guard let streamIndex = emitter.streamIndex(of: stream, valueCount: values.count) else { return }
+        guard let target = emitter.router.pointee.fixedTarget(streamIndex: streamIndex) else {
+            emit(values, stream: stream, anchors: CollectionOfOne(anchor), directTask: nil, streamIndex: streamIndex)
+            return
+        }
+        let origin = emitter.source(ofStream: streamIndex)
+        guard emitter.reliable, !anchor.anchors.isEmpty else {
+            emitter.enqueue(Tuple(source: origin, values: values, anchors: .none), to: target)
+            return
+        }
+        let edge = emitter.random.pointee.nonzero()
+        let ackValues = self.ackValues
+        ackValues.pointee[anchor.deliveryID] = (ackValues.pointee[anchor.deliveryID] ?? 0) ^ edge
+        var out = TupleAnchors.none
+        anchor.anchors.forEach { root, _ in out.xor(root, edge) }
+        emitter.enqueue(Tuple(source: origin, values: values, anchors: out), to: target)
     }
 
     /// Emits to one task of a component subscribed to `stream` with direct grouping.
@@ -95,14 +128,15 @@ public final class BoltCollector {
         emit(values, stream: stream, anchors: anchors, directTask: task)
     }
 
-    private func emit(_ values: [TupleValue], stream: String, anchors: some Collection<Tuple>, directTask: Int?) {
-        guard let origin = emitter.source(of: stream, valueCount: values.count) else { return }
+    private func emit(_ values: [TupleValue], stream: String, anchors: some Collection<Tuple>, directTask: Int?, streamIndex known: Int? = nil) {
         let emitter = self.emitter
+        guard let streamIndex = known ?? emitter.streamIndex(of: stream, valueCount: values.count) else { return }
+        let origin = emitter.source(ofStream: streamIndex)
         let source = emitter.task
         let targets = emitter.targets
         targets.pointee.removeAll(keepingCapacity: true)
         if let directTask { targets.pointee.append(directTask) } else {
-            emitter.router.pointee.targets(stream: stream, values: values, sourceTask: source, into: &targets.pointee)
+            emitter.router.pointee.targets(streamIndex: streamIndex, values: values, sourceTask: source, into: &targets.pointee)
         }
         let anchored = emitter.reliable && anchors.contains { !$0.anchors.isEmpty }
         if !anchored {
@@ -123,7 +157,7 @@ public final class BoltCollector {
 
     /// The input is done with: its part of each tree it belongs to is complete.
     public func ack(_ input: Tuple) {
-        emitter.metrics.acked.add(1, ordering: .relaxed)
+        emitter.countAck()
         guard !input.anchors.isEmpty else { return }
         let value = ackValues.pointee.removeValue(forKey: input.deliveryID) ?? 0
         input.anchors.forEach { root, edge in emitter.sendControl(.ack(key: root.key, value: edge ^ value), to: root.task) }

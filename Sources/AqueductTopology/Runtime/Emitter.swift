@@ -41,7 +41,7 @@ final class Fabric: Sendable {
         let config = topology.config
         let isLocal = plan.tasks.map { container == nil || $0.container == container }
         inputQueues = plan.tasks.map { task in
-            task.isSpout || !isLocal[task.id] ? nil : TupleQueue(highWatermark: config.queueHighWatermarkTuples, lowWatermark: config.queueLowWatermarkTuples,
+            task.isSpout || !isLocal[task.id] || task.chainedTo != nil ? nil : TupleQueue(highWatermark: config.queueHighWatermarkTuples, lowWatermark: config.queueLowWatermarkTuples,
                                             capacity: config.queueCapacityTuples, gate: gate, clock: clock)
         }
         controlQueues = plan.tasks.map { $0.isSpout && isLocal[$0.id] ? ControlQueue() : nil }
@@ -122,8 +122,10 @@ final class Emitter {
         var dirtyTasks: [Int] = []
         var control: [[ControlQueue.Message]]
         var dirtyControl: [Int] = []
-        /// Tuples emitted since the last `flushAll` (added to the metric there).
+        /// Tuples emitted and inputs acked since the last `flushAll` (added to the
+        /// metrics there: one atomic add per batch, not per tuple).
         var emittedSinceFlush = 0
+        var ackedSinceFlush = 0
     }
 
     let fabric: Fabric
@@ -143,7 +145,11 @@ final class Emitter {
     private var buffers: UnsafeMutablePointer<Buffers> { bufferState.pointer }
     private let streamIDs: [String]
     private let streamSources: [Unmanaged<TupleSource>]
+    private let streamFieldCounts: [Int]
     private let batchTuples: Int
+    /// Bolt tasks chained onto this task's thread, by task id (nil: not chained here).
+    private let chainedByTask: [ChainedBolt?]
+    let chained: [ChainedBolt]
 
     init(fabric: Fabric, task: Int) {
         self.fabric = fabric
@@ -159,26 +165,57 @@ final class Emitter {
         let streams = fabric.topology.component(info.component)?.streams ?? []
         streamIDs = streams.map(\.id)
         streamSources = fabric.sources[task]
+        streamFieldCounts = streams.map(\.fields.count)
         bufferState = ThreadState(Buffers(outgoing: Array(repeating: [], count: fabric.plan.tasks.count),
                                           control: Array(repeating: [], count: fabric.plan.tasks.count)))
         batchTuples = fabric.topology.config.emitBatchTuples
+        var chainedByTask = [ChainedBolt?](repeating: nil, count: fabric.plan.tasks.count)
+        var chained: [ChainedBolt] = []
+        for chainedTask in fabric.plan.chained(onto: task) {
+            guard case .bolt(let make)? = fabric.topology.component(fabric.plan.tasks[chainedTask].component)?.kind else { continue }
+            let bolt = ChainedBolt(fabric: fabric, task: chainedTask, bolt: make())
+            chainedByTask[chainedTask] = bolt
+            chained.append(bolt)
+        }
+        self.chainedByTask = chainedByTask
+        self.chained = chained
+    }
+
+    /// Prepares the bolts chained onto this task (and theirs), before the task starts.
+    func prepareChain() throws {
+        for bolt in chained { try bolt.prepare() }
+    }
+
+    /// Cleans up the chained bolts after the task stopped.
+    func cleanupChain() {
+        for bolt in chained { bolt.cleanup() }
     }
 
     var emittedSinceFlush: Int { buffers.pointee.emittedSinceFlush }
 
-    /// The source of a declared stream whose fields match `valueCount`, or nil (the
-    /// emit is dropped and counted).
-    func source(of stream: String, valueCount: Int) -> Unmanaged<TupleSource>? {
-        guard let index = streamIDs.firstIndex(of: stream),
-              streamSources[index]._withUnsafeGuaranteedRef({ $0.fields.count }) == valueCount
-        else {
+    /// A bolt input was acked (counted at the next flush).
+    func countAck() { buffers.pointee.ackedSinceFlush += 1 }
+
+    /// The position of a declared stream whose fields match `valueCount` among the
+    /// component's streams, or nil (the emit is dropped and counted).
+    func streamIndex(of stream: String, valueCount: Int) -> Int? {
+        var index = 0
+        while index < streamIDs.count && streamIDs[index] != stream { index += 1 }
+        guard index < streamIDs.count, streamFieldCounts[index] == valueCount else {
             metrics.droppedEmits.add(1, ordering: .relaxed)
             return nil
         }
-        return streamSources[index]
+        return index
     }
 
-    func enqueue(_ tuple: Tuple, to target: Int) {
+    func source(ofStream index: Int) -> Unmanaged<TupleSource> { streamSources[index] }
+
+    func enqueue(_ tuple: consuming Tuple, to target: Int) {
+        if let chainedBolt = chainedByTask[target] {
+            buffers.pointee.emittedSinceFlush += 1
+            chainedBolt.execute(tuple)
+            return
+        }
         let buffers = self.buffers
         if buffers.pointee.outgoing[target].isEmpty {
             buffers.pointee.dirtyTasks.append(target)
@@ -210,10 +247,15 @@ final class Emitter {
 
     /// Hands every buffered tuple and ack to its destination.
     func flushAll() {
+        for bolt in chained { bolt.flush() }
         let buffers = self.buffers
         if buffers.pointee.emittedSinceFlush > 0 {
             metrics.emitted.add(buffers.pointee.emittedSinceFlush, ordering: .relaxed)
             buffers.pointee.emittedSinceFlush = 0
+        }
+        if buffers.pointee.ackedSinceFlush > 0 {
+            metrics.acked.add(buffers.pointee.ackedSinceFlush, ordering: .relaxed)
+            buffers.pointee.ackedSinceFlush = 0
         }
         for target in buffers.pointee.dirtyTasks { flush(target) }
         buffers.pointee.dirtyTasks.removeAll(keepingCapacity: true)

@@ -35,6 +35,13 @@ final class SpoutInstance {
         // property would pay a dynamic exclusivity check each.
         var spout = self.spout
         do {
+            try collector.emitter.prepareChain()
+        } catch {
+            fabric.fail("\(error)")
+            return
+        }
+        defer { collector.emitter.cleanupChain() }
+        do {
             try spout.open(context: context, collector: collector)
         } catch {
             metrics.errors.add(1, ordering: .relaxed)
@@ -124,6 +131,13 @@ final class BoltInstance {
         let context = fabric.context(for: task)
         var bolt = self.bolt
         do {
+            try collector.emitter.prepareChain()
+        } catch {
+            fabric.fail("\(error)")
+            return
+        }
+        defer { collector.emitter.cleanupChain() }
+        do {
             try bolt.prepare(context: context, collector: collector)
         } catch {
             metrics.errors.add(1, ordering: .relaxed)
@@ -165,5 +179,67 @@ final class BoltInstance {
             collector.emitter.flushAll()
         }
         bolt.cleanup()
+    }
+}
+
+/// A bolt task chained onto another task's thread (`TopologyConfig.chaining`): its
+/// host's emit calls `execute` directly; its own output is flushed with the host's.
+final class ChainedBolt {
+    struct Counters {
+        var deliveryID: UInt64 = 0
+        var executedSinceFlush = 0
+    }
+
+    private let fabric: Fabric
+    private let task: Int
+    private let boltState: ThreadState<any Bolt>
+    private let counterState = ThreadState(Counters())
+    let collector: BoltCollector
+    private let metrics: InstanceMetrics
+
+    init(fabric: Fabric, task: Int, bolt: any Bolt) {
+        self.fabric = fabric
+        self.task = task
+        boltState = ThreadState(bolt)
+        metrics = fabric.metrics[task]
+        collector = BoltCollector(emitter: Emitter(fabric: fabric, task: task))
+    }
+
+    struct PrepareFailed: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    /// Prepares the bolts chained onto this one, then this one.
+    func prepare() throws {
+        try collector.emitter.prepareChain()
+        let context = fabric.context(for: task)
+        do {
+            try boltState.pointer.pointee.prepare(context: context, collector: collector)
+        } catch {
+            metrics.errors.add(1, ordering: .relaxed)
+            throw PrepareFailed(description: "bolt \(context.componentID) task \(task): prepare failed: \(error)")
+        }
+    }
+
+    func execute(_ tuple: consuming Tuple) {
+        let counters = counterState.pointer
+        counters.pointee.deliveryID &+= 1
+        tuple.deliveryID = counters.pointee.deliveryID
+        boltState.pointer.pointee.execute(tuple)
+        counters.pointee.executedSinceFlush += 1
+    }
+
+    func flush() {
+        let counters = counterState.pointer
+        if counters.pointee.executedSinceFlush > 0 {
+            metrics.executed.add(counters.pointee.executedSinceFlush, ordering: .relaxed)
+            counters.pointee.executedSinceFlush = 0
+        }
+        collector.emitter.flushAll()
+    }
+
+    func cleanup() {
+        boltState.pointer.pointee.cleanup()
+        collector.emitter.cleanupChain()
     }
 }

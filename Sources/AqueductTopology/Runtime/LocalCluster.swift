@@ -40,7 +40,7 @@ public final class RunningTopology: Sendable {
             return true
         }
         guard started else { return }
-        for task in fabric.localTasks {
+        for task in fabric.plan.threadTasks(in: fabric.container) {
             let info = fabric.plan.tasks[task]
             guard let spec = topology.component(info.component) else { continue }
             let done = DispatchSemaphore(value: 0)
