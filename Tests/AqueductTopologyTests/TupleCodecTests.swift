@@ -22,7 +22,7 @@ import Testing
                 TupleCodec.EncodedTuple(
                     sourceTask: Int(random.next() % 100), streamIndex: Int(random.next() % 4),
                     anchors: (0..<Int(random.next() % 3)).map { _ in (TupleRoot(task: Int(random.next() % 10), key: random.next()), random.next()) },
-                    values: (0..<Int(random.next() % 5)).map { _ in randomValue(&random) })
+                    values: TupleValues((0..<Int(random.next() % 5)).map { _ in randomValue(&random) }))
             }
             return .tuples(destinationTask: Int(random.next() % 100), tuples)
         case 1:

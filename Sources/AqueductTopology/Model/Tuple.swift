@@ -116,7 +116,7 @@ final class TupleSource: Sendable {
 /// it came from, and (internally) its place in the tuple trees it belongs to.
 public struct Tuple: Sendable, CustomStringConvertible {
     private let sourceReference: Unmanaged<TupleSource>
-    public let values: [TupleValue]
+    public private(set) var values: TupleValues
     var anchors: TupleAnchors
     /// Set by the receiving instance: the key under which the anchored emits of this
     /// tuple accumulate their edge ids until it is acked.
@@ -124,7 +124,10 @@ public struct Tuple: Sendable, CustomStringConvertible {
 
     var source: TupleSource { sourceReference.takeUnretainedValue() }
 
-    init(source: Unmanaged<TupleSource>, values: [TupleValue], anchors: TupleAnchors) {
+    /// Before the tuple leaves its thread (see `TupleValues`).
+    mutating func storeValuesInline() { values.storeInline() }
+
+    init(source: Unmanaged<TupleSource>, values: TupleValues, anchors: TupleAnchors) {
         self.sourceReference = source
         self.values = values
         self.anchors = anchors
@@ -133,7 +136,7 @@ public struct Tuple: Sendable, CustomStringConvertible {
     /// A tuple built by a test or a tool, outside any topology.
     public init(values: [TupleValue], fields: [String], sourceComponent: String = "test", sourceTask: Int = 0, stream: String = Streams.default) {
         self.init(source: Unmanaged.passUnretained(TupleSource.shared(component: sourceComponent, task: sourceTask, stream: stream, fields: fields)),
-                  values: values, anchors: .none)
+                  values: TupleValues(values), anchors: .none)
     }
 
     public var sourceComponent: String { source.component }

@@ -101,3 +101,92 @@ struct StableHash {
         return z ^ (z >> 33)
     }
 }
+
+/// The values of one tuple. An emit's array is kept as it is while the tuple stays on
+/// the emitting thread (a chained bolt gets it without a copy); a tuple of up to two
+/// values that goes into another task's queue has them moved inline
+/// (`storeInline`), so the receiving thread never frees an array the emitting thread
+/// allocated (glibc's cross-thread frees cost more than the rest of the hand-over),
+/// and short strings and numbers travel without reference counting.
+public struct TupleValues: RandomAccessCollection, Sendable, Hashable, ExpressibleByArrayLiteral, CustomStringConvertible {
+    /// Values kept inline at most.
+    static let inlineCapacity = 2
+
+    @usableFromInline enum Storage: Sendable {
+        case array([TupleValue])
+        case one(TupleValue)
+        case two(TupleValue, TupleValue)
+    }
+
+    @usableFromInline var storage: Storage
+
+    /// Up to two values inline, more in the array. Inlinable so that at an emit like
+    /// `collector.emit([.int(k), .string(w)])` the optimizer sees the literal's count
+    /// and never allocates its array.
+    @inlinable
+    public init(inlining values: [TupleValue]) {
+        switch values.count {
+        case 1: storage = .one(values[0])
+        case 2: storage = .two(values[0], values[1])
+        // A copy, so that `values` never escapes: the literal's array can live on the
+        // stack.
+        default: storage = .array(values.map { $0 })
+        }
+    }
+
+    public init() { storage = .array([]) }
+    public init(_ values: [TupleValue]) { storage = .array(values) }
+    public init(_ value: TupleValue) { storage = .one(value) }
+    public init(_ first: TupleValue, _ second: TupleValue) { storage = .two(first, second) }
+    public init(arrayLiteral elements: TupleValue...) { self.init(elements) }
+    public init<S: Sequence<TupleValue>>(_ values: S) { self.init(Array(values)) }
+
+    /// Moves up to `inlineCapacity` values out of their array (which is released here).
+    mutating func storeInline() {
+        guard case .array(let values) = storage else { return }
+        switch values.count {
+        case 1: storage = .one(values[0])
+        case 2: storage = .two(values[0], values[1])
+        default: break
+        }
+    }
+
+    public var startIndex: Int { 0 }
+    public var endIndex: Int { count }
+
+    @inline(__always) public var count: Int {
+        switch storage {
+        case .array(let values): values.count
+        case .one: 1
+        case .two: 2
+        }
+    }
+
+    public subscript(position: Int) -> TupleValue {
+        switch storage {
+        case .array(let values):
+            return values[position]
+        case .one(let value):
+            precondition(position == 0, "tuple value index \(position) out of range 0..<1")
+            return value
+        case .two(let first, let second):
+            precondition(position == 0 || position == 1, "tuple value index \(position) out of range 0..<2")
+            return position == 0 ? first : second
+        }
+    }
+
+    /// The values as an array (allocates unless they are in one).
+    public var array: [TupleValue] {
+        if case .array(let values) = storage { return values }
+        return Array(self)
+    }
+
+    public static func == (left: TupleValues, right: TupleValues) -> Bool { left.elementsEqual(right) }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(count)
+        for value in self { hasher.combine(value) }
+    }
+
+    public var description: String { "[" + map(\.description).joined(separator: ", ") + "]" }
+}

@@ -90,42 +90,48 @@ public struct PhysicalPlan: Sendable, Equatable {
 /// every subscriber, with their per-task state (shuffle order, partial-key loads,
 /// custom groupings). Pure apart from the seeded generator it is given.
 struct OutputRouter {
-    /// Mutable per-subscription state lives in these boxes, so routing mutates in
-    /// place instead of copying arrays out of an enum and back.
-    final class ShuffleOrder {
+    /// A subscription's grouping with the position of its state in the router's
+    /// tables. Payloads are plain integers: routing a tuple copies no reference-counted
+    /// value (boxes and arrays in the enum cost a retain and release each per emit).
+    enum Choice {
+        case shuffle(state: Int)
+        case fields(pool: Int)
+        case all(pool: Int)
+        case global(target: Int)
+        case partialKey(pool: Int)
+        case custom(box: Int)
+        case direct(pool: Int)
+    }
+
+    /// Target tasks of a subscription, the field positions it hashes, and (partial key)
+    /// how many tuples each target got.
+    struct Pool {
+        var targets: [Int]
+        var indexes: [Int] = []
+        var loads: [Int] = []
+    }
+
+    struct ShuffleState {
         var order: [Int]
         var next = 0
-        init(_ order: [Int]) { self.order = order }
     }
-    final class Loads {
-        var counts: [Int]
-        init(_ count: Int) { counts = Array(repeating: 0, count: count) }
-    }
+
     final class CustomBox {
         var grouping: any CustomGrouping
         let allowed: Set<Int>
         init(_ grouping: any CustomGrouping, allowed: Set<Int>) { self.grouping = grouping; self.allowed = allowed }
     }
 
-    enum Choice {
-        case shuffle(ShuffleOrder)
-        case fields(targets: [Int], indexes: [Int])
-        case all(targets: [Int])
-        case global(target: Int)
-        case partialKey(targets: [Int], indexes: [Int], loads: Loads)
-        case custom(CustomBox)
-        case direct(targets: Set<Int>)
-    }
-
-    struct Target {
-        var component: String
-        var choice: Choice
-    }
-
     /// The emitting component's declared streams, in declaration order (the emitter's
-    /// stream index), and each one's subscribers.
+    /// stream index).
     private(set) var streamIDs: [String] = []
-    private(set) var targetLists: [[Target]] = []
+    /// Every subscription's choice, grouped by stream: stream i's are
+    /// `choices[choiceRanges[i]]`.
+    private var choices: [Choice] = []
+    private var choiceRanges: [Range<Int>] = []
+    private var shuffles: [ShuffleState] = []
+    private var pools: [Pool] = []
+    private var customs: [CustomBox] = []
     /// Per stream, the one task every tuple goes to when the subscriptions leave no
     /// choice (a single subscriber task, global, chained), else -1: the emit path's
     /// shortcut past the target list.
@@ -136,55 +142,67 @@ struct OutputRouter {
         self.random = random
         guard let spec = topology.component(component) else { return }
         streamIDs = spec.streams.map(\.id)
-        targetLists = Array(repeating: [], count: streamIDs.count)
         let sourceContainer = plan.tasks[sourceTask].container
-        for consumer in topology.components {
-            for input in consumer.inputs where input.component == component {
-                guard let stream = spec.stream(input.stream) else { continue }
-                let targets = plan.tasksByComponent[consumer.id] ?? []
-                let choice: Choice
-                if let chained = targets.first(where: { plan.tasks[$0].chainedTo == sourceTask }) {
-                    // Chained: the task of the same index, on this thread.
-                    choice = .global(target: chained)
-                } else {
-                    switch input.grouping {
-                    case .shuffle, .none:
-                        choice = .shuffle(ShuffleOrder(targets.shuffled(using: &self.random)))
-                    case .localOrShuffle:
-                        let local = targets.filter { plan.tasks[$0].container == sourceContainer }
-                        let pool = local.isEmpty ? targets : local
-                        choice = .shuffle(ShuffleOrder(pool.shuffled(using: &self.random)))
-                    case .fields(let names):
-                        choice = .fields(targets: targets, indexes: names.compactMap { stream.fields.index(of: $0) })
-                    case .partialKey(let names):
-                        choice = .partialKey(targets: targets, indexes: names.compactMap { stream.fields.index(of: $0) }, loads: Loads(targets.count))
-                    case .all:
-                        choice = .all(targets: targets)
-                    case .global:
-                        choice = .global(target: targets.min() ?? 0)
-                    case .direct:
-                        choice = .direct(targets: Set(targets))
-                    case .custom(let make):
-                        var grouping = make()
-                        grouping.prepare(targetTasks: targets)
-                        choice = .custom(CustomBox(grouping, allowed: Set(targets)))
-                    }
-                }
-                if let position = streamIDs.firstIndex(of: input.stream) {
-                    targetLists[position].append(Target(component: consumer.id, choice: choice))
+        for stream in spec.streams {
+            let first = choices.count
+            var fixed = -1
+            for consumer in topology.components {
+                for input in consumer.inputs where input.component == component && input.stream == stream.id {
+                    let targets = plan.tasksByComponent[consumer.id] ?? []
+                    let choice = makeChoice(input.grouping, targets: targets, fields: stream.fields, sourceTask: sourceTask,
+                                            sourceContainer: sourceContainer, plan: plan)
+                    choices.append(choice)
+                    fixed = single(choice) ?? -1
                 }
             }
+            choiceRanges.append(first..<choices.count)
+            fixedTargets.append(choices.count - first == 1 ? fixed : -1)
         }
-        fixedTargets = targetLists.map { targets in
-            guard targets.count == 1 else { return -1 }
-            switch targets[0].choice {
-            case .global(let task): return task
-            case .shuffle(let state) where state.order.count == 1: return state.order[0]
-            case .fields(let pool, _) where pool.count == 1: return pool[0]
-            case .partialKey(let pool, _, _) where pool.count == 1: return pool[0]
-            case .all(let pool) where pool.count == 1: return pool[0]
-            default: return -1
-            }
+    }
+
+    private mutating func makeChoice(_ grouping: Grouping, targets: [Int], fields: Fields, sourceTask: Int, sourceContainer: Int,
+                                     plan: PhysicalPlan) -> Choice {
+        if let chained = targets.first(where: { plan.tasks[$0].chainedTo == sourceTask }) {
+            // Chained: the task of the same index, on this thread.
+            return .global(target: chained)
+        }
+        func pool(_ targets: [Int], _ names: [String] = []) -> Int {
+            pools.append(Pool(targets: targets, indexes: names.compactMap { fields.index(of: $0) }, loads: Array(repeating: 0, count: targets.count)))
+            return pools.count - 1
+        }
+        switch grouping {
+        case .shuffle, .none:
+            shuffles.append(ShuffleState(order: targets.shuffled(using: &random)))
+            return .shuffle(state: shuffles.count - 1)
+        case .localOrShuffle:
+            let local = targets.filter { plan.tasks[$0].container == sourceContainer }
+            shuffles.append(ShuffleState(order: (local.isEmpty ? targets : local).shuffled(using: &random)))
+            return .shuffle(state: shuffles.count - 1)
+        case .fields(let names):
+            return .fields(pool: pool(targets, names))
+        case .partialKey(let names):
+            return .partialKey(pool: pool(targets, names))
+        case .all:
+            return .all(pool: pool(targets))
+        case .global:
+            return .global(target: targets.min() ?? 0)
+        case .direct:
+            return .direct(pool: pool(targets))
+        case .custom(let make):
+            var custom = make()
+            custom.prepare(targetTasks: targets)
+            customs.append(CustomBox(custom, allowed: Set(targets)))
+            return .custom(box: customs.count - 1)
+        }
+    }
+
+    /// The task a choice always picks, if it has no other.
+    private func single(_ choice: Choice) -> Int? {
+        switch choice {
+        case .global(let task): return task
+        case .shuffle(let state): return shuffles[state].order.count == 1 ? shuffles[state].order[0] : nil
+        case .fields(let pool), .partialKey(let pool), .all(let pool): return pools[pool].targets.count == 1 ? pools[pool].targets[0] : nil
+        case .custom, .direct: return nil
         }
     }
 
@@ -197,7 +215,7 @@ struct OutputRouter {
 
     /// Calls `deliver` with each task that gets a tuple of `values` on `stream`
     /// (direct subscribers excluded: they get only `emitDirect`).
-    mutating func route(stream: String, values: [TupleValue], sourceTask: Int, _ deliver: (Int) -> Void) {
+    mutating func route(stream: String, values: TupleValues, sourceTask: Int, _ deliver: (Int) -> Void) {
         var found: [Int] = []
         targets(stream: stream, values: values, sourceTask: sourceTask, into: &found)
         for task in found { deliver(task) }
@@ -205,52 +223,59 @@ struct OutputRouter {
 
     /// The tasks that get a tuple of `values` on `stream`, appended to `deliver` (the
     /// emit path uses this with a reused buffer: no closure context per emit).
-    mutating func targets(stream: String, values: [TupleValue], sourceTask: Int, into deliver: inout [Int]) {
+    mutating func targets(stream: String, values: TupleValues, sourceTask: Int, into deliver: inout [Int]) {
         guard let streamIndex = streamIDs.firstIndex(of: stream) else { return }
         targets(streamIndex: streamIndex, values: values, sourceTask: sourceTask, into: &deliver)
     }
 
     /// The same, by the stream's position among the component's declared streams.
-    mutating func targets(streamIndex: Int, values: [TupleValue], sourceTask: Int, into deliver: inout [Int]) {
-        for target in targetLists[streamIndex] {
-            switch target.choice {
+    mutating func targets(streamIndex: Int, values: TupleValues, sourceTask: Int, into deliver: inout [Int]) {
+        var position = choiceRanges[streamIndex].lowerBound
+        let end = choiceRanges[streamIndex].upperBound
+        while position < end {
+            switch choices[position] {
             case .shuffle(let state):
-                if state.next == state.order.count {
-                    state.order.shuffle(using: &random)
-                    state.next = 0
+                if shuffles[state].next == shuffles[state].order.count {
+                    shuffles[state].order.shuffle(using: &random)
+                    shuffles[state].next = 0
                 }
-                deliver.append(state.order[state.next])
-                state.next += 1
-            case .fields(let pool, let indexes):
-                deliver.append(pool[Int(Self.hash(values, indexes, seed: 0) % UInt64(pool.count))])
-            case .partialKey(let pool, let indexes, let loads):
-                let first = Int(Self.hash(values, indexes, seed: 0) % UInt64(pool.count))
-                let second = Int(Self.hash(values, indexes, seed: 0x9E37_79B9_7F4A_7C15) % UInt64(pool.count))
-                let chosen = loads.counts[second] < loads.counts[first] ? second : first
-                loads.counts[chosen] += 1
-                deliver.append(pool[chosen])
+                deliver.append(shuffles[state].order[shuffles[state].next])
+                shuffles[state].next += 1
+            case .fields(let pool):
+                let hash = Self.hash(values, pools[pool].indexes, seed: 0)
+                deliver.append(pools[pool].targets[Int(hash % UInt64(pools[pool].targets.count))])
+            case .partialKey(let pool):
+                let count = UInt64(pools[pool].targets.count)
+                let first = Int(Self.hash(values, pools[pool].indexes, seed: 0) % count)
+                let second = Int(Self.hash(values, pools[pool].indexes, seed: 0x9E37_79B9_7F4A_7C15) % count)
+                let chosen = pools[pool].loads[second] < pools[pool].loads[first] ? second : first
+                pools[pool].loads[chosen] += 1
+                deliver.append(pools[pool].targets[chosen])
             case .all(let pool):
-                for task in pool { deliver.append(task) }
+                deliver.append(contentsOf: pools[pool].targets)
             case .global(let task):
                 deliver.append(task)
-            case .custom(let box):
-                for task in box.grouping.chooseTasks(sourceTask: sourceTask, values: values) where box.allowed.contains(task) { deliver.append(task) }
+            case .custom(let index):
+                let box = customs[index]
+                for task in box.grouping.chooseTasks(sourceTask: sourceTask, values: values.array) where box.allowed.contains(task) { deliver.append(task) }
             case .direct:
                 break
             }
+            position += 1
         }
     }
 
     /// Whether `task` subscribes to `stream` with direct grouping.
     func acceptsDirect(stream: String, task: Int) -> Bool {
-        guard let position = streamIDs.firstIndex(of: stream) else { return false }
-        for target in targetLists[position] {
-            if case .direct(let tasks) = target.choice, tasks.contains(task) { return true }
+        guard let streamIndex = streamIDs.firstIndex(of: stream) else { return false }
+        for choice in choices[choiceRanges[streamIndex]] {
+            if case .direct(let pool) = choice, pools[pool].targets.contains(task) { return true }
         }
         return false
     }
 
-    static func hash(_ values: [TupleValue], _ indexes: [Int], seed: UInt64) -> UInt64 {
+    @inline(__always)
+    static func hash(_ values: TupleValues, _ indexes: [Int], seed: UInt64) -> UInt64 {
         var hasher = StableHash(seed: 0xCBF2_9CE4_8422_2325 ^ seed)
         for index in indexes where index < values.count { hasher.add(values[index]) }
         return hasher.finalized

@@ -23,7 +23,13 @@ public final class SpoutCollector {
 
     /// Emits a tuple on `stream`. With a `messageID` and at-least-once processing, the
     /// tuple's tree is tracked and the spout's `ack` or `fail` is called with the id.
+    @inlinable
     public func emit(_ values: [TupleValue], stream: String = Streams.default, messageID: TupleValue? = nil) {
+        emit(TupleValues(inlining: values), stream: stream, messageID: messageID)
+    }
+
+    /// The same with values already in a tuple's form (no array).
+    public func emit(_ values: TupleValues, stream: String = Streams.default, messageID: TupleValue? = nil) {
         emit(values, stream: stream, messageID: messageID, directTask: nil)
     }
 
@@ -33,10 +39,10 @@ public final class SpoutCollector {
             emitter.metrics.droppedEmits.add(1, ordering: .relaxed)
             return
         }
-        emit(values, stream: stream, messageID: messageID, directTask: task)
+        emit(TupleValues(values), stream: stream, messageID: messageID, directTask: task)
     }
 
-    private func emit(_ values: [TupleValue], stream: String, messageID: TupleValue?, directTask: Int?) {
+    private func emit(_ values: TupleValues, stream: String, messageID: TupleValue?, directTask: Int?) {
         let emitter = self.emitter
         guard let streamIndex = emitter.streamIndex(of: stream, valueCount: values.count) else { return }
         let origin = emitter.source(ofStream: streamIndex)
@@ -67,7 +73,7 @@ public final class SpoutCollector {
 
     /// Sends one copy of a spout tuple; returns its edge id in the tree (0 untracked).
     @inline(__always)
-    private func send(_ values: [TupleValue], _ origin: Unmanaged<TupleSource>, root: TupleRoot?, to target: Int) -> UInt64 {
+    private func send(_ values: TupleValues, _ origin: Unmanaged<TupleSource>, root: TupleRoot?, to target: Int) -> UInt64 {
         guard let root else {
             emitter.enqueue(Tuple(source: origin, values: values, anchors: .none), to: target)
             return 0
@@ -92,12 +98,25 @@ public final class BoltCollector {
 
     /// Emits a tuple on `stream`, anchored to `anchors` (its inputs): the tuple joins
     /// their trees, and a failure downstream replays them from the spout.
+    @inlinable
     public func emit(_ values: [TupleValue], stream: String = Streams.default, anchors: [Tuple] = []) {
+        emit(TupleValues(inlining: values), stream: stream, anchors: anchors)
+    }
+
+    /// The same with values already in a tuple's form (no array).
+    public func emit(_ values: TupleValues, stream: String = Streams.default, anchors: [Tuple] = []) {
         emit(values, stream: stream, anchors: anchors, directTask: nil)
     }
 
     /// Emits a tuple anchored to one input.
+    @inlinable
     public func emit(_ values: [TupleValue], stream: String = Streams.default, anchor: Tuple) {
+        emit(TupleValues(inlining: values), stream: stream, anchor: anchor)
+    }
+
+    /// Emits a tuple anchored to one input, with values already in a tuple's form
+    /// (`collector.emit(input.values, anchor: input)` passes them on without an array).
+    public func emit(_ values: TupleValues, stream: String = Streams.default, anchor: Tuple) {
         let emitter = self.emitter
         // The common case of a bolt (one anchor, one destination) without the general
         // path's target list and anchor collection.
@@ -125,10 +144,10 @@ public final class BoltCollector {
             emitter.metrics.droppedEmits.add(1, ordering: .relaxed)
             return
         }
-        emit(values, stream: stream, anchors: anchors, directTask: task)
+        emit(TupleValues(values), stream: stream, anchors: anchors, directTask: task)
     }
 
-    private func emit(_ values: [TupleValue], stream: String, anchors: some Collection<Tuple>, directTask: Int?, streamIndex known: Int? = nil) {
+    private func emit(_ values: TupleValues, stream: String, anchors: some Collection<Tuple>, directTask: Int?, streamIndex known: Int? = nil) {
         let emitter = self.emitter
         guard let streamIndex = known ?? emitter.streamIndex(of: stream, valueCount: values.count) else { return }
         let origin = emitter.source(ofStream: streamIndex)
@@ -179,10 +198,15 @@ public final class BoltCollector {
 
 /// A `BasicBolt`'s collector: emits are anchored to the current input.
 public struct BasicCollector {
-    let collector: BoltCollector
-    let input: Tuple
+    @usableFromInline let collector: BoltCollector
+    @usableFromInline let input: Tuple
 
+    @inlinable
     public func emit(_ values: [TupleValue], stream: String = Streams.default) {
+        collector.emit(TupleValues(inlining: values), stream: stream, anchor: input)
+    }
+
+    public func emit(_ values: TupleValues, stream: String = Streams.default) {
         collector.emit(values, stream: stream, anchor: input)
     }
 }

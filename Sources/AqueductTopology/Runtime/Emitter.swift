@@ -147,8 +147,9 @@ final class Emitter {
     private let streamSources: [Unmanaged<TupleSource>]
     private let streamFieldCounts: [Int]
     private let batchTuples: Int
-    /// Bolt tasks chained onto this task's thread, by task id (nil: not chained here).
-    private let chainedByTask: [ChainedBolt?]
+    /// Bolt tasks chained onto this task's thread, by task id (nil: not chained here),
+    /// as pointers to their state (`chained` owns it): an emit retains nothing.
+    private let chainedByTask: [ChainedBolt.Entry?]
     let chained: [ChainedBolt]
 
     init(fabric: Fabric, task: Int) {
@@ -169,12 +170,12 @@ final class Emitter {
         bufferState = ThreadState(Buffers(outgoing: Array(repeating: [], count: fabric.plan.tasks.count),
                                           control: Array(repeating: [], count: fabric.plan.tasks.count)))
         batchTuples = fabric.topology.config.emitBatchTuples
-        var chainedByTask = [ChainedBolt?](repeating: nil, count: fabric.plan.tasks.count)
+        var chainedByTask = [ChainedBolt.Entry?](repeating: nil, count: fabric.plan.tasks.count)
         var chained: [ChainedBolt] = []
         for chainedTask in fabric.plan.chained(onto: task) {
             guard case .bolt(let make)? = fabric.topology.component(fabric.plan.tasks[chainedTask].component)?.kind else { continue }
             let bolt = ChainedBolt(fabric: fabric, task: chainedTask, bolt: make())
-            chainedByTask[chainedTask] = bolt
+            chainedByTask[chainedTask] = bolt.entry
             chained.append(bolt)
         }
         self.chainedByTask = chainedByTask
@@ -216,6 +217,8 @@ final class Emitter {
             chainedBolt.execute(tuple)
             return
         }
+        var tuple = tuple
+        tuple.storeValuesInline()
         let buffers = self.buffers
         if buffers.pointee.outgoing[target].isEmpty {
             buffers.pointee.dirtyTasks.append(target)

@@ -221,13 +221,22 @@ final class ChainedBolt {
         }
     }
 
-    func execute(_ tuple: consuming Tuple) {
-        let counters = counterState.pointer
-        counters.pointee.deliveryID &+= 1
-        tuple.deliveryID = counters.pointee.deliveryID
-        boltState.pointer.pointee.execute(tuple)
-        counters.pointee.executedSinceFlush += 1
+    /// The state an emit needs to run this bolt, as plain pointers (valid while this
+    /// object lives).
+    struct Entry {
+        let bolt: UnsafeMutablePointer<any Bolt>
+        let counters: UnsafeMutablePointer<Counters>
+
+        @inline(__always)
+        func execute(_ tuple: consuming Tuple) {
+            counters.pointee.deliveryID &+= 1
+            tuple.deliveryID = counters.pointee.deliveryID
+            bolt.pointee.execute(tuple)
+            counters.pointee.executedSinceFlush += 1
+        }
     }
+
+    var entry: Entry { Entry(bolt: boltState.pointer, counters: counterState.pointer) }
 
     func flush() {
         let counters = counterState.pointer

@@ -28,7 +28,7 @@ enum TupleCodec {
         var sourceTask: Int
         var streamIndex: Int
         var anchors: [(root: TupleRoot, edge: UInt64)]
-        var values: [TupleValue]
+        var values: TupleValues
 
         static func == (left: EncodedTuple, right: EncodedTuple) -> Bool {
             left.sourceTask == right.sourceTask && left.streamIndex == right.streamIndex && left.values == right.values
@@ -188,7 +188,7 @@ enum TupleCodec {
         var values: [TupleValue] = []
         values.reserveCapacity(valueCount)
         for _ in 0..<valueCount { values.append(try decodeValue(&reader, depth: 0)) }
-        return EncodedTuple(sourceTask: sourceTask, streamIndex: streamIndex, anchors: anchors, values: values)
+        return EncodedTuple(sourceTask: sourceTask, streamIndex: streamIndex, anchors: anchors, values: TupleValues(values))
     }
 
     private static func decodeValue(_ reader: inout Reader, depth: Int) throws(TupleCodecError) -> TupleValue {
