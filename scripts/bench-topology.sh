@@ -25,9 +25,15 @@ trap 'rm -rf "$OUT"' EXIT
     bash "$BENCH/peer-flink.sh" "$ROWS" >"$OUT/flink.txt" 2>&1
     grep -E "rows/s|install|total" "$OUT/flink.txt"
   fi
-  for parallelism in 1 2; do
-    echo "== Aqueduct topologies, bolt parallelism $parallelism"
-    .build/release/aqueduct-bench topology --rows "$ROWS" --parallelism "$parallelism" 2>&1 | grep -E "acking"
+  # Threads: every task on its own thread (Heron's model, the default). Chained:
+  # TopologyConfig.chaining, local-or-shuffle successors run on their upstream task's
+  # thread (Flink's chaining, which its SQL jobs use).
+  for setup in "threads 1 1" "threads 2 2" "chained 2 2"; do
+    set -- $setup
+    flags=(--spouts "$2" --parallelism "$3")
+    [ "$1" = chained ] && flags+=(--chaining)
+    echo "== Aqueduct topologies, $1, spouts $2, bolt parallelism $3"
+    .build/release/aqueduct-bench topology --rows "$ROWS" "${flags[@]}" 2>&1 | grep -E "acking"
   done
 } | tee "$OUT/report.txt"
 
@@ -35,11 +41,11 @@ echo "== summary (tuples or rows per second; ratio against Flink's faster parall
 awk '
   /stateless filter/ { v = $0; sub(/.*-> /, "", v); sub(/ rows.*/, "", v); gsub(/,/, "", v); if (v + 0 > flink["filter"]) flink["filter"] = v + 0 }
   /GROUP BY k COUNT\(\*\) -> blackhole/ { v = $0; sub(/.*-> /, "", v); sub(/ rows.*/, "", v); gsub(/,/, "", v); if (v + 0 > flink["count"]) flink["count"] = v + 0 }
-  /^== Aqueduct topologies/ { p = $NF }
+  /^== Aqueduct topologies/ { p = $0; sub(/^== Aqueduct topologies, /, "", p); gsub(/spouts /, "s=", p); gsub(/bolt parallelism /, "p=", p); gsub(/,/, "", p) }
   / acking / {
     job = $1; mode = $3; sub(/:$/, "", mode)
     v = $0; sub(/.*= /, "", v); sub(/ tuples\/s.*/, "", v); gsub(/,/, "", v)
     ref = flink[job]
-    if (ref > 0) printf "  %-9s acking %-3s p=%s  %10d tuples/s  Flink %10d rows/s  ratio %.2f\n", job, mode, p, v, ref, v / ref
-    else printf "  %-9s acking %-3s p=%s  %10d tuples/s\n", job, mode, p, v
+    if (ref > 0) printf "  %-9s acking %-3s %-17s %10d tuples/s  Flink %10d rows/s  ratio %.2f\n", job, mode, p, v, ref, v / ref
+    else printf "  %-9s acking %-3s %-17s %10d tuples/s\n", job, mode, p, v
   }' "$OUT/report.txt"
