@@ -18,7 +18,10 @@ public final class SpoutCollector {
     init(emitter: Emitter, now: UInt64) {
         self.emitter = emitter
         let timeout = UInt64(emitter.fabric.topology.config.messageTimeoutMilliseconds) * 1_000_000
-        threadState = ThreadState(State(ledger: AckLedger(timeoutNanos: timeout, now: now)))
+        // Generations start at a random value, so acks meant for an earlier run of this
+        // task (a restarted container) do not match this run's trees.
+        let generationSeed = UInt32(truncatingIfNeeded: emitter.random.pointee.next())
+        threadState = ThreadState(State(ledger: AckLedger(timeoutNanos: timeout, now: now, generationSeed: generationSeed)))
     }
 
     /// Emits a tuple on `stream`. With a `messageID` and at-least-once processing, the
@@ -47,7 +50,7 @@ public final class SpoutCollector {
         guard let streamIndex = emitter.streamIndex(of: stream, valueCount: values.count) else { return }
         let origin = emitter.source(ofStream: streamIndex)
         let tracked = messageID != nil && emitter.reliable
-        let root = tracked ? TupleRoot(task: emitter.task, key: emitter.random.pointee.nonzero()) : nil
+        let root = tracked ? TupleRoot(task: emitter.task, key: state.pointee.ledger.reserve()) : nil
         var treeValue: UInt64 = 0
         if let target = directTask ?? emitter.router.pointee.fixedTarget(streamIndex: streamIndex) {
             treeValue = send(values, origin, root: root, to: target)
