@@ -123,7 +123,7 @@ public struct TupleValues: RandomAccessCollection, Sendable, Hashable, Expressib
     /// Up to two values inline, more in the array. Inlinable so that at an emit like
     /// `collector.emit([.int(k), .string(w)])` the optimizer sees the literal's count
     /// and never allocates its array.
-    @inlinable
+    @inlinable @inline(__always)
     public init(inlining values: [TupleValue]) {
         switch values.count {
         case 1: storage = .one(values[0])

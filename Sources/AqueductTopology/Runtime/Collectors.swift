@@ -26,7 +26,7 @@ public final class SpoutCollector {
 
     /// Emits a tuple on `stream`. With a `messageID` and at-least-once processing, the
     /// tuple's tree is tracked and the spout's `ack` or `fail` is called with the id.
-    @inlinable
+    @inlinable @inline(__always)
     public func emit(_ values: [TupleValue], stream: String = Streams.default, messageID: TupleValue? = nil) {
         emit(TupleValues(inlining: values), stream: stream, messageID: messageID)
     }
@@ -101,7 +101,7 @@ public final class BoltCollector {
 
     /// Emits a tuple on `stream`, anchored to `anchors` (its inputs): the tuple joins
     /// their trees, and a failure downstream replays them from the spout.
-    @inlinable
+    @inlinable @inline(__always)
     public func emit(_ values: [TupleValue], stream: String = Streams.default, anchors: [Tuple] = []) {
         emit(TupleValues(inlining: values), stream: stream, anchors: anchors)
     }
@@ -112,7 +112,7 @@ public final class BoltCollector {
     }
 
     /// Emits a tuple anchored to one input.
-    @inlinable
+    @inlinable @inline(__always)
     public func emit(_ values: [TupleValue], stream: String = Streams.default, anchor: Tuple) {
         emit(TupleValues(inlining: values), stream: stream, anchor: anchor)
     }
@@ -204,7 +204,7 @@ public struct BasicCollector {
     @usableFromInline let collector: BoltCollector
     @usableFromInline let input: Tuple
 
-    @inlinable
+    @inlinable @inline(__always)
     public func emit(_ values: [TupleValue], stream: String = Streams.default) {
         collector.emit(TupleValues(inlining: values), stream: stream, anchor: input)
     }
