@@ -9,6 +9,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
 
+# Servers and topology containers a crashed test process left behind (it could not
+# stop them by PID): this checkout's binaries whose parent is gone (adopted by init).
+stop_orphans() {
+  local pid
+  for pid in $(pgrep -f "$PWD/.build/" || true); do
+    if [ "$(ps -o ppid= -p "$pid" 2>/dev/null | tr -d ' ')" = 1 ]; then
+      echo "   stopping orphaned test process $pid: $(ps -o args= -p "$pid" | cut -c1-120)"
+      kill "$pid" 2>/dev/null || true
+    fi
+  done
+}
+stop_orphans
+trap stop_orphans EXIT
+
 echo "== generated Kafka codecs match their definitions"
 python3 scripts/kafka-codegen.py --check
 
