@@ -32,7 +32,7 @@ public final class SpoutCollector {
     }
 
     /// The same with values already in a tuple's form (no array).
-    public func emit(_ values: TupleValues, stream: String = Streams.default, messageID: TupleValue? = nil) {
+    public func emit(_ values: consuming TupleValues, stream: String = Streams.default, messageID: TupleValue? = nil) {
         emit(values, stream: stream, messageID: messageID, directTask: nil)
     }
 
@@ -45,7 +45,7 @@ public final class SpoutCollector {
         emit(TupleValues(values), stream: stream, messageID: messageID, directTask: task)
     }
 
-    private func emit(_ values: TupleValues, stream: String, messageID: TupleValue?, directTask: Int?) {
+    private func emit(_ values: consuming TupleValues, stream: String, messageID: TupleValue?, directTask: Int?) {
         let emitter = self.emitter
         guard let streamIndex = emitter.streamIndex(of: stream, valueCount: values.count) else { return }
         let origin = emitter.source(ofStream: streamIndex)
@@ -58,11 +58,14 @@ public final class SpoutCollector {
             let targets = emitter.targets
             targets.pointee.removeAll(keepingCapacity: true)
             emitter.router.pointee.targets(streamIndex: streamIndex, values: values, sourceTask: emitter.task, into: &targets.pointee)
+            // Copies for all destinations but the last, which gets the values themselves.
+            let count = targets.pointee.count
             var position = 0
-            while position < targets.pointee.count {
-                treeValue ^= send(values, origin, root: root, to: targets.pointee[position])
+            while position + 1 < count {
+                treeValue ^= send(copy values, origin, root: root, to: targets.pointee[position])
                 position += 1
             }
+            if count > 0 { treeValue ^= send(values, origin, root: root, to: targets.pointee[count - 1]) }
         }
         guard let messageID else { return }
         guard let root else {
@@ -76,7 +79,7 @@ public final class SpoutCollector {
 
     /// Sends one copy of a spout tuple; returns its edge id in the tree (0 untracked).
     @inline(__always)
-    private func send(_ values: TupleValues, _ origin: Unmanaged<TupleSource>, root: TupleRoot?, to target: Int) -> UInt64 {
+    private func send(_ values: consuming TupleValues, _ origin: Unmanaged<TupleSource>, root: TupleRoot?, to target: Int) -> UInt64 {
         guard let root else {
             emitter.enqueue(Tuple(source: origin, values: values, anchors: .none), to: target)
             return 0
@@ -119,7 +122,7 @@ public final class BoltCollector {
 
     /// Emits a tuple anchored to one input, with values already in a tuple's form
     /// (`collector.emit(input.values, anchor: input)` passes them on without an array).
-    public func emit(_ values: TupleValues, stream: String = Streams.default, anchor: Tuple) {
+    public func emit(_ values: consuming TupleValues, stream: String = Streams.default, anchor: Tuple) {
         let emitter = self.emitter
         // The common case of a bolt (one anchor, one destination) without the general
         // path's target list and anchor collection.

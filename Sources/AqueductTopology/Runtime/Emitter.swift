@@ -217,14 +217,13 @@ final class Emitter {
             chainedBolt.execute(tuple)
             return
         }
-        var tuple = tuple
         tuple.storeValuesInline()
         let buffers = self.buffers
         if buffers.pointee.outgoing[target].isEmpty {
             buffers.pointee.dirtyTasks.append(target)
             buffers.pointee.outgoing[target].reserveCapacity(batchTuples)
         }
-        buffers.pointee.outgoing[target].append(tuple)
+        buffers.pointee.outgoing[target].append(consume tuple)
         buffers.pointee.emittedSinceFlush += 1
         if buffers.pointee.outgoing[target].count >= batchTuples { flush(target) }
     }
