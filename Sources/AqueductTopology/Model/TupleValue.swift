@@ -51,7 +51,8 @@ extension TupleValue: CustomStringConvertible {
 }
 
 /// A 64-bit hash of values that is the same in every process and every run (Swift's
-/// `Hasher` is seeded per process): FNV-1a over a tagged encoding of each value.
+/// `Hasher` is seeded per process): FNV-1a over a tagged encoding of each value, with
+/// 64-bit numbers mixed in one multiply.
 /// Fields and partial-key groupings route with it, so a key reaches the same task
 /// whichever container emitted it.
 struct StableHash {
@@ -64,12 +65,10 @@ struct StableHash {
         value = (value ^ UInt64(byte)) &* Self.prime
     }
 
+    /// A whole word in one step (numbers are most keys; `finalized` mixes the rest).
     private mutating func add(word: UInt64) {
-        var word = word
-        for _ in 0..<8 {
-            add(byte: UInt8(truncatingIfNeeded: word))
-            word >>= 8
-        }
+        value = (value ^ word) &* 0x9E37_79B9_7F4A_7C15
+        value ^= value >> 32
     }
 
     mutating func add(_ tupleValue: TupleValue) {
