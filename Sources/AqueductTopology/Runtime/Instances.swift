@@ -91,22 +91,32 @@ final class SpoutInstance {
         spout.close()
     }
 
+    /// Hands finished trees to the spout's ack and fail; metrics are updated once per
+    /// call (one atomic add and one histogram lock, not one per tree).
     private func deliverOutcomes(to spout: inout any Spout) {
         guard !collector.state.pointee.outcomes.isEmpty else { return }
         let outcomes = collector.state.pointee.outcomes
         collector.state.pointee.outcomes.removeAll(keepingCapacity: true)
+        var latencies: [UInt64] = []
+        var acked = 0
+        var failed = 0
+        var timedOut = 0
         for outcome in outcomes {
             switch outcome {
             case .completed(let messageID, let latency):
-                metrics.acked.add(1, ordering: .relaxed)
-                if latency > 0 { metrics.recordComplete(latencyNanos: latency) }
+                acked += 1
+                if latency > 0 { latencies.append(latency) }
                 spout.ack(messageID)
             case .failed(let messageID, let reason):
-                metrics.failed.add(1, ordering: .relaxed)
-                if reason == .timedOut { metrics.timedOut.add(1, ordering: .relaxed) }
+                failed += 1
+                if reason == .timedOut { timedOut += 1 }
                 spout.fail(messageID)
             }
         }
+        if acked > 0 { metrics.acked.add(acked, ordering: .relaxed) }
+        if failed > 0 { metrics.failed.add(failed, ordering: .relaxed) }
+        if timedOut > 0 { metrics.timedOut.add(timedOut, ordering: .relaxed) }
+        metrics.recordComplete(latenciesNanos: latencies)
     }
 }
 

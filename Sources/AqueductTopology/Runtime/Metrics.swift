@@ -43,6 +43,14 @@ final class InstanceMetrics: Sendable {
         completeLatency.withLock { _ = $0.record(max(1, latencyNanos)) }
     }
 
+    /// Several latencies under one lock (a spout records its completed trees per turn).
+    func recordComplete(latenciesNanos: [UInt64]) {
+        guard !latenciesNanos.isEmpty else { return }
+        completeLatency.withLock { histogram in
+            for latency in latenciesNanos { _ = histogram.record(max(1, latency)) }
+        }
+    }
+
     /// p50 and p99 of the complete latency (spout emit to tree complete), nanoseconds.
     func completeLatencyPercentiles() -> (count: UInt64, p50: UInt64, p99: UInt64) {
         completeLatency.withLock { histogram in
