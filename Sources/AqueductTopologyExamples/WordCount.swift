@@ -47,8 +47,10 @@ public enum WordCountTopology {
         public init(field: String = "sentence") { self.field = field }
         public func declareOutputFields(_ declarer: inout OutputDeclarer) { declarer.declare(["word"]) }
         public mutating func execute(_ tuple: Tuple, collector: BasicCollector) throws {
-            for word in (tuple.string(field) ?? "").split(separator: " ") {
-                collector.emit([.string(String(word))])
+            // Split at space bytes (UTF-8 never has 0x20 inside a character): no
+            // grapheme breaking per character.
+            for word in (tuple.string(field) ?? "").utf8.split(separator: UInt8(ascii: " ")) {
+                collector.emit([.string(String(Substring(word)))])
             }
         }
     }
@@ -60,8 +62,9 @@ public enum WordCountTopology {
         public func declareOutputFields(_ declarer: inout OutputDeclarer) { declarer.declare(["word", "count"]) }
         public mutating func execute(_ tuple: Tuple, collector: BasicCollector) throws {
             guard let word = tuple.string("word") else { return }
-            counts[word, default: 0] += 1
-            collector.emit([.string(word), .int(counts[word]!)])
+            let count = counts[word, default: 0] + 1
+            counts[word] = count
+            collector.emit([.string(word), .int(count)])
         }
     }
 

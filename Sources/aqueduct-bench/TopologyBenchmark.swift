@@ -162,15 +162,26 @@ struct TopologyJob {
         let input = name == "wordcount" ? rows / 6 : rows
         // Every tuple of these jobs goes to exactly one task: the job is over when the
         // spout emitted all its rows, every emitted tuple was executed and (acking on)
-        // every tree is finished.
+        // every tree is finished. The tasks' counters are read one after the other, not
+        // at one instant, so the totals must also stand still between two polls; the
+        // end is the first of those two polls.
+        var previous: (emitted: Int, executed: Int)?
+        var firstQuiet: Date?
         let done: (TopologyMetrics) -> Bool = { metrics in
             guard let source = metrics.component(spout), source.emitted >= input else { return false }
             let emitted = metrics.tasks.reduce(0) { $0 + $1.emitted }
             let executed = metrics.tasks.reduce(0) { $0 + $1.executed }
-            return executed >= emitted && (!tracked || source.acked + source.failed >= input)
+            guard executed >= emitted && (!tracked || source.acked + source.failed >= input) else {
+                previous = nil
+                return false
+            }
+            defer { previous = (emitted, executed) }
+            if let previous, previous == (emitted, executed) { return true }
+            firstQuiet = Date()
+            return false
         }
         _ = running.waitUntil(timeoutSeconds: 600, pollMilliseconds: 2, done)
-        let seconds = Date().timeIntervalSince(started)
+        let seconds = (firstQuiet ?? Date()).timeIntervalSince(started)
         let metrics = running.metrics()
         running.kill()
         let spoutMetrics = metrics.component(spout)

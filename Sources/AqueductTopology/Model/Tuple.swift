@@ -12,7 +12,17 @@ public final class Fields: Sendable, CustomStringConvertible {
         indexByName = index
     }
 
-    public func index(of name: String) -> Int? { indexByName[name] }
+    /// Streams with at most this many fields are searched by comparing names (short
+    /// names compare in a few instructions; hashing one with SipHash costs more).
+    static let linearSearchFieldsMax = 8
+
+    public func index(of name: String) -> Int? {
+        if names.count <= Self.linearSearchFieldsMax {
+            for (position, candidate) in names.enumerated() where candidate == name { return position }
+            return nil
+        }
+        return indexByName[name]
+    }
     public var count: Int { names.count }
     public var description: String { "[" + names.joined(separator: ", ") + "]" }
 }

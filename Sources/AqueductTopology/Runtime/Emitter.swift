@@ -248,8 +248,10 @@ final class Emitter {
     }
 
     /// Hands every buffered tuple and ack to its destination.
+    /// Metrics go out in an order that never shows work done before it exists: this
+    /// task's emitted count first, then the chained bolts (their output, then what
+    /// they executed), then the buffers.
     func flushAll() {
-        for bolt in chained { bolt.flush() }
         let buffers = self.buffers
         if buffers.pointee.emittedSinceFlush > 0 {
             metrics.emitted.add(buffers.pointee.emittedSinceFlush, ordering: .relaxed)
@@ -259,6 +261,7 @@ final class Emitter {
             metrics.acked.add(buffers.pointee.ackedSinceFlush, ordering: .relaxed)
             buffers.pointee.ackedSinceFlush = 0
         }
+        for bolt in chained { bolt.flush() }
         for target in buffers.pointee.dirtyTasks { flush(target) }
         buffers.pointee.dirtyTasks.removeAll(keepingCapacity: true)
         for spoutTask in buffers.pointee.dirtyControl where !buffers.pointee.control[spoutTask].isEmpty {
