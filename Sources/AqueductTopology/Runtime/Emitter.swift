@@ -214,7 +214,7 @@ final class Emitter {
     func enqueue(_ tuple: consuming Tuple, to target: Int) {
         if let chainedBolt = chainedByTask[target] {
             buffers.pointee.emittedSinceFlush += 1
-            chainedBolt.execute(tuple)
+            chainedBolt.execute(&tuple)
             return
         }
         tuple.storeValuesInline()

@@ -240,8 +240,9 @@ final class ChainedBolt {
         let bolt: UnsafeMutablePointer<any Bolt>
         let counters: UnsafeMutablePointer<Counters>
 
+        /// In place: the tuple is not copied again on its way into `execute`.
         @inline(__always)
-        func execute(_ tuple: consuming Tuple) {
+        func execute(_ tuple: inout Tuple) {
             counters.pointee.deliveryID &+= 1
             tuple.deliveryID = counters.pointee.deliveryID
             bolt.pointee.execute(tuple)
