@@ -28,11 +28,13 @@ public final class Fields: Sendable, CustomStringConvertible {
 }
 
 /// Well-known stream and component names. Names starting with "__" are reserved.
+/// Computed and inlinable: every emit's default `stream:` argument is a literal, not a
+/// global behind a once-check.
 public enum Streams {
-    public static let `default` = "default"
+    @inlinable public static var `default`: String { "default" }
     /// Tick tuples: sent by the runtime to a bolt configured with a tick frequency.
-    public static let tick = "__tick"
-    public static let systemComponent = "__system"
+    @inlinable public static var tick: String { "__tick" }
+    @inlinable public static var systemComponent: String { "__system" }
 }
 
 /// A spout tuple's identity in the tuple trees it roots: the spout task that tracks it
