@@ -182,9 +182,16 @@ final class Emitter {
         self.chained = chained
     }
 
-    /// Prepares the bolts chained onto this task (and theirs), before the task starts.
-    func prepareChain() throws {
-        for bolt in chained { try bolt.prepare() }
+    /// Prepares the bolts chained onto this task (and theirs), before the task starts;
+    /// on a failure stops the topology with its message and returns false.
+    func prepareChain() -> Bool {
+        do {
+            for bolt in chained { try bolt.prepare() }
+            return true
+        } catch {
+            fabric.fail("\(error)")
+            return false
+        }
     }
 
     /// Cleans up the chained bolts after the task stopped.

@@ -34,12 +34,7 @@ final class SpoutInstance {
         // The component lives in a local for the loop: calls on a class's stored
         // property would pay a dynamic exclusivity check each.
         var spout = self.spout
-        do {
-            try collector.emitter.prepareChain()
-        } catch {
-            fabric.fail("\(error)")
-            return
-        }
+        guard collector.emitter.prepareChain() else { return }
         defer { collector.emitter.cleanupChain() }
         do {
             try spout.open(context: context, collector: collector)
@@ -140,12 +135,7 @@ final class BoltInstance {
     func run() {
         let context = fabric.context(for: task)
         var bolt = self.bolt
-        do {
-            try collector.emitter.prepareChain()
-        } catch {
-            fabric.fail("\(error)")
-            return
-        }
+        guard collector.emitter.prepareChain() else { return }
         defer { collector.emitter.cleanupChain() }
         do {
             try bolt.prepare(context: context, collector: collector)
@@ -224,7 +214,7 @@ final class ChainedBolt {
 
     /// Prepares the bolts chained onto this one, then this one.
     func prepare() throws {
-        try collector.emitter.prepareChain()
+        for bolt in collector.emitter.chained { try bolt.prepare() }
         let context = fabric.context(for: task)
         do {
             try boltState.pointer.pointee.prepare(context: context, collector: collector)

@@ -160,14 +160,7 @@ final class TupleQueue: @unchecked Sendable {
             producersWaiting -= 1
         }
         if closed { return false }
-        count += batch.count
-        batches.append(batch)
-        if !congested && count >= highWatermark {
-            congested = true
-            congestedSince = clock.nanoseconds()
-            gate.engageLocal()
-        }
-        if consumerWaiting { monitor.broadcast() }
+        appendLocked(batch)
         return true
     }
 
@@ -179,6 +172,11 @@ final class TupleQueue: @unchecked Sendable {
         monitor.lock()
         defer { monitor.unlock() }
         if closed { return }
+        appendLocked(batch)
+    }
+
+    /// Appends under the lock; engages backpressure at the high watermark.
+    private func appendLocked(_ batch: [Tuple]) {
         count += batch.count
         batches.append(batch)
         if !congested && count >= highWatermark {

@@ -76,7 +76,7 @@ struct ElementBolt<T: StreamletElement>: Bolt {
     mutating func prepare(context: TopologyContext, collector: BoltCollector) throws { self.collector = collector }
     mutating func execute(_ tuple: Tuple) {
         guard let collector else { return }
-        guard tuple.values.count == 2, let element = T(tupleValue: tuple.values[1]) else {
+        guard let element = tuple.streamletElement(T.self) else {
             collector.fail(tuple)
             return
         }
@@ -101,7 +101,7 @@ struct SplitBolt<T: StreamletElement>: Bolt {
     mutating func prepare(context: TopologyContext, collector: BoltCollector) throws { self.collector = collector }
     mutating func execute(_ tuple: Tuple) {
         guard let collector else { return }
-        guard tuple.values.count == 2, let element = T(tupleValue: tuple.values[1]) else {
+        guard let element = tuple.streamletElement(T.self) else {
             collector.fail(tuple)
             return
         }
@@ -119,7 +119,7 @@ struct ReduceBolt<K: StreamletElement & Hashable, V: StreamletElement>: Bolt {
     mutating func prepare(context: TopologyContext, collector: BoltCollector) throws { self.collector = collector }
     mutating func execute(_ tuple: Tuple) {
         guard let collector else { return }
-        guard tuple.values.count == 2, let pair = KeyValue<K, V>(tupleValue: tuple.values[1]) else {
+        guard let pair = tuple.streamletElement(KeyValue<K, V>.self) else {
             collector.fail(tuple)
             return
         }
@@ -150,7 +150,7 @@ struct WindowBolt<K: StreamletElement & Hashable, V: StreamletElement>: Bolt {
             emit(windows.close(nowMilliseconds: wallMilliseconds()))
             return
         }
-        guard tuple.values.count == 2, let pair = KeyValue<K, V>(tupleValue: tuple.values[1]) else {
+        guard let pair = tuple.streamletElement(KeyValue<K, V>.self) else {
             collector.fail(tuple)
             return
         }
@@ -187,10 +187,10 @@ struct JoinBolt<K: StreamletElement & Hashable, L: StreamletElement, R: Streamle
         }
         let now = wallMilliseconds()
         if tuple.sourceComponent == leftComponent {
-            guard tuple.values.count == 2, let pair = KeyValue<K, L>(tupleValue: tuple.values[1]) else { collector.fail(tuple); return }
+            guard let pair = tuple.streamletElement(KeyValue<K, L>.self) else { collector.fail(tuple); return }
             emit(join.add(key: pair.key, left: pair.value, right: nil, nowMilliseconds: now))
         } else {
-            guard tuple.values.count == 2, let pair = KeyValue<K, R>(tupleValue: tuple.values[1]) else { collector.fail(tuple); return }
+            guard let pair = tuple.streamletElement(KeyValue<K, R>.self) else { collector.fail(tuple); return }
             emit(join.add(key: pair.key, left: nil, right: pair.value, nowMilliseconds: now))
         }
         collector.ack(tuple)
@@ -213,7 +213,7 @@ struct SinkBolt<S: StreamletSink>: Bolt {
     }
     mutating func execute(_ tuple: Tuple) {
         guard let collector else { return }
-        guard tuple.values.count == 2, let element = S.Element(tupleValue: tuple.values[1]) else {
+        guard let element = tuple.streamletElement(S.Element.self) else {
             collector.fail(tuple)
             return
         }
@@ -221,4 +221,12 @@ struct SinkBolt<S: StreamletSink>: Bolt {
         collector.ack(tuple)
     }
     mutating func cleanup() { sink.cleanup() }
+}
+
+extension Tuple {
+    /// The element of a streamlet tuple ([key, element]) decoded as `type`; nil when
+    /// the tuple is not one (the bolts fail it).
+    func streamletElement<Element: StreamletElement>(_ type: Element.Type) -> Element? {
+        values.count == 2 ? Element(tupleValue: values[1]) : nil
+    }
 }
