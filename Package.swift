@@ -214,6 +214,6 @@ let package = Package(
         .testTarget(name: "AqueductTopologyServiceTests", dependencies: ["AqueductTopologyService"], swiftSettings: strict),
         .testTarget(name: "AqueductTopologyTests", dependencies: ["AqueductTopology", "AqueductTopologyExamples"], swiftSettings: strict),
         // Runs the real `aqueduct` binary (built by `swift build`) as a child process.
-        .testTarget(name: "IntegrationTests", dependencies: ["AqueductClient", "AqueductTopologyTopics", "AqueductTopologyExamples"], swiftSettings: strict),
+        .testTarget(name: "IntegrationTests", dependencies: ["AqueductClient", "AqueductTopologyTopics", "AqueductTopologyExamples", "AqueductTopologyService"], swiftSettings: strict),
     ]
 )

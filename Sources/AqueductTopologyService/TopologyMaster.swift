@@ -82,7 +82,7 @@ public final class TopologyMaster: TopologyDirectory, @unchecked Sendable {
                 let actions = try state.supervisor.submit(description, now: Self.nowMilliseconds(), active: record.active)
                 state.registrations[description.name] = Registration(
                     executable: record.executable, arguments: record.arguments, parallelism: record.parallelism,
-                    ports: (0..<description.containers).map { _ in Self.freePort() })
+                    ports: (0..<description.containers).map { _ in Self.freeLoopbackPort() })
                 return actions
             } catch {
                 throw BrokerError(.invalidRequest, "\(error)", hint: "aqueduct topology kill \(description.name)")
@@ -166,7 +166,7 @@ public final class TopologyMaster: TopologyDirectory, @unchecked Sendable {
             do {
                 let actions = try state.supervisor.update(description, now: Self.nowMilliseconds())
                 state.registrations[name]?.parallelism = merged
-                state.registrations[name]?.ports = (0..<description.containers).map { _ in Self.freePort() }
+                state.registrations[name]?.ports = (0..<description.containers).map { _ in Self.freeLoopbackPort() }
                 return actions
             } catch {
                 throw BrokerError(.invalidRequest, "\(error)")
@@ -342,7 +342,8 @@ public final class TopologyMaster: TopologyDirectory, @unchecked Sendable {
     private func logPath(_ name: String, _ container: Int) -> String { "\(runDirectory)/\(name).container-\(container).log" }
     private func metricsPath(_ name: String, _ container: Int) -> String { "\(runDirectory)/\(name).container-\(container).metrics.json" }
 
-    static func freePort() -> Int {
+    /// A TCP port on 127.0.0.1 free at the time of the call (for stream managers).
+    public static func freeLoopbackPort() -> Int {
         let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(socket) }
         var address = sockaddr_in()

@@ -6,20 +6,6 @@ import Testing
 
 /// Topologies spread over containers that talk through stream managers over loopback TCP.
 @Suite(.serialized) struct ContainerTests {
-    final class Latest: Sendable {
-        let counts = Mutex<[String: Int64]>([:])
-    }
-
-    struct LatestCount: Bolt {
-        let latest: Latest
-        var collector: BoltCollector?
-        mutating func prepare(context: TopologyContext, collector: BoltCollector) throws { self.collector = collector }
-        mutating func execute(_ tuple: Tuple) {
-            latest.counts.withLock { $0[tuple.string("word")!] = max($0[tuple.string("word")!] ?? 0, tuple.int("count")!) }
-            collector?.ack(tuple)
-        }
-    }
-
     func waitUntil(_ seconds: Double, _ condition: () -> Bool) -> Bool {
         let deadline = Date().addingTimeInterval(seconds)
         while Date() < deadline {

@@ -24,18 +24,6 @@ import Testing
 
     /// Every sentence is counted, and the final counts are exact when nothing fails.
     @Test func wordCountCountsEveryWord() throws {
-        final class Latest: Sendable {
-            let counts = Mutex<[String: Int64]>([:])
-        }
-        struct LatestCount: Bolt {
-            let latest: Latest
-            var collector: BoltCollector?
-            mutating func prepare(context: TopologyContext, collector: BoltCollector) throws { self.collector = collector }
-            mutating func execute(_ tuple: Tuple) {
-                latest.counts.withLock { $0[tuple.string("word")!] = max($0[tuple.string("word")!] ?? 0, tuple.int("count")!) }
-                collector?.ack(tuple)
-            }
-        }
         let latest = Latest()
         let sentences = 2_000
         let topology = try WordCountTopology.build(sentenceLimit: sentences, sink: LatestCount(latest: latest))

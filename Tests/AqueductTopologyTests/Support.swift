@@ -21,6 +21,22 @@ struct CollectingSink: Bolt {
     }
 }
 
+/// The highest count seen per word (WordCount's count stream), shared with the test.
+final class Latest: Sendable {
+    let counts = Mutex<[String: Int64]>([:])
+}
+
+/// Records each word's latest count and acks.
+struct LatestCount: Bolt {
+    let latest: Latest
+    var collector: BoltCollector?
+    mutating func prepare(context: TopologyContext, collector: BoltCollector) throws { self.collector = collector }
+    mutating func execute(_ tuple: Tuple) {
+        latest.counts.withLock { $0[tuple.string("word")!] = max($0[tuple.string("word")!] ?? 0, tuple.int("count")!) }
+        collector?.ack(tuple)
+    }
+}
+
 /// A clock a test moves by hand.
 final class ManualClock: TopologyClock {
     private let now = Mutex<UInt64>(1_000_000_000)

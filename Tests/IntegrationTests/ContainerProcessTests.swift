@@ -1,6 +1,7 @@
 import AqueductClient
 import AqueductHTTP
 import AqueductTopologyExamples
+import AqueductTopologyService
 import Foundation
 import Testing
 
@@ -47,18 +48,6 @@ import Glibc
         }
     }
 
-    static func freePort() -> Int {
-        let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(socket) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socket, $0, &length) } }
-        return Int(UInt16(bigEndian: address.sin_port))
-    }
-
     @Test func killedContainerLosesNothing() async throws {
         guard FileManager.default.isExecutableFile(atPath: Self.examplesPath) else {
             throw IntegrationError("no aqueduct-examples at \(Self.examplesPath); run `swift build` first")
@@ -68,11 +57,9 @@ import Glibc
         let server = ServerProcess(dataDirectory: directory)
         try await server.start()
         let client = AqueductClient(baseURL: server.baseURL)
-        _ = try await client.createTopic("sentences", partitions: 4)
-        _ = try await client.createTopic("counts", partitions: 1)
-        try await WordCountTopics.produce(client, 0..<2_000)
+        try await WordCountTopics.create(client, sentences: 0..<2_000)
 
-        let ports = [Self.freePort(), Self.freePort()]
+        let ports = [TopologyMaster.freeLoopbackPort(), TopologyMaster.freeLoopbackPort()]
         let environment = [
             "AQUEDUCT_HTTP": server.baseURL, "AQUEDUCT_CONTAINERS": "2", "AQUEDUCT_MESSAGE_TIMEOUT_MS": "2000",
             "AQUEDUCT_STMGR_ADDRESSES": ports.map { "127.0.0.1:\($0)" }.joined(separator: ","),

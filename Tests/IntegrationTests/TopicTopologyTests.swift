@@ -28,9 +28,7 @@ import Testing
         try await server.start()
         defer { _ = try? blockingStop(server) }
         let client = AqueductClient(baseURL: server.baseURL)
-        _ = try await client.createTopic("sentences", partitions: 4)
-        _ = try await client.createTopic("counts", partitions: 1)
-        try await WordCountTopics.produce(client, 0..<1_000)
+        try await WordCountTopics.create(client, sentences: 0..<1_000)
 
         func topology() throws -> Topology {
             try WordCountTopology.build(

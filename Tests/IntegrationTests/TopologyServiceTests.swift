@@ -38,9 +38,7 @@ import Glibc
         let server = ServerProcess(dataDirectory: directory)
         try await server.start()
         let client = AqueductClient(baseURL: server.baseURL)
-        _ = try await client.createTopic("sentences", partitions: 4)
-        _ = try await client.createTopic("counts", partitions: 1)
-        try await WordCountTopics.produce(client, 0..<1_000)
+        try await WordCountTopics.create(client, sentences: 0..<1_000)
 
         // A program that is not a topology program is refused with its own words.
         await #expect(throws: (any Error).self) {
@@ -95,9 +93,7 @@ import Glibc
         let first = ServerProcess(dataDirectory: directory)
         try await first.start()
         var client = AqueductClient(baseURL: first.baseURL)
-        _ = try await client.createTopic("sentences", partitions: 4)
-        _ = try await client.createTopic("counts", partitions: 1)
-        try await WordCountTopics.produce(client, 0..<300)
+        try await WordCountTopics.create(client, sentences: 0..<300)
         _ = try await client.submitTopology(TopologySubmitRequest(executable: examples, arguments: ["word-count-topics", "sentences", "counts"], name: "wc"))
         #expect(try await covered(client, sentences: 300, seconds: 60))
         let before = try #require(try await client.topologyStatus("wc").containers[0].pid)

@@ -4,6 +4,13 @@ import AqueductTopologyExamples
 
 /// The "sentences" → "counts" topics the WordCount integration tests use.
 enum WordCountTopics {
+    /// Creates "sentences" (4 partitions) and "counts" (1) and produces sentences `range`.
+    static func create(_ client: AqueductClient, sentences range: Range<Int>) async throws {
+        _ = try await client.createTopic("sentences", partitions: 4)
+        _ = try await client.createTopic("counts", partitions: 1)
+        try await produce(client, range)
+    }
+
     /// Produces sentences `range` (WordCount's sentences in turn) over the 4 partitions.
     static func produce(_ client: AqueductClient, _ range: Range<Int>) async throws {
         let records = range.map { ProduceRecordJSON(value: WordCountTopology.sentences[$0 % WordCountTopology.sentences.count], partition: $0 % 4) }
