@@ -35,7 +35,7 @@ import Testing
 
     func route(_ router: inout OutputRouter, _ values: [TupleValue], stream: String = Streams.default) -> [Int] {
         var targets: [Int] = []
-        router.route(stream: stream, values: TupleValues(values), sourceTask: 0) { targets.append($0) }
+        router.targets(stream: stream, values: TupleValues(values), sourceTask: 0, into: &targets)
         return targets
     }
 

@@ -108,9 +108,6 @@ struct StableHash {
 /// allocated (glibc's cross-thread frees cost more than the rest of the hand-over),
 /// and short strings and numbers travel without reference counting.
 public struct TupleValues: RandomAccessCollection, Sendable, Hashable, ExpressibleByArrayLiteral, CustomStringConvertible {
-    /// Values kept inline at most.
-    static let inlineCapacity = 2
-
     @usableFromInline enum Storage: Sendable {
         case array([TupleValue])
         case one(TupleValue)
@@ -140,7 +137,7 @@ public struct TupleValues: RandomAccessCollection, Sendable, Hashable, Expressib
     public init(arrayLiteral elements: TupleValue...) { self.init(elements) }
     public init<S: Sequence<TupleValue>>(_ values: S) { self.init(Array(values)) }
 
-    /// Moves up to `inlineCapacity` values out of their array (which is released here).
+    /// Moves one or two values out of their array (which is released here).
     mutating func storeInline() {
         guard case .array(let values) = storage else { return }
         switch values.count {

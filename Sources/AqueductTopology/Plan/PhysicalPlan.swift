@@ -213,16 +213,8 @@ struct OutputRouter {
         return task >= 0 ? task : nil
     }
 
-    /// Calls `deliver` with each task that gets a tuple of `values` on `stream`
+    /// The tasks that get a tuple of `values` on `stream`, appended to `deliver`
     /// (direct subscribers excluded: they get only `emitDirect`).
-    mutating func route(stream: String, values: TupleValues, sourceTask: Int, _ deliver: (Int) -> Void) {
-        var found: [Int] = []
-        targets(stream: stream, values: values, sourceTask: sourceTask, into: &found)
-        for task in found { deliver(task) }
-    }
-
-    /// The tasks that get a tuple of `values` on `stream`, appended to `deliver` (the
-    /// emit path uses this with a reused buffer: no closure context per emit).
     mutating func targets(stream: String, values: TupleValues, sourceTask: Int, into deliver: inout [Int]) {
         guard let streamIndex = streamIDs.firstIndex(of: stream) else { return }
         targets(streamIndex: streamIndex, values: values, sourceTask: sourceTask, into: &deliver)
