@@ -384,8 +384,7 @@ def struct_code(struct, valid, flexible_versions, level, conformance):
                 encode.append(f"        writer.writeUnsignedVarint({field.tag})")
                 encode.append(f"        var inner = KafkaWriter(capacity: 64)")
                 encode.extend(indent(write_value(field, "inner", f"self.{field.swift}"), 2))
-                encode.append(f"        writer.writeUnsignedVarint(UInt32(inner.buffer.readableBytes))")
-                encode.append(f"        writer.buffer.writeBuffer(&inner.buffer)")
+                encode.append(f"        writer.writeTaggedValue(&inner)")
                 encode.append("    }")
         else:
             encode.append("    writer.writeUnsignedVarint(0)")

@@ -50,11 +50,13 @@ public enum KafkaErrorCode {
     static func from(_ error: BrokerError) -> Int16 { error.code.kafkaCode }
 }
 
-/// What a request gets: nothing (acks=0), an answer now, or an answer later.
+/// What a request gets: nothing (acks=0), an answer now, or an answer later. An
+/// answer is a response frame, or nil when the response could not be encoded in the
+/// request's version: the connection then closes, as the client cannot be answered.
 public enum KafkaReply: Sendable {
     case none
-    case ready(ByteBuffer)
-    case deferred(@Sendable () async -> ByteBuffer)
+    case ready(ByteBuffer?)
+    case deferred(@Sendable () async -> ByteBuffer?)
 }
 
 /// Answers Kafka requests with the broker: decodes the header and body with the
@@ -71,6 +73,9 @@ public final class KafkaRequestHandler: Sendable {
     /// backend's lock), and requests refused as unsupported or malformed.
     let requestCounters: [Int16: Counter]
     let refusedRequests = Counter(label: "aqueduct_kafka_requests_refused_total")
+    /// Responses that could not be encoded (a value too long for its field in the
+    /// request's version): a bug to report, answered by closing the connection.
+    static let unencodableResponses = Counter(label: "aqueduct_kafka_responses_unencodable_total")
 
     public init(broker: Broker, groups: GroupCoordinator, listener: KafkaListenerConfiguration, clusterID: String, logger: Logger) {
         self.broker = broker
@@ -101,10 +106,15 @@ public final class KafkaRequestHandler: Sendable {
     /// answers in order: so a producer's request behind a consumer's long-poll on the
     /// same connection (sarama shares one) is not held up by it.
     public func dispatch(frame: ByteBuffer, session: inout KafkaSession) async -> KafkaReply {
-        // The frame decoder guarantees the 8 bytes of key, version and correlation id.
-        let rawKey: Int16 = frame.getInteger(at: frame.readerIndex)!
-        let version: Int16 = frame.getInteger(at: frame.readerIndex + 2)!
-        let correlationID: Int32 = frame.getInteger(at: frame.readerIndex + 4)!
+        // The frame decoder lets through only frames with key, version and correlation id.
+        guard let rawKey: Int16 = frame.getInteger(at: frame.readerIndex),
+            let version: Int16 = frame.getInteger(at: frame.readerIndex + 2),
+            let correlationID: Int32 = frame.getInteger(at: frame.readerIndex + 4)
+        else {
+            refusedRequests.increment()
+            session.closeAfterResponse = true
+            return .none
+        }
         guard let key = KafkaAPIKey(rawValue: rawKey), let served = KafkaAPIVersions.served[key], served.contains(version) else {
             refusedRequests.increment()
             logger.debug("unsupported Kafka request", metadata: ["apiKey": "\(rawKey)", "version": "\(version)", "peer": "\(session.peer)"])
@@ -118,8 +128,11 @@ public final class KafkaRequestHandler: Sendable {
             session.clientID = header.clientId
             // ApiVersions' response header stays v0 so any client can read it.
             let flexibleResponse = flexible && key != .apiVersions
-            @Sendable func later(_ message: some KafkaMessage) -> ByteBuffer {
-                Self.frame(message, version: version, correlationID: correlationID, flexibleHeader: flexibleResponse, capacity: Self.capacity(for: message))
+            let logger = self.logger
+            @Sendable func later(_ message: some KafkaMessage) -> ByteBuffer? {
+                Self.frame(
+                    message, key: key, version: version, correlationID: correlationID, flexibleHeader: flexibleResponse,
+                    capacity: Self.capacity(for: message), logger: logger)
             }
             func respond(_ message: some KafkaMessage) -> KafkaReply { .ready(later(message)) }
             switch key {
@@ -194,13 +207,26 @@ public final class KafkaRequestHandler: Sendable {
     }
 
     /// A response frame: size, correlation id, tagged fields (flexible header), body.
-    static func frame(_ message: some KafkaMessage, version: Int16, correlationID: Int32, flexibleHeader: Bool, capacity: Int) -> ByteBuffer {
+    /// Nil when a value does not fit its field in this version (or the frame its 32-bit
+    /// size): the request is then answered by closing the connection, never by a trap.
+    static func frame(
+        _ message: some KafkaMessage, key: KafkaAPIKey, version: Int16, correlationID: Int32, flexibleHeader: Bool, capacity: Int,
+        logger: Logger
+    ) -> ByteBuffer? {
         var writer = KafkaWriter(capacity: capacity)
         writer.writeInt32(0)
         writer.writeInt32(correlationID)
         if flexibleHeader { writer.writeUnsignedVarint(0) }
         message.encode(to: &writer, version: version)
-        writer.buffer.setInteger(Int32(writer.buffer.readableBytes - 4), at: writer.buffer.readerIndex)
+        let size = writer.buffer.readableBytes - 4
+        if let failure = writer.failure ?? (size > Int(Int32.max) ? KafkaEncodingError(kind: "response", length: size, limit: Int(Int32.max)) : nil) {
+            unencodableResponses.increment()
+            logger.error("a Kafka response could not be encoded; closing the connection (please report this)", metadata: [
+                "api": "\(key)", "version": "\(version)", "reason": "\(failure)",
+            ])
+            return nil
+        }
+        writer.buffer.setInteger(Int32(truncatingIfNeeded: size), at: writer.buffer.readerIndex)
         return writer.buffer
     }
 
@@ -209,7 +235,9 @@ public final class KafkaRequestHandler: Sendable {
     /// with a version it shares; for anything else, the error code alone.
     func unsupportedVersion(apiKey: Int16, correlationID: Int32) -> ByteBuffer {
         if apiKey == KafkaAPIKey.apiVersions.rawValue {
-            return Self.frame(apiVersions(errorCode: KafkaErrorCode.unsupportedVersion), version: 0, correlationID: correlationID, flexibleHeader: false, capacity: 256)
+            return Self.frame(
+                apiVersions(errorCode: KafkaErrorCode.unsupportedVersion), key: .apiVersions, version: 0, correlationID: correlationID,
+                flexibleHeader: false, capacity: 256, logger: logger)!
         }
         var writer = KafkaWriter(capacity: 16)
         writer.writeInt32(6)

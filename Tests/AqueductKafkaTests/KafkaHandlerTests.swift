@@ -44,22 +44,26 @@ struct KafkaStack {
         try await metadata.close()
     }
 
-    static func requestFrame(_ key: KafkaAPIKey, version: Int16, _ body: some KafkaMessage, correlationID: Int32 = 42) -> ByteBuffer {
+    static func requestFrame(
+        _ key: KafkaAPIKey, version: Int16, _ body: some KafkaMessage, correlationID: Int32 = 42, clientID: String? = "aqueduct-test"
+    ) -> ByteBuffer {
         var writer = KafkaWriter()
         var header = RequestHeader()
         header.requestApiKey = key.rawValue
         header.requestApiVersion = version
         header.correlationId = correlationID
-        header.clientId = "aqueduct-test"
+        header.clientId = clientID
         header.encode(to: &writer, version: KafkaAPIVersions.isFlexible(key, version) ? 2 : 1)
         body.encode(to: &writer, version: version)
         return writer.buffer
     }
 
     /// Sends a request and decodes its response, checking the framing on the way.
-    func call<Response: KafkaMessage>(_ key: KafkaAPIKey, version: Int16, _ body: some KafkaMessage, as: Response.Type) async throws -> Response {
+    func call<Response: KafkaMessage>(
+        _ key: KafkaAPIKey, version: Int16, _ body: some KafkaMessage, as: Response.Type, clientID: String? = "aqueduct-test"
+    ) async throws -> Response {
         var session = KafkaSession(peer: "test")
-        guard var frame = await handler.handle(frame: Self.requestFrame(key, version: version, body), session: &session) else {
+        guard var frame = await handler.handle(frame: Self.requestFrame(key, version: version, body, clientID: clientID), session: &session) else {
             throw KafkaTestError("no response to \(key) v\(version)")
         }
         #expect(frame.readInteger(as: Int32.self) == Int32(frame.readableBytes))

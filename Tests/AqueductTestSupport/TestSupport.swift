@@ -1,4 +1,4 @@
-import AqueductCommon
+@_exported import AqueductCommon
 import Foundation
 
 /// A new, empty directory for one test: `$TMPDIR/aqueduct-tests/<test>-<uuid>`.
@@ -6,17 +6,4 @@ public func temporaryDirectory(_ name: String = #function) -> String {
     let path = NSTemporaryDirectory() + "aqueduct-tests/" + name.filter { $0.isLetter || $0.isNumber } + "-" + UUID().uuidString
     try! FileSystem.createDirectory(path)
     return path
-}
-
-/// A small seeded generator, so that a failure replays from its seed.
-public struct SplitMix64: RandomNumberGenerator {
-    public var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }

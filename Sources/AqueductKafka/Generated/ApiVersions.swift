@@ -184,30 +184,26 @@ public struct ApiVersionsResponse: KafkaMessage {
                 var inner = KafkaWriter(capacity: 64)
                 inner.writeArrayCount(self.supportedFeatures.count, compact: flexible)
                 for item in self.supportedFeatures { item.encode(to: &inner, version: version) }
-                writer.writeUnsignedVarint(UInt32(inner.buffer.readableBytes))
-                writer.buffer.writeBuffer(&inner.buffer)
+                writer.writeTaggedValue(&inner)
             }
             if writeFinalizedFeaturesEpoch {
                 writer.writeUnsignedVarint(1)
                 var inner = KafkaWriter(capacity: 64)
                 inner.writeInt64(self.finalizedFeaturesEpoch)
-                writer.writeUnsignedVarint(UInt32(inner.buffer.readableBytes))
-                writer.buffer.writeBuffer(&inner.buffer)
+                writer.writeTaggedValue(&inner)
             }
             if writeFinalizedFeatures {
                 writer.writeUnsignedVarint(2)
                 var inner = KafkaWriter(capacity: 64)
                 inner.writeArrayCount(self.finalizedFeatures.count, compact: flexible)
                 for item in self.finalizedFeatures { item.encode(to: &inner, version: version) }
-                writer.writeUnsignedVarint(UInt32(inner.buffer.readableBytes))
-                writer.buffer.writeBuffer(&inner.buffer)
+                writer.writeTaggedValue(&inner)
             }
             if writeZkMigrationReady {
                 writer.writeUnsignedVarint(3)
                 var inner = KafkaWriter(capacity: 64)
                 inner.writeBool(self.zkMigrationReady)
-                writer.writeUnsignedVarint(UInt32(inner.buffer.readableBytes))
-                writer.buffer.writeBuffer(&inner.buffer)
+                writer.writeTaggedValue(&inner)
             }
         }
     }

@@ -420,8 +420,7 @@ public struct CreateTopicsResponse: KafkaMessage {
                     writer.writeUnsignedVarint(0)
                     var inner = KafkaWriter(capacity: 64)
                     inner.writeInt16(self.topicConfigErrorCode)
-                    writer.writeUnsignedVarint(UInt32(inner.buffer.readableBytes))
-                    writer.buffer.writeBuffer(&inner.buffer)
+                    writer.writeTaggedValue(&inner)
                 }
             }
         }

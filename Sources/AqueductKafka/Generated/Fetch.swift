@@ -133,15 +133,13 @@ public struct FetchRequest: KafkaMessage {
                 writer.writeUnsignedVarint(0)
                 var inner = KafkaWriter(capacity: 64)
                 inner.writeString(self.clusterId, compact: flexible)
-                writer.writeUnsignedVarint(UInt32(inner.buffer.readableBytes))
-                writer.buffer.writeBuffer(&inner.buffer)
+                writer.writeTaggedValue(&inner)
             }
             if writeReplicaState {
                 writer.writeUnsignedVarint(1)
                 var inner = KafkaWriter(capacity: 64)
                 self.replicaState.encode(to: &inner, version: version)
-                writer.writeUnsignedVarint(UInt32(inner.buffer.readableBytes))
-                writer.buffer.writeBuffer(&inner.buffer)
+                writer.writeTaggedValue(&inner)
             }
         }
     }
@@ -249,15 +247,13 @@ public struct FetchRequest: KafkaMessage {
                     writer.writeUnsignedVarint(0)
                     var inner = KafkaWriter(capacity: 64)
                     inner.writeUUID(self.replicaDirectoryId)
-                    writer.writeUnsignedVarint(UInt32(inner.buffer.readableBytes))
-                    writer.buffer.writeBuffer(&inner.buffer)
+                    writer.writeTaggedValue(&inner)
                 }
                 if writeHighWatermark {
                     writer.writeUnsignedVarint(1)
                     var inner = KafkaWriter(capacity: 64)
                     inner.writeInt64(self.highWatermark)
-                    writer.writeUnsignedVarint(UInt32(inner.buffer.readableBytes))
-                    writer.buffer.writeBuffer(&inner.buffer)
+                    writer.writeTaggedValue(&inner)
                 }
             }
         }
@@ -523,8 +519,7 @@ public struct FetchResponse: KafkaMessage {
                 var inner = KafkaWriter(capacity: 64)
                 inner.writeArrayCount(self.nodeEndpoints.count, compact: flexible)
                 for item in self.nodeEndpoints { item.encode(to: &inner, version: version) }
-                writer.writeUnsignedVarint(UInt32(inner.buffer.readableBytes))
-                writer.buffer.writeBuffer(&inner.buffer)
+                writer.writeTaggedValue(&inner)
             }
         }
     }
@@ -913,22 +908,19 @@ public struct FetchResponse: KafkaMessage {
                     writer.writeUnsignedVarint(0)
                     var inner = KafkaWriter(capacity: 64)
                     self.divergingEpoch.encode(to: &inner, version: version)
-                    writer.writeUnsignedVarint(UInt32(inner.buffer.readableBytes))
-                    writer.buffer.writeBuffer(&inner.buffer)
+                    writer.writeTaggedValue(&inner)
                 }
                 if writeCurrentLeader {
                     writer.writeUnsignedVarint(1)
                     var inner = KafkaWriter(capacity: 64)
                     self.currentLeader.encode(to: &inner, version: version)
-                    writer.writeUnsignedVarint(UInt32(inner.buffer.readableBytes))
-                    writer.buffer.writeBuffer(&inner.buffer)
+                    writer.writeTaggedValue(&inner)
                 }
                 if writeSnapshotId {
                     writer.writeUnsignedVarint(2)
                     var inner = KafkaWriter(capacity: 64)
                     self.snapshotId.encode(to: &inner, version: version)
-                    writer.writeUnsignedVarint(UInt32(inner.buffer.readableBytes))
-                    writer.buffer.writeBuffer(&inner.buffer)
+                    writer.writeTaggedValue(&inner)
                 }
             }
         }

@@ -224,8 +224,7 @@ public struct ProduceResponse: KafkaMessage {
                 var inner = KafkaWriter(capacity: 64)
                 inner.writeArrayCount(self.nodeEndpoints.count, compact: flexible)
                 for item in self.nodeEndpoints { item.encode(to: &inner, version: version) }
-                writer.writeUnsignedVarint(UInt32(inner.buffer.readableBytes))
-                writer.buffer.writeBuffer(&inner.buffer)
+                writer.writeTaggedValue(&inner)
             }
         }
     }
@@ -486,8 +485,7 @@ public struct ProduceResponse: KafkaMessage {
                     writer.writeUnsignedVarint(0)
                     var inner = KafkaWriter(capacity: 64)
                     self.currentLeader.encode(to: &inner, version: version)
-                    writer.writeUnsignedVarint(UInt32(inner.buffer.readableBytes))
-                    writer.buffer.writeBuffer(&inner.buffer)
+                    writer.writeTaggedValue(&inner)
                 }
             }
         }

@@ -1,3 +1,5 @@
+import AqueductCommon
+
 /// One consumer group's membership protocol (Kafka's classic group protocol) as a pure
 /// state machine: events in (join, sync, heartbeat, leave, the clock), replies out.
 /// No I/O, no clock of its own: the coordinator feeds it `nowMilliseconds` and
@@ -85,6 +87,8 @@ public struct GroupStateMachine: Sendable {
 
     public let groupID: String
     public let limits: Limits
+    /// Makes the random part of member ids; seeded, so a test replays a run.
+    private var random: SplitMix64
     public private(set) var state: State = .empty
     public private(set) var generation: Int32 = 0
     public private(set) var protocolType: String?
@@ -95,12 +99,13 @@ public struct GroupStateMachine: Sendable {
     /// Member ids handed out with MEMBER_ID_REQUIRED, not yet used, with their deadline.
     private var pendingMemberIDs: [String: Int64] = [:]
     private var rebalanceDeadline: Int64?
-    /// Makes member ids unique without randomness (replayable).
-    private var memberCounter: UInt64 = 0
 
-    public init(groupID: String, limits: Limits = Limits()) {
+    /// `random` makes member ids unguessable and unique across restarts, as Kafka's
+    /// (`clientId-UUID`); tests pass a seeded one.
+    public init(groupID: String, limits: Limits = Limits(), random: SplitMix64 = SplitMix64()) {
         self.groupID = groupID
         self.limits = limits
+        self.random = random
     }
 
     private func index(of memberID: String) -> Int? { members.firstIndex { $0.id == memberID } }
@@ -212,10 +217,30 @@ public struct GroupStateMachine: Sendable {
         return replies
     }
 
+    /// Longest part of a client id that goes into a member id, in bytes. Kafka uses
+    /// the whole client id, which can make a member id too long for the 16-bit string
+    /// it travels in (JoinGroup v0-5); a prefix keeps every member id encodable.
+    public static let memberIDClientBytesMax = 128
+
+    /// Kafka's form: the client id, a dash, a random UUID (a member from before a
+    /// restart can never collide with a new one).
     private mutating func newMemberID(_ clientID: String) -> String {
-        memberCounter += 1
-        let prefix = clientID.isEmpty ? "member" : clientID
-        return "\(prefix)-\(groupID.utf8.count)-\(generation)-\(memberCounter)"
+        let prefix = clientID.isEmpty ? "member" : Self.prefix(of: clientID, bytes: Self.memberIDClientBytesMax)
+        return "\(prefix)-\(random.uuidString())"
+    }
+
+    /// The longest prefix of `text` of at most `bytes` UTF-8 bytes (whole characters).
+    static func prefix(of text: String, bytes: Int) -> String {
+        guard text.utf8.count > bytes else { return text }
+        var end = text.startIndex
+        var used = 0
+        for index in text.indices {
+            let width = text[index].utf8.count
+            if used + width > bytes { break }
+            used += width
+            end = text.index(after: index)
+        }
+        return String(text[..<end])
     }
 
     /// Moves to PreparingRebalance (from any other live state); pending syncs learn

@@ -203,9 +203,24 @@ public struct KafkaReader {
     }
 }
 
-/// Writes Kafka's primitive types.
+/// A value that does not fit its field's encoding: a string longer than a 16-bit
+/// length allows, more elements than a 32-bit count. The writer records the first one
+/// instead of trapping; a response that has one is never sent.
+public struct KafkaEncodingError: Error, Equatable, Sendable, CustomStringConvertible {
+    public var kind: String
+    public var length: Int
+    public var limit: Int
+
+    public var description: String { "a \(kind) of length \(length) does not fit its encoding (at most \(limit))" }
+}
+
+/// Writes Kafka's primitive types. Lengths and counts are checked against what their
+/// encoding can hold: a value that does not fit is written clamped and remembered in
+/// `failure`, never a trap, and whoever sends the bytes checks `failure` first.
 public struct KafkaWriter {
     public var buffer: ByteBuffer
+    /// The first value that did not fit; the bytes are not to be sent when set.
+    public private(set) var failure: KafkaEncodingError?
 
     public init(_ buffer: ByteBuffer) {
         self.buffer = buffer
@@ -214,6 +229,13 @@ public struct KafkaWriter {
     public init(capacity: Int = 256) {
         self.buffer = ByteBufferAllocator().buffer(capacity: capacity)
     }
+
+    /// Longest classic string (16-bit length).
+    public static let stringBytesMax = Int(Int16.max)
+    /// Longest bytes, records or array (32-bit length).
+    public static let lengthMax = Int(Int32.max)
+    /// Longest compact length (unsigned varint of length + 1).
+    public static let compactLengthMax = Int(UInt32.max) - 1
 
     @inline(__always) public mutating func writeInt8(_ value: Int8) { buffer.writeInteger(value) }
     @inline(__always) public mutating func writeInt16(_ value: Int16) { buffer.writeInteger(value) }
@@ -231,19 +253,33 @@ public struct KafkaWriter {
     public mutating func writeUnsignedVarint(_ value: UInt32) {
         var value = value
         while value >= 0x80 {
-            buffer.writeInteger(UInt8(value & 0x7F) | 0x80)
+            buffer.writeInteger(UInt8(truncatingIfNeeded: value) | 0x80)
             value >>= 7
         }
-        buffer.writeInteger(UInt8(value))
+        buffer.writeInteger(UInt8(truncatingIfNeeded: value))
+    }
+
+    /// Records the first failure; later ones add nothing (the response is lost anyway).
+    private mutating func fail(_ kind: String, length: Int, limit: Int) {
+        if failure == nil { failure = KafkaEncodingError(kind: kind, length: length, limit: limit) }
     }
 
     private mutating func writeLength(_ length: Int?, compact: Bool, short: Bool) {
+        guard var length else {
+            if compact { writeUnsignedVarint(0) } else if short { writeInt16(-1) } else { writeInt32(-1) }
+            return
+        }
+        let limit = compact ? Self.compactLengthMax : short ? Self.stringBytesMax : Self.lengthMax
+        if length > limit {
+            fail(compact ? "compact field" : short ? "string" : "bytes or array", length: length, limit: limit)
+            length = limit
+        }
         if compact {
-            writeUnsignedVarint(length.map { UInt32($0 + 1) } ?? 0)
+            writeUnsignedVarint(UInt32(truncatingIfNeeded: length + 1))
         } else if short {
-            writeInt16(length.map { Int16($0) } ?? -1)
+            writeInt16(Int16(truncatingIfNeeded: length))
         } else {
-            writeInt32(length.map { Int32($0) } ?? -1)
+            writeInt32(Int32(truncatingIfNeeded: length))
         }
     }
 
@@ -270,12 +306,21 @@ public struct KafkaWriter {
         writeLength(count, compact: compact, short: false)
     }
 
+    /// Writes a tagged field's value (written into `inner`) prefixed by its size; a
+    /// failure inside it is this writer's failure.
+    public mutating func writeTaggedValue(_ inner: inout KafkaWriter) {
+        if let failure = inner.failure, self.failure == nil { self.failure = failure }
+        let size = inner.buffer.readableBytes
+        if size > Int(UInt32.max) { fail("tagged field", length: size, limit: Int(UInt32.max)) }
+        writeUnsignedVarint(UInt32(truncatingIfNeeded: size))
+        buffer.writeBuffer(&inner.buffer)
+    }
+
     /// Writes `body` prefixed by its length as an unsigned varint (a tagged field).
     public mutating func writeSizePrefixed(_ body: (inout KafkaWriter) -> Void) {
         var inner = KafkaWriter(capacity: 64)
         body(&inner)
-        writeUnsignedVarint(UInt32(inner.buffer.readableBytes))
-        buffer.writeBuffer(&inner.buffer)
+        writeTaggedValue(&inner)
     }
 }
 

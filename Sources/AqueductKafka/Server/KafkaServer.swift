@@ -105,8 +105,9 @@ public final class KafkaServer: Sendable {
                         for await reply in replies {
                             let response: ByteBuffer?
                             switch reply {
-                            case .now(let ready): response = ready
-                            case .later(let task): response = await task.value
+                            case .nothing: response = nil
+                            case .now(let ready): response = try ready.orClose()
+                            case .later(let task): response = try await task.value.orClose()
                             }
                             slots.release(1)
                             if let response { try await outbound.write(response) }
@@ -116,7 +117,7 @@ public final class KafkaServer: Sendable {
                     for try await frame in inbound {
                         await slots.acquire(1)
                         switch await handler.dispatch(frame: frame, session: &session) {
-                        case .none: queue.yield(.now(nil))
+                        case .none: queue.yield(.nothing)
                         case .ready(let response): queue.yield(.now(response))
                         case .deferred(let later): queue.yield(.later(Task { await later() }))
                         }
@@ -134,8 +135,21 @@ public final class KafkaServer: Sendable {
 
 /// An answer in a connection's queue: written as soon as those before it are.
 private enum QueuedReply: Sendable {
+    /// No answer is due (Produce with acks=0).
+    case nothing
+    /// A response, or nil when it could not be encoded (the connection closes).
     case now(ByteBuffer?)
-    case later(Task<ByteBuffer, Never>)
+    case later(Task<ByteBuffer?, Never>)
+}
+
+/// Ends a connection whose response could not be encoded.
+private struct UnencodableResponse: Error {}
+
+extension Optional where Wrapped == ByteBuffer {
+    fileprivate func orClose() throws -> ByteBuffer {
+        guard let self else { throw UnencodableResponse() }
+        return self
+    }
 }
 
 /// What a handler knows of one connection.
