@@ -52,6 +52,11 @@ let package = Package(
             ],
             swiftSettings: strict),
 
+        // What the server and its clients share: the HTTP API's JSON bodies, the
+        // documented error codes, topic and group descriptions. No server code: a
+        // user's topology program links this, not the broker.
+        .target(name: "AqueductAPI", swiftSettings: strict),
+
         // Kafka RecordBatch v2: the one record format on disk, on the wire and in the log.
         .target(name: "AqueductRecords", dependencies: ["AqueductCommon", "CAqueduct"], swiftSettings: strict),
 
@@ -90,18 +95,29 @@ let package = Package(
         .target(
             name: "AqueductBroker",
             dependencies: [
-                "AqueductLog",
+                "AqueductAPI", "AqueductLog",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
 
+        // Consumer groups, whichever front end asks (Kafka, HTTP, topology spouts): the
+        // group protocol as a pure state machine, its coordinator, committed offsets
+        // kept in an internal log.
+        .target(
+            name: "AqueductGroups",
+            dependencies: [
+                "AqueductAPI", "AqueductBroker", "AqueductLog",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
+            swiftSettings: strict),
+
         // The Kafka wire protocol on SwiftNIO: generated message codecs (from Kafka's
-        // own definitions, scripts/kafka-codegen.py), the listener, request handlers and
-        // the consumer group coordinator.
+        // own definitions, scripts/kafka-codegen.py), the listener, request handlers.
         .target(
             name: "AqueductKafka",
             dependencies: [
-                "AqueductBroker", "AqueductLog", "AqueductRecords",
+                "AqueductAPI", "AqueductBroker", "AqueductGroups", "AqueductLog", "AqueductRecords",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -114,7 +130,7 @@ let package = Package(
         .target(
             name: "AqueductHTTP",
             dependencies: [
-                "AqueductBroker",
+                "AqueductAPI", "AqueductBroker", "AqueductGroups",
                 .product(name: "Hummingbird", package: "hummingbird"),
             ],
             swiftSettings: strict),
@@ -123,7 +139,7 @@ let package = Package(
         .target(
             name: "AqueductServer",
             dependencies: [
-                "AqueductHTTP", "AqueductKafka", "AqueductTopologyService",
+                "AqueductAPI", "AqueductHTTP", "AqueductKafka", "AqueductGroups", "AqueductTopologyService",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -155,26 +171,26 @@ let package = Package(
         // pure), the topology master and the process shell to come.
         .target(
             name: "AqueductTopologyService",
-            dependencies: ["AqueductTopology", "AqueductHTTP", "AqueductBroker", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["AqueductTopology", "AqueductAPI", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
 
-        // The client side of the HTTP API, used by the CLI.
+        // The client side of the HTTP API, used by the CLI and the topic spout and sink.
         .target(
             name: "AqueductClient",
             dependencies: [
-                "AqueductHTTP",
+                "AqueductAPI",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],
             swiftSettings: strict),
 
         // Topics as topology sources and sinks (TopicSpout, TopicSink), over the HTTP API.
-        .target(name: "AqueductTopologyTopics", dependencies: ["AqueductTopology", "AqueductClient", "AqueductBroker"], swiftSettings: strict),
+        .target(name: "AqueductTopologyTopics", dependencies: ["AqueductTopology", "AqueductClient", "AqueductAPI"], swiftSettings: strict),
 
         // The one binary: flag parsing and subcommands only.
         .executableTarget(
             name: "aqueduct",
             dependencies: [
-                "AqueductServer", "AqueductClient",
+                "AqueductServer", "AqueductClient", "AqueductAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
@@ -197,6 +213,7 @@ let package = Package(
         .testTarget(name: "AqueductStorageTests", dependencies: ["AqueductStorage", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(name: "AqueductLogTests", dependencies: ["AqueductLog", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(name: "AqueductBrokerTests", dependencies: ["AqueductBroker", "AqueductTestSupport"], swiftSettings: strict),
+        .testTarget(name: "AqueductGroupsTests", dependencies: ["AqueductGroups", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(
             name: "AqueductKafkaTests",
             dependencies: [
@@ -214,6 +231,8 @@ let package = Package(
         .testTarget(name: "AqueductTopologyServiceTests", dependencies: ["AqueductTopologyService"], swiftSettings: strict),
         .testTarget(name: "AqueductTopologyTests", dependencies: ["AqueductTopology", "AqueductTopologyExamples"], swiftSettings: strict),
         // Runs the real `aqueduct` binary (built by `swift build`) as a child process.
-        .testTarget(name: "IntegrationTests", dependencies: ["AqueductClient", "AqueductTopologyTopics", "AqueductTopologyExamples", "AqueductTopologyService"], swiftSettings: strict),
+        .testTarget(
+            name: "IntegrationTests", dependencies: ["AqueductAPI", "AqueductClient", "AqueductTopologyTopics", "AqueductTopologyExamples", "AqueductTopologyService"],
+            swiftSettings: strict),
     ]
 )

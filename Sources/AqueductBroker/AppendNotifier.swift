@@ -1,3 +1,4 @@
+import AqueductAPI
 import Synchronization
 
 /// A partition of a topic, as fetchers name it.

@@ -1,3 +1,4 @@
+import AqueductAPI
 import AqueductCommon
 import AqueductLog
 import AqueductMetadata
@@ -21,22 +22,7 @@ public struct TopicRecord: Codable, Equatable, Sendable {
     static let prefix = "/topics/"
 }
 
-/// Settings a topic may override; nil keeps the server's default.
-public struct TopicSettings: Codable, Equatable, Sendable {
-    public var retentionMs: Int64?
-    public var retentionBytes: Int64?
-    public var segmentBytes: Int64?
-    public var segmentMs: Int64?
-    public var maxMessageBytes: Int?
-
-    public init(retentionMs: Int64? = nil, retentionBytes: Int64? = nil, segmentBytes: Int64? = nil, segmentMs: Int64? = nil, maxMessageBytes: Int? = nil) {
-        self.retentionMs = retentionMs
-        self.retentionBytes = retentionBytes
-        self.segmentBytes = segmentBytes
-        self.segmentMs = segmentMs
-        self.maxMessageBytes = maxMessageBytes
-    }
-
+extension TopicSettings {
     /// `defaults` with these settings applied. A negative retention means unlimited.
     public func applied(to defaults: LogConfiguration) -> LogConfiguration {
         var configuration = defaults
@@ -46,6 +32,15 @@ public struct TopicSettings: Codable, Equatable, Sendable {
         if let segmentMs { configuration.segmentMilliseconds = segmentMs }
         if let maxMessageBytes { configuration.batchBytesMax = maxMessageBytes }
         return configuration
+    }
+}
+
+extension TopicConfiguration {
+    /// A log's settings as clients see them.
+    public init(_ log: LogConfiguration) {
+        self.init(
+            segmentBytes: log.segmentBytes, segmentMilliseconds: log.segmentMilliseconds, retentionMilliseconds: log.retentionMilliseconds,
+            retentionBytes: log.retentionBytes, batchBytesMax: log.batchBytesMax)
     }
 }
 
@@ -67,32 +62,6 @@ public struct ProduceRecord: Sendable, Equatable {
         self.timestamp = timestamp
         self.partition = partition
     }
-}
-
-public struct ProducedRecord: Sendable, Equatable, Codable {
-    public var partition: Int
-    public var offset: Int64
-
-    public init(partition: Int, offset: Int64) {
-        self.partition = partition
-        self.offset = offset
-    }
-}
-
-public struct PartitionDescription: Sendable, Equatable, Codable {
-    public var partition: Int
-    public var startOffset: Int64
-    public var endOffset: Int64
-    public var sizeBytes: Int64
-    public var segments: Int
-}
-
-public struct TopicDescription: Sendable, Equatable, Codable {
-    public var name: String
-    public var id: String
-    public var partitions: [PartitionDescription]
-    public var createdAtMilliseconds: Int64
-    public var configuration: LogConfiguration
 }
 
 /// Topics and partitions over logs: the model the HTTP API and the Kafka protocol
@@ -320,7 +289,7 @@ public final class Broker: Sendable {
         }
         return TopicDescription(
             name: name, id: topic.record.id, partitions: partitions,
-            createdAtMilliseconds: topic.record.createdAtMilliseconds, configuration: topic.record.configuration)
+            createdAtMilliseconds: topic.record.createdAtMilliseconds, configuration: TopicConfiguration(topic.record.configuration))
     }
 
     static func unknownTopic(_ name: String) -> BrokerError {

@@ -1,5 +1,4 @@
-import AqueductBroker
-import AqueductHTTP
+import AqueductAPI
 import AsyncHTTPClient
 import Foundation
 import NIOCore

@@ -1,3 +1,4 @@
+import AqueductAPI
 /// The API versions this broker answers, advertised in ApiVersions. The maxima are
 /// Kafka 3.0's (before topic ids in Fetch and the newer group protocol), so clients
 /// choose versions whose fields Aqueduct fills in, and kafka-python, which guesses

@@ -1,3 +1,5 @@
+import AqueductAPI
+import AqueductGroups
 import AqueductBroker
 import Foundation
 

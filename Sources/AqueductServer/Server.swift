@@ -1,3 +1,5 @@
+import AqueductAPI
+import AqueductGroups
 import AqueductBroker
 import AqueductCommon
 import AqueductHTTP
@@ -90,14 +92,14 @@ public enum Server {
     /// Runs until SIGINT or SIGTERM. `onListening` gets the bound HTTP port.
     public static func run(_ configuration: ServerConfiguration, logger: Logger, onListening: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
         let components = try await open(configuration, logger: logger)
+        // Groups belong to the broker: HTTP clients and topology spouts commit offsets
+        // whether or not the Kafka listener is on.
+        let offsets = try await OffsetStore.open(logs: components.logs, logger: logger)
+        let groupCoordinator = GroupCoordinator(offsets: offsets, logger: logger)
         var kafkaServer: KafkaServer?
-        var groupCoordinator: GroupCoordinator?
         if configuration.kafkaEnabled {
-            let offsets = try await OffsetStore.open(logs: components.logs, logger: logger)
-            let coordinator = GroupCoordinator(offsets: offsets, logger: logger)
-            groupCoordinator = coordinator
             let handler = KafkaRequestHandler(
-                broker: components.broker, groups: coordinator, listener: configuration.kafka, clusterID: components.broker.clusterID,
+                broker: components.broker, groups: groupCoordinator, listener: configuration.kafka, clusterID: components.broker.clusterID,
                 logger: logger)
             do {
                 kafkaServer = try await KafkaServer.bind(configuration: configuration.kafka, handler: handler, logger: logger)
@@ -108,12 +110,12 @@ public enum Server {
             }
         }
         let kafkaPort = kafkaServer?.boundPort
-        let directory = groupCoordinator.map { KafkaGroupDirectory(coordinator: $0, broker: components.broker) }
+        let directory = CoordinatorGroupDirectory(coordinator: groupCoordinator, broker: components.broker)
         let topologies = TopologyMaster(
             runDirectory: configuration.dataDirectory + "/topologies",
             store: MetadataTopologyRegistry(metadata: components.metadata, logger: logger), logger: logger)
         let router = HTTPAPI.router(broker: components.broker, groups: directory, topologies: topologies, metricsText: {
-            directory.map(Self.recordGroupMetrics)
+            Self.recordGroupMetrics(directory)
             return components.metricsText() + topologies.prometheusText()
         })
         let application = Application(
@@ -136,7 +138,8 @@ public enum Server {
             configuration: .init(
                 services: [
                     .init(service: application),
-                ] + (kafkaServer.map { [ServiceGroupConfiguration.ServiceConfiguration(service: KafkaService(server: $0, groups: groupCoordinator))] } ?? []) + [
+                    .init(service: GroupService(coordinator: groupCoordinator)),
+                ] + (kafkaServer.map { [ServiceGroupConfiguration.ServiceConfiguration(service: KafkaService(server: $0))] } ?? []) + [
                     .init(service: retention),
                     .init(service: TopologyService(master: topologies)),
                     .init(service: DrainOnShutdown(storage: components.storage), successTerminationBehavior: .ignore),
@@ -158,7 +161,7 @@ public enum Server {
 
 extension Server {
     /// Per group and partition lag, and members per group, refreshed at scrape time.
-    static func recordGroupMetrics(_ directory: KafkaGroupDirectory) {
+    static func recordGroupMetrics(_ directory: CoordinatorGroupDirectory) {
         for summary in directory.groupSummaries() {
             Gauge(label: "aqueduct_group_members", dimensions: [("group", summary.name)]).record(summary.members)
             guard let description = directory.describeGroup(summary.name) else { continue }
@@ -185,18 +188,27 @@ struct DrainOnShutdown: Service {
 /// Serves Kafka clients until shutdown begins, then closes the listener and its connections.
 struct KafkaService: Service {
     let server: KafkaServer
-    let groups: GroupCoordinator?
 
     func run() async throws {
-        try await cancelWhenGracefulShutdown {
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                if let groups { group.addTask { await groups.runTicker() } }
-                group.addTask { try await server.run() }
-                try await group.next()
-                group.cancelAll()
+        do {
+            try await cancelWhenGracefulShutdown {
+                try await server.run()
             }
+        } catch is CancellationError {
+            // Shutdown began: the listener stops taking connections.
         }
         await server.close()
+    }
+}
+
+/// Expires group sessions and ends rebalances on time until shutdown.
+struct GroupService: Service {
+    let coordinator: GroupCoordinator
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            await coordinator.runTicker()
+        }
     }
 }
 

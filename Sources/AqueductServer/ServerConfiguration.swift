@@ -1,3 +1,4 @@
+import AqueductAPI
 import AqueductBroker
 import AqueductKafka
 import AqueductLog

@@ -1,6 +1,5 @@
-import AqueductBroker
 import AqueductClient
-import AqueductHTTP
+import AqueductAPI
 import AqueductTopology
 import Foundation
 import Synchronization

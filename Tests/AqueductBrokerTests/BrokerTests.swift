@@ -1,3 +1,4 @@
+import AqueductAPI
 import AqueductCommon
 import AqueductLog
 import AqueductMetadata

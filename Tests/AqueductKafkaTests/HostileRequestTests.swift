@@ -1,3 +1,5 @@
+import AqueductBroker
+@testable import AqueductGroups
 import AqueductTestSupport
 import Logging
 import NIOCore

@@ -1,3 +1,4 @@
+import AqueductGroups
 import AqueductBroker
 import AqueductTestSupport
 import Foundation

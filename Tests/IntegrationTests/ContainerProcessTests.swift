@@ -1,5 +1,5 @@
 import AqueductClient
-import AqueductHTTP
+import AqueductAPI
 import AqueductTopologyExamples
 import AqueductTopologyService
 import Foundation

@@ -1,6 +1,5 @@
-import AqueductBroker
 import AqueductClient
-import AqueductHTTP
+import AqueductAPI
 import Foundation
 import Synchronization
 import Testing

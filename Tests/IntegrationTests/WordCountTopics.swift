@@ -1,5 +1,5 @@
 import AqueductClient
-import AqueductHTTP
+import AqueductAPI
 import AqueductTopologyExamples
 
 /// The "sentences" → "counts" topics the WordCount integration tests use.

@@ -1,3 +1,4 @@
+import AqueductAPI
 import AqueductBroker
 import AqueductCommon
 import Logging
@@ -173,87 +174,5 @@ public final class GroupCoordinator: Sendable {
             }
             Self.deliver(due)
         }
-    }
-}
-
-/// Groups as the HTTP API, the CLI and the metrics see them: members with their
-/// decoded assignments, committed offsets with lag against the partitions' ends.
-public struct KafkaGroupDirectory: GroupDirectory {
-    let coordinator: GroupCoordinator
-    let broker: Broker
-
-    public init(coordinator: GroupCoordinator, broker: Broker) {
-        self.coordinator = coordinator
-        self.broker = broker
-    }
-
-    public func groupSummaries() -> [GroupSummary] {
-        coordinator.allGroups().sorted { $0.groupID < $1.groupID }.map { group in
-            GroupSummary(name: group.groupID, state: group.state.rawValue, members: group.members.count,
-                lag: describe(group).lag)
-        }
-    }
-
-    public func describeGroup(_ name: String) -> GroupDescription? {
-        coordinator.describe(name).map(describe)
-    }
-
-    public func commitOffsets(group: String, topic: String, offsets: [Int: Int64]) async throws(BrokerError) {
-        guard !group.isEmpty else { throw BrokerError(.invalidRequest, "group name is empty") }
-        var commits: [(TopicPartition, OffsetStore.Committed)] = []
-        for (partition, offset) in offsets.sorted(by: { $0.key < $1.key }) {
-            guard offset >= 0 else { throw BrokerError(.invalidRequest, "offset \(offset) of partition \(partition) is negative") }
-            _ = try broker.offsets(topic: topic, partition: partition)  // the partition exists
-            commits.append((TopicPartition(topic, partition),
-                            OffsetStore.Committed(offset: offset, leaderEpoch: -1, metadata: nil, commitTimestamp: 0)))
-        }
-        let code = await coordinator.commit(groupID: group, memberID: "", generation: -1, commits)
-        switch code {
-        case KafkaErrorCode.none: return
-        case KafkaErrorCode.unknownMemberID:
-            throw BrokerError(.invalidRequest, "group '\(group)' has members: its offsets are committed by them",
-                hint: "use another group name for this consumer")
-        default:
-            throw BrokerError(.unavailable, "offset commit failed (Kafka error code \(code))", hint: "retry")
-        }
-    }
-
-    public func committedOffsets(group: String, topic: String) -> [Int: Int64] {
-        var found: [Int: Int64] = [:]
-        for (partition, committed) in coordinator.offsets.offsets(group: group) where partition.topic == topic {
-            found[partition.partition] = committed.offset
-        }
-        return found
-    }
-
-    private func describe(_ group: GroupStateMachine) -> GroupDescription {
-        var owners: [TopicPartition: String] = [:]
-        let members = group.members.map { member -> GroupDescription.Member in
-            var assignment: [String: [Int]] = [:]
-            if group.protocolType == "consumer", !member.assignment.isEmpty {
-                var reader = KafkaReader(ByteBuffer(bytes: member.assignment))
-                if let version = try? reader.readInt16("version"),
-                    let decoded = try? ConsumerProtocolAssignment(from: &reader, version: max(0, min(version, 3)))
-                {
-                    for topic in decoded.assignedPartitions {
-                        assignment[topic.topic] = topic.partitions.map(Int.init).sorted()
-                        for partition in topic.partitions { owners[TopicPartition(topic.topic, Int(partition))] = member.id }
-                    }
-                }
-            }
-            return GroupDescription.Member(
-                memberID: member.id, instanceID: member.instanceID, clientID: member.clientID, clientHost: member.clientHost,
-                assignment: assignment)
-        }
-        let committed = coordinator.offsets.offsets(group: group.groupID)
-        let offsets = committed.sorted { ($0.key.topic, $0.key.partition) < ($1.key.topic, $1.key.partition) }.map { partition, committed in
-            let end = (try? broker.offsets(topic: partition.topic, partition: partition.partition).end) ?? committed.offset
-            return GroupDescription.PartitionOffset(
-                topic: partition.topic, partition: partition.partition, committedOffset: committed.offset, endOffset: end,
-                lag: max(0, end - committed.offset), metadata: committed.metadata, memberID: owners[partition])
-        }
-        return GroupDescription(
-            name: group.groupID, state: group.state.rawValue, protocolType: group.protocolType ?? "",
-            assignmentProtocol: group.protocolName ?? "", generation: group.generation, members: members, offsets: offsets)
     }
 }

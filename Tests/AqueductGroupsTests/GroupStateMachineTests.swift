@@ -1,4 +1,5 @@
-@testable import AqueductKafka
+import AqueductBroker
+@testable import AqueductGroups
 import Testing
 
 /// The group protocol as scripts of events against the pure state machine.

@@ -1,3 +1,5 @@
+import AqueductAPI
+import AqueductBroker
 import AqueductCommon
 
 /// One consumer group's membership protocol (Kafka's classic group protocol) as a pure

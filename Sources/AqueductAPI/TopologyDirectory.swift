@@ -1,5 +1,3 @@
-import AqueductBroker
-
 /// What the HTTP API asks of the topology master (in the server), so that this module
 /// does not depend on the processing engine.
 public protocol TopologyDirectory: Sendable {

@@ -1,6 +1,3 @@
-import AqueductBroker
-import AqueductLog
-import AqueductRecords
 import Foundation
 
 /// JSON bodies of the HTTP API (docs/HTTP-API.md). Keys, values and header values are
@@ -9,7 +6,7 @@ public enum PayloadEncoding: String, Codable, Sendable {
     case utf8
     case base64
 
-    func decode(_ text: String?, field: String) throws(BrokerError) -> [UInt8]? {
+    public func decode(_ text: String?, field: String) throws(BrokerError) -> [UInt8]? {
         guard let text else { return nil }
         switch self {
         case .utf8: return Array(text.utf8)
@@ -21,7 +18,7 @@ public enum PayloadEncoding: String, Codable, Sendable {
         }
     }
 
-    func encode(_ bytes: [UInt8]?) -> String? {
+    public func encode(_ bytes: [UInt8]?) -> String? {
         guard let bytes else { return nil }
         switch self {
         case .utf8: return String(decoding: bytes, as: UTF8.self)
@@ -47,8 +44,18 @@ public struct TopicList: Codable, Sendable {
         public var name: String
         public var partitions: Int
         public var endOffsets: [Int64]
+
+        public init(name: String, partitions: Int, endOffsets: [Int64]) {
+            self.name = name
+            self.partitions = partitions
+            self.endOffsets = endOffsets
+        }
     }
     public var topics: [Entry]
+
+    public init(topics: [Entry]) {
+        self.topics = topics
+    }
 }
 
 public struct HeaderJSON: Codable, Sendable, Equatable {
@@ -121,6 +128,10 @@ public struct ProduceRequest: Codable, Sendable {
 
 public struct ProduceResponse: Codable, Sendable {
     public var offsets: [ProducedRecord]
+
+    public init(offsets: [ProducedRecord]) {
+        self.offsets = offsets
+    }
 }
 
 public struct FetchedRecordJSON: Codable, Sendable, Equatable {
@@ -130,6 +141,15 @@ public struct FetchedRecordJSON: Codable, Sendable, Equatable {
     public var key: String?
     public var value: String?
     public var headers: [HeaderJSON]
+
+    public init(partition: Int, offset: Int64, timestamp: Int64, key: String?, value: String?, headers: [HeaderJSON]) {
+        self.partition = partition
+        self.offset = offset
+        self.timestamp = timestamp
+        self.key = key
+        self.value = value
+        self.headers = headers
+    }
 }
 
 public struct FetchResponse: Codable, Sendable {
@@ -139,12 +159,25 @@ public struct FetchResponse: Codable, Sendable {
     public var startOffset: Int64
     /// One past the last acknowledged offset (Kafka's high watermark).
     public var endOffset: Int64
+
+    public init(records: [FetchedRecordJSON], nextOffset: Int64, startOffset: Int64, endOffset: Int64) {
+        self.records = records
+        self.nextOffset = nextOffset
+        self.startOffset = startOffset
+        self.endOffset = endOffset
+    }
 }
 
 public struct OffsetsResponse: Codable, Sendable {
     public var partition: Int
     public var startOffset: Int64
     public var endOffset: Int64
+
+    public init(partition: Int, startOffset: Int64, endOffset: Int64) {
+        self.partition = partition
+        self.startOffset = startOffset
+        self.endOffset = endOffset
+    }
 }
 
 /// `{"error": {"code", "message", "hint"}}`, the body of every failed request.
@@ -153,8 +186,18 @@ public struct ErrorBody: Codable, Sendable {
         public var code: String
         public var message: String
         public var hint: String?
+
+        public init(code: String, message: String, hint: String?) {
+            self.code = code
+            self.message = message
+            self.hint = hint
+        }
     }
     public var error: Detail
+
+    public init(error: Detail) {
+        self.error = error
+    }
 }
 
 /// `GET /v1/groups`.

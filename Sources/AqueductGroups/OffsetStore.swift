@@ -1,3 +1,4 @@
+import AqueductAPI
 import AqueductBroker
 import AqueductCommon
 import AqueductLog
@@ -19,6 +20,13 @@ public final class OffsetStore: Sendable {
         public var leaderEpoch: Int32
         public var metadata: String?
         public var commitTimestamp: Int64
+
+        public init(offset: Int64, leaderEpoch: Int32, metadata: String?, commitTimestamp: Int64) {
+            self.offset = offset
+            self.leaderEpoch = leaderEpoch
+            self.metadata = metadata
+            self.commitTimestamp = commitTimestamp
+        }
     }
 
     struct Key: Codable, Hashable {
