@@ -11,6 +11,7 @@ public enum KafkaErrorCode {
     public static let notLeaderOrFollower: Int16 = 6
     public static let requestTimedOut: Int16 = 7
     public static let messageTooLarge: Int16 = 10
+    public static let offsetMetadataTooLarge: Int16 = 12
     public static let coordinatorNotAvailable: Int16 = 15
     public static let notCoordinator: Int16 = 16
     public static let invalidTopicException: Int16 = 17
@@ -38,6 +39,7 @@ public enum KafkaErrorCode {
     public static let nonEmptyGroup: Int16 = 68
     public static let memberIDRequired: Int16 = 79
     public static let invalidRecord: Int16 = 87
+    public static let groupMaxSizeReached: Int16 = 81
     public static let fencedInstanceID: Int16 = 82
     public static let unknownServerError: Int16 = -1
 

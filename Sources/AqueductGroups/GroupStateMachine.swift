@@ -82,13 +82,8 @@ public struct GroupStateMachine: Sendable {
         }
     }
 
-    public struct Limits: Sendable {
-        public var sessionTimeoutMilliseconds: ClosedRange<Int64> = 1_000...1_800_000
-        public init() {}
-    }
-
     public let groupID: String
-    public let limits: Limits
+    public let limits: GroupLimits
     /// Makes the random part of member ids; seeded, so a test replays a run.
     private var random: SplitMix64
     public private(set) var state: State = .empty
@@ -104,7 +99,7 @@ public struct GroupStateMachine: Sendable {
 
     /// `random` makes member ids unguessable and unique across restarts, as Kafka's
     /// (`clientId-UUID`); tests pass a seeded one.
-    public init(groupID: String, limits: Limits = Limits(), random: SplitMix64 = SplitMix64()) {
+    public init(groupID: String, limits: GroupLimits = GroupLimits(), random: SplitMix64 = SplitMix64()) {
         self.groupID = groupID
         self.limits = limits
         self.random = random
@@ -153,6 +148,11 @@ public struct GroupStateMachine: Sendable {
             return fail(KafkaErrorCode.invalidSessionTimeout)
         }
         guard !request.protocolType.isEmpty, !request.protocols.isEmpty else { return fail(KafkaErrorCode.inconsistentGroupProtocol) }
+        // What a member keeps here is bounded: it is shown to the others, some in
+        // 16-bit strings, and it takes memory until the member leaves.
+        let identifiers = [request.protocolType, request.instanceID ?? ""] + request.protocols.map(\.name)
+        guard identifiers.allSatisfy({ $0.utf8.count <= limits.identifierBytesMax }) else { return fail(KafkaErrorCode.invalidRequest) }
+        guard Self.bytes(of: request.protocols) <= limits.memberMetadataBytesMax else { return fail(KafkaErrorCode.invalidRequest) }
         if !members.isEmpty {
             // Every member must speak the group's protocol type and share a protocol with it.
             let names = Set(request.protocols.map(\.name))
@@ -184,6 +184,7 @@ public struct GroupStateMachine: Sendable {
                         protocolName: protocolName, leaderID: leaderID ?? "", memberID: memberID))]
                 }
             } else {
+                guard members.count + pendingMemberIDs.count < limits.membersMax else { return fail(KafkaErrorCode.groupMaxSizeReached) }
                 memberID = newMemberID(request.clientID)
                 if request.requiresKnownMemberID && request.instanceID == nil {
                     pendingMemberIDs[memberID] = now + request.sessionTimeoutMilliseconds
@@ -355,6 +356,10 @@ public struct GroupStateMachine: Sendable {
             }
             members[index].pendingSync = token
             guard memberID == leaderID else { return replies }
+            guard assignments.allSatisfy({ $0.assignment.count <= limits.memberMetadataBytesMax }) else {
+                members[index].pendingSync = nil
+                return replies + reply(KafkaErrorCode.invalidRequest)
+            }
             let byMember = Dictionary(assignments.map { ($0.memberID, $0.assignment) }, uniquingKeysWith: { _, last in last })
             for other in members.indices {
                 members[other].assignment = byMember[members[other].id] ?? []
@@ -448,6 +453,21 @@ public struct GroupStateMachine: Sendable {
             replies += completeJoinIfReady(now: now, deadlinePassed: true)
         }
         return replies
+    }
+
+    /// Bytes a member's protocols take (names and metadata).
+    static func bytes(of protocols: [SupportedProtocol]) -> Int {
+        protocols.reduce(0) { $0 + $1.name.utf8.count + $1.metadata.count }
+    }
+
+    /// Bytes the members keep here (ids, protocols, metadata, assignments), what the
+    /// coordinator's `stateBytesMax` bounds over all groups.
+    public var retainedBytes: Int {
+        let perMember = members.reduce(0) { total, member in
+            total + member.id.utf8.count + (member.instanceID?.utf8.count ?? 0) + member.clientID.utf8.count + member.clientHost.utf8.count
+                + Self.bytes(of: member.protocols) + member.assignment.count + 64
+        }
+        return groupID.utf8.count + perMember + pendingMemberIDs.keys.reduce(0) { $0 + $1.utf8.count + 16 }
     }
 
     /// Whether the coordinator can forget this group (no members; offsets live apart).

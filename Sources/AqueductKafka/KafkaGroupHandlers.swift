@@ -74,16 +74,22 @@ extension KafkaRequestHandler {
                     metadata: partition.committedMetadata, commitTimestamp: now)))
             }
         }
-        // Partitions of unknown topics are refused one by one; the rest are stored together.
+        // Partitions of unknown topics, and metadata longer than Kafka's
+        // offset.metadata.max.bytes, are refused one by one; the rest are stored together.
         var codes: [TopicPartition: Int16] = [:]
+        let metadataBytesMax = groups.limits.offsetMetadataBytesMax
         let known = commits.filter { commit in
             guard let count = try? broker.partitionCount(commit.0.topic), commit.0.partition >= 0, commit.0.partition < count else {
                 codes[commit.0] = KafkaErrorCode.unknownTopicOrPartition
                 return false
             }
+            guard (commit.1.metadata?.utf8.count ?? 0) <= metadataBytesMax else {
+                codes[commit.0] = KafkaErrorCode.offsetMetadataTooLarge
+                return false
+            }
             return true
         }
-        let code = await groups.commit(
+        let code = known.isEmpty ? KafkaErrorCode.none : await groups.commit(
             groupID: request.groupId, memberID: request.memberId, generation: request.generationIdOrMemberEpoch, known)
         for commit in known { codes[commit.0] = code }
         var response = OffsetCommitResponse()
