@@ -339,6 +339,20 @@ public final class Broker: Sendable {
         }
     }
 
+    /// Queues a batch as `submitBatch` does if `admit`, called under the partition's
+    /// log lock with the offset the batch would get, says so; nil when it did not.
+    public func submitBatch(
+        topic: String, partition: Int, batch: ByteBuffer, admit: (_ baseOffset: Int64) -> Bool
+    ) async throws(BrokerError) -> QueuedBatch? {
+        let target = try self.partition(topic, partition)
+        do {
+            guard let pending = try await target.writer.submit(batch, admit: admit) else { return nil }
+            return QueuedBatch(pending: pending, broker: self, partition: TopicPartition(topic, partition), metrics: target.metrics, bytes: batch.readableBytes)
+        } catch {
+            throw BrokerError.from(log: error)
+        }
+    }
+
     /// A batch queued by `submitBatch`.
     public struct QueuedBatch: Sendable {
         let pending: PendingAppend

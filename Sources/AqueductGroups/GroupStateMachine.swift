@@ -233,7 +233,7 @@ public struct GroupStateMachine: Sendable {
     }
 
     /// The longest prefix of `text` of at most `bytes` UTF-8 bytes (whole characters).
-    static func prefix(of text: String, bytes: Int) -> String {
+    public static func prefix(of text: String, bytes: Int) -> String {
         guard text.utf8.count > bytes else { return text }
         var end = text.startIndex
         var used = 0

@@ -286,7 +286,8 @@ public final class KafkaRequestHandler: Sendable {
     /// so far, and the batches whose durability it still waits for.
     struct QueuedPartition: Sendable {
         var result: ProduceResponse.PartitionProduceResponse
-        var queued: [Broker.QueuedBatch] = []
+        /// Queued batches and their producer ids (-1: not idempotent).
+        var queued: [(batch: Broker.QueuedBatch, producerID: Int64)] = []
     }
 
     /// Queues every batch of the request, partition after partition in request order
@@ -317,7 +318,7 @@ public final class KafkaRequestHandler: Sendable {
             var topicResponse = ProduceResponse.TopicProduceResponse()
             topicResponse.name = topic
             for var partition in partitions {
-                for batch in partition.queued {
+                for (batch, producerID) in partition.queued {
                     do throws(BrokerError) {
                         _ = try await batch.durable()
                     } catch {
@@ -327,7 +328,7 @@ public final class KafkaRequestHandler: Sendable {
                             partition.result.errorCode = KafkaErrorCode.from(error)
                             partition.result.errorMessage = error.message
                         }
-                        producers.forget(batch.result, partition: TopicPartition(topic, Int(partition.result.index)))
+                        producers.forget(batch.result, producerID: producerID, partition: TopicPartition(topic, Int(partition.result.index)))
                     }
                 }
                 if partition.result.errorCode == 0 {
@@ -351,12 +352,19 @@ public final class KafkaRequestHandler: Sendable {
         if (try? broker.partitionCount(topic)) == nil, listener.autoCreatePartitions > 0 {
             _ = await autoCreateTopic(topic)
         }
+        do throws(BrokerError) {
+            _ = try broker.offsets(topic: topic, partition: target.partition)
+        } catch {
+            queued.result.errorCode = KafkaErrorCode.from(error)
+            queued.result.errorMessage = Self.shortened(error.message)
+            return queued
+        }
         // A request may carry several batches; each is validated and stored as sent.
         var index = records.readerIndex
         var first: Int64?
         while index < records.writerIndex {
             guard let header = RecordBatchHeader(from: records, at: index), header.totalSize <= records.writerIndex - index,
-                header.totalSize >= RecordBatchHeader.size
+                header.totalSize >= RecordBatchHeader.size, let batch = records.getSlice(at: index, length: header.totalSize)
             else {
                 queued.result.errorCode = KafkaErrorCode.corruptMessage
                 queued.result.errorMessage = "the records do not hold whole record batches"
@@ -367,38 +375,58 @@ public final class KafkaRequestHandler: Sendable {
                 queued.result.errorMessage = "message format v\(header.magic) is not supported; use a client that sends v2 record batches (Kafka 0.11+)"
                 return queued
             }
-            let batch = records.getSlice(at: index, length: header.totalSize)!
             index += header.totalSize
-            await producers.restoreIfNeeded(producerID: header.producerId, partition: target, broker: broker)
-            switch producers.check(header, partition: target) {
+            if header.producerId >= 0 { await producers.restoreIfNeeded(partition: target, broker: broker) }
+            // The sequence check and the record of the batch happen under the log's
+            // lock as its offsets are assigned: a batch retried on two connections at
+            // once is stored once. Recorded when queued, so the producer's next batch
+            // (maybe in the next request, before this one is durable) follows it;
+            // forgotten if it fails.
+            var verdict = ProducerStateTable.Verdict.append
+            do throws(BrokerError) {
+                let producers = self.producers
+                let batchQueued = try await broker.submitBatch(topic: topic, partition: target.partition, batch: batch) { baseOffset in
+                    verdict = producers.admit(header, partition: target, baseOffset: baseOffset)
+                    return verdict == .append
+                }
+                if let batchQueued {
+                    queued.queued.append((batchQueued, header.producerId))
+                    first = first ?? batchQueued.result.baseOffset
+                    continue
+                }
+            } catch {
+                if verdict == .append, header.producerId >= 0 {
+                    // Recorded, then refused by the storage node: forget it so a retry is stored.
+                    producers.forgetLast(producerID: header.producerId, partition: target)
+                }
+                queued.result.errorCode = KafkaErrorCode.from(error)
+                queued.result.errorMessage = Self.shortened(error.message)
+                return queued
+            }
+            switch verdict {
             case .append:
-                break
+                continue
             case .duplicate(let baseOffset):
                 // A retry of a batch already stored: answer as the first time.
                 first = first ?? baseOffset
-                queued.result.baseOffset = first ?? -1
-                continue
             case .reject(let code, let message):
                 queued.result.errorCode = code
                 queued.result.errorMessage = message
-                return queued
-            }
-            do throws(BrokerError) {
-                let batchQueued = try await broker.submitBatch(topic: topic, partition: Int(partition.index), batch: batch)
-                // Recorded when queued, so the producer's next batch (maybe in the next
-                // request, before this one is durable) follows it; forgotten if it fails.
-                producers.record(header, partition: target, baseOffset: batchQueued.result.baseOffset)
-                queued.queued.append(batchQueued)
-                first = first ?? batchQueued.result.baseOffset
-            } catch {
-                queued.result.errorCode = KafkaErrorCode.from(error)
-                queued.result.errorMessage = error.message
                 return queued
             }
         }
         queued.result.baseOffset = first ?? -1
         return queued
     }
+
+    /// An error message in a response: the first `errorMessageBytesMax` bytes, so that
+    /// a client's long name quoted in it cannot make the response unencodable.
+    static func shortened(_ message: String) -> String {
+        GroupStateMachine.prefix(of: message, bytes: errorMessageBytesMax)
+    }
+
+    /// Longest error message in a response, in bytes.
+    static let errorMessageBytesMax = 1_024
 
     // MARK: - Fetch
 

@@ -141,6 +141,14 @@ public final class Log: Sendable {
     /// submitted one after another are stored in that order, so a caller can queue the
     /// next batch while the previous one syncs.
     func submit(_ batch: ByteBuffer, epoch: UInt64) async throws(LogError) -> PendingAppend {
+        try await submit(batch, epoch: epoch, admit: { _ in true })!
+    }
+
+    /// As `submit`, with `admit` called under the log's lock with the offset the batch
+    /// would get, just before it is queued: returning false leaves the log unchanged
+    /// (and `submit` returns nil). Lets a caller check and record something about the
+    /// batch atomically with its append (idempotent producers' sequence numbers).
+    func submit(_ batch: ByteBuffer, epoch: UInt64, admit: (_ baseOffset: Int64) -> Bool) async throws(LogError) -> PendingAppend? {
         // Checked outside the lock; the size limit, which can change, inside it.
         let header: RecordBatchHeader
         do { header = try RecordBatch.validate(batch, maxBytes: .max) } catch { throw .invalidBatch(error) }
@@ -152,6 +160,8 @@ public final class Log: Sendable {
             case queued(PendingAppend)
             /// Refused before anything was queued; the budget is still ours.
             case rejected(LogError)
+            /// Not admitted by the caller; the budget is still ours.
+            case skipped
             case roll
             case waitForRoll
         }
@@ -177,6 +187,7 @@ public final class Log: Sendable {
                     return .roll
                 }
                 let baseOffset = state.nextOffset
+                if !admit(baseOffset) { return .skipped }
                 // Not written into `batch` here: it usually shares storage with the
                 // request it arrived in, and writing would copy it. The storage node
                 // writes the offset wherever the batch goes.
@@ -204,6 +215,9 @@ public final class Log: Sendable {
             case .rejected(let error):
                 storage.releaseWriteBudget(reserved)
                 throw error
+            case .skipped:
+                storage.releaseWriteBudget(reserved)
+                return nil
             case .waitForRoll:
                 await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                     let resumeNow = state.withLock { state -> Bool in
@@ -500,6 +514,12 @@ public struct LogWriter: Sendable {
     /// Queues a batch (offsets assigned) without waiting for it to be durable.
     public func submit(_ batch: ByteBuffer) async throws(LogError) -> PendingAppend {
         try await log.submit(batch, epoch: epoch)
+    }
+
+    /// Queues a batch if `admit`, called under the log's lock with the offset the batch
+    /// would get, says so; nil when it did not.
+    public func submit(_ batch: ByteBuffer, admit: (_ baseOffset: Int64) -> Bool) async throws(LogError) -> PendingAppend? {
+        try await log.submit(batch, epoch: epoch, admit: admit)
     }
 }
 

@@ -9,6 +9,7 @@ import AqueductTestSupport
 import Foundation
 import Logging
 import NIOCore
+import Synchronization
 import Testing
 
 @testable import AqueductKafka
@@ -224,6 +225,38 @@ func values(of records: ByteBuffer?) throws -> [String] {
         let gap = try await stack.produce("t", batch(["lost"], producerID: ids.producerId, sequence: 7))
         #expect(gap.errorCode == KafkaErrorCode.outOfOrderSequenceNumber)
         #expect(try values(of: try await stack.fetch("t", offset: 0).records) == ["one", "two", "three"])
+        try await stack.close()
+    }
+
+    @Test func theSameBatchRetriedOnManyConnectionsAtOnceIsStoredOnce() async throws {
+        let stack = try await KafkaStack.open(temporaryDirectory())
+        _ = try await stack.broker.createTopic("t", partitions: 1)
+        for round in 0..<20 {
+            let retried = batch(["r\(round)-a", "r\(round)-b"], producerID: 77, sequence: Int32(round * 2))
+            let answers = try await withThrowingTaskGroup(of: ProduceResponse.PartitionProduceResponse.self) { group in
+                for _ in 0..<8 { group.addTask { try await stack.produce("t", retried) } }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            // Every copy is answered with the one offset it was stored at.
+            #expect(answers.allSatisfy { $0.errorCode == 0 && $0.baseOffset == Int64(round * 2) })
+        }
+        let stored = try await stack.readAll("t")
+        #expect(stored.count == 40 && Set(stored).count == 40)
+        try await stack.close()
+    }
+
+    @Test func newProducerIDsAfterARestartCostALookupNotAScan() async throws {
+        let directory = temporaryDirectory()
+        var stack = try await KafkaStack.open(directory)
+        _ = try await stack.broker.createTopic("t", partitions: 1)
+        #expect(try await stack.produce("t", batch(["before"], producerID: 1, sequence: 0)).errorCode == 0)
+        try await stack.close()
+        stack = try await KafkaStack.open(directory)
+        for producer in 2..<500 {
+            #expect(try await stack.produce("t", batch(["p\(producer)"], producerID: Int64(producer), sequence: 0)).errorCode == 0)
+        }
+        // One read of the partition's recent batches after the restart, not one per producer.
+        #expect(stack.handler.producers.restoreScans.load(ordering: .relaxed) == 1)
         try await stack.close()
     }
 

@@ -1,5 +1,6 @@
 @testable import AqueductKafka
 import AqueductBroker
+import AqueductCommon
 import AqueductRecords
 import Testing
 
@@ -51,5 +52,48 @@ import Testing
         #expect(a != b && epochA == 0)
         let (same, bumped) = table.allocate(existing: a, epoch: 0)
         #expect(same == a && bumped == 1)
+    }
+}
+
+@Suite struct ProducerStateBoundsTests {
+    let partition = TopicPartition("t", 0)
+
+    func header(producer: Int64, sequence: Int32 = 0) -> RecordBatchHeader {
+        var builder = RecordBatchBuilder()
+        builder.append(timestamp: 1, key: nil, value: [1])
+        var header = RecordBatchHeader(from: builder.build())!
+        header.producerId = producer
+        header.producerEpoch = 0
+        header.baseSequence = sequence
+        return header
+    }
+
+    @Test func statesExpireAfterTheProducerIsIdleForTheExpirationTime() {
+        let clock = ManualWallClock()
+        var limits = ProducerStateTable.Limits()
+        limits.expirationMilliseconds = 3_600_000
+        let table = ProducerStateTable(limits: limits, clock: clock)
+        #expect(table.admit(header(producer: 1), partition: partition, baseOffset: 0) == .append)
+        clock.advance(byMilliseconds: 1_800_000)
+        #expect(table.admit(header(producer: 2), partition: partition, baseOffset: 1) == .append)
+        clock.advance(byMilliseconds: 1_900_000)
+        // Producer 1 was idle for 3.7 h: gone at the next sweep; producer 2 (1.9 h) stays.
+        #expect(table.admit(header(producer: 3), partition: partition, baseOffset: 2) == .append)
+        #expect(table.count == 2)
+        #expect(table.check(header(producer: 2), partition: partition) == .duplicate(baseOffset: 1))
+    }
+
+    @Test func pastTheBoundTheStatesWrittenLongestAgoAreDropped() {
+        let clock = ManualWallClock()
+        var limits = ProducerStateTable.Limits()
+        limits.statesMax = 100
+        let table = ProducerStateTable(limits: limits, clock: clock)
+        for producer in 0..<1_000 {
+            clock.advance(byMilliseconds: 1)
+            #expect(table.admit(header(producer: Int64(producer)), partition: partition, baseOffset: Int64(producer)) == .append)
+            #expect(table.count <= 100)
+        }
+        // The most recent producers are still known.
+        #expect(table.check(header(producer: 999), partition: partition) == .duplicate(baseOffset: 999))
     }
 }
