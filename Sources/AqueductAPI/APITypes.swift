@@ -230,7 +230,9 @@ public struct GroupOffsets: Codable, Sendable, Equatable {
 
 /// `POST /v1/topologies`: run a topology program in the service.
 public struct TopologySubmitRequest: Codable, Sendable {
-    /// Path of the program (on the server's machine), built against AqueductTopology.
+    /// The program, built against AqueductTopology: the name of one uploaded with
+    /// `PUT /v1/programs/{name}`, or a path inside the server's programs directory.
+    /// Anything else is refused (PROGRAM_NOT_ALLOWED).
     public var executable: String
     public var arguments: [String]
     /// Registers the topology under this name instead of the program's.

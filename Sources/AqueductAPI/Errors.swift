@@ -18,6 +18,9 @@ public enum ErrorCode: String, Sendable, CaseIterable, Codable {
     case unavailable = "UNAVAILABLE"
     case internalError = "INTERNAL_ERROR"
     case groupNotFound = "GROUP_NOT_FOUND"
+    case unauthorized = "UNAUTHORIZED"
+    case forbidden = "FORBIDDEN"
+    case programNotAllowed = "PROGRAM_NOT_ALLOWED"
 
     /// The closest Kafka protocol error code.
     public var kafkaCode: Int16 {
@@ -36,6 +39,8 @@ public enum ErrorCode: String, Sendable, CaseIterable, Codable {
         case .unavailable: 6  // NOT_LEADER_OR_FOLLOWER: clients retry
         case .internalError: -1
         case .groupNotFound: 69
+        case .unauthorized: 58  // SASL_AUTHENTICATION_FAILED
+        case .forbidden, .programNotAllowed: 31  // CLUSTER_AUTHORIZATION_FAILED
         }
     }
 }

@@ -42,6 +42,9 @@ public final class AppendNotifier: Sendable {
 
     public init() {}
 
+    /// Fetchers registered or waiting now.
+    public var waiting: Int { state.withLock { $0.waiters.count } }
+
     public func register(_ partitions: [TopicPartition]) -> Ticket {
         state.withLock { state in
             let id = state.nextID
@@ -54,12 +57,25 @@ public final class AppendNotifier: Sendable {
 
     /// Waits until an append to one of the ticket's partitions since `register`, or the
     /// timeout; returns whether an append woke it. Consumes the ticket.
+    /// A cancelled task's wait ends at once (false): a fetch whose connection closed
+    /// holds nothing until its timeout.
     public func wait(_ ticket: Ticket, timeoutNanoseconds: UInt64) async -> Bool {
         let timeout = Task { [self] in
             try? await Task.sleep(nanoseconds: timeoutNanoseconds)
             self.resume(ticket.id, notified: false)
         }
-        let notified = await withUnsafeContinuation { (continuation: UnsafeContinuation<Bool, Never>) in
+        let notified = await withTaskCancellationHandler {
+            await waitForNotification(ticket)
+        } onCancel: {
+            self.resume(ticket.id, notified: false)
+        }
+        timeout.cancel()
+        cancel(ticket)
+        return notified
+    }
+
+    private func waitForNotification(_ ticket: Ticket) async -> Bool {
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Bool, Never>) in
             let resumeNow: Bool? = state.withLock { state in
                 switch state.waiters[ticket.id] {
                 case .registered:
@@ -73,9 +89,6 @@ public final class AppendNotifier: Sendable {
             }
             if let resumeNow { continuation.resume(returning: resumeNow) }
         }
-        timeout.cancel()
-        cancel(ticket)
-        return notified
     }
 
     /// Forgets a ticket that will not be waited on.

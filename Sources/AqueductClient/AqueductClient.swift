@@ -49,8 +49,13 @@ public struct AqueductClient: Sendable {
         return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
     }()
 
-    public init(baseURL: String, http: HTTPClient = AqueductClient.defaultHTTPClient) {
+    /// Sent as `Authorization: Bearer <token>` when the server wants tokens.
+    public let token: String?
+
+    /// `token` defaults to `$AQUEDUCT_TOKEN` (what the server gives topology containers).
+    public init(baseURL: String, token: String? = ProcessInfo.processInfo.environment["AQUEDUCT_TOKEN"], http: HTTPClient = AqueductClient.defaultHTTPClient) {
         self.baseURL = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
+        self.token = token.flatMap { $0.isEmpty ? nil : $0 }
         self.http = http
     }
 
@@ -97,6 +102,34 @@ public struct AqueductClient: Sendable {
 
     public func submitTopology(_ request: TopologySubmitRequest) async throws -> TopologyStatusJSON {
         try await call(.POST, "/v1/topologies", body: request)
+    }
+
+    /// Uploads a program file as `name` into the server's programs directory, in
+    /// chunks; `progress` gets the bytes sent so far and the total.
+    public func uploadProgram(path: String, name: String, progress: @escaping @Sendable (Int, Int) -> Void = { _, _ in }) async throws -> ProgramJSON {
+        guard let handle = FileHandle(forReadingAtPath: path) else {
+            throw ClientError.unexpectedResponse(status: 0, body: "cannot read \(path); check the path of the program to upload")
+        }
+        let size = Int((try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0)
+        let chunks = AsyncStream<ByteBuffer> { continuation in
+            var sent = 0
+            while let data = try? handle.read(upToCount: 1 << 20), !data.isEmpty {
+                sent += data.count
+                continuation.yield(ByteBuffer(bytes: data))
+                progress(sent, size)
+            }
+            try? handle.close()
+            continuation.finish()
+        }
+        var request = HTTPClientRequest(url: baseURL + "/v1/programs/\(escape(name))")
+        request.method = .PUT
+        request.headers.add(name: "Content-Type", value: "application/octet-stream")
+        request.body = .stream(chunks, length: .known(Int64(size)))
+        return try await send(request)
+    }
+
+    public func listPrograms() async throws -> ProgramList {
+        try await call(.GET, "/v1/programs")
     }
 
     public func listTopologies() async throws -> TopologyList {
@@ -155,6 +188,12 @@ public struct AqueductClient: Sendable {
             request.headers.add(name: "Content-Type", value: "application/json")
             request.body = .bytes(ByteBuffer(bytes: try JSONEncoder().encode(body)))
         }
+        return try await send(request)
+    }
+
+    private func send<Response: Decodable>(_ request: HTTPClientRequest) async throws -> Response {
+        var request = request
+        if let token { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
         let response: HTTPClientResponse
         do {
             response = try await http.execute(request, timeout: .seconds(120))

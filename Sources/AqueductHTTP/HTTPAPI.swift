@@ -23,6 +23,8 @@ struct APIError: HTTPResponseError {
         case .invalidTopicName, .invalidPartitions, .invalidConfig, .invalidRecord, .invalidRequest: .badRequest
         case .notWritable, .unavailable: .serviceUnavailable
         case .corruptData, .storageError, .internalError: .internalServerError
+        case .unauthorized: .unauthorized
+        case .forbidden, .programNotAllowed: .forbidden
         }
     }
 
@@ -45,11 +47,12 @@ public enum HTTPAPI {
     public static let fetchRecordsMax = 10_000
 
     public static func router(
-        broker: Broker, groups: (any GroupDirectory)? = nil, topologies: (any TopologyDirectory)? = nil,
+        broker: Broker, groups: (any GroupDirectory)? = nil, topologies: (any TopologyDirectory)? = nil, access: HTTPAccess = HTTPAccess(),
         metricsText: @escaping @Sendable () -> String
     ) -> Router<BasicRequestContext> {
         let router = Router()
         router.middlewares.add(ErrorTranslation())
+        router.middlewares.add(AccessControl(access: access))
 
         router.get("/health") { _, _ in
             try json(["status": "ok"])
@@ -139,6 +142,12 @@ public enum HTTPAPI {
             let body: TopologyUpdateRequest = try await decodeBody(request, context: context)
             return try json(try await master().update(context.parameters.get("name") ?? "", parallelism: body.parallelism))
         }
+        router.get("/v1/programs") { _, _ in
+            try json(ProgramList(programs: try master().listPrograms()))
+        }
+        router.put("/v1/programs/:program") { request, context in
+            try await uploadProgram(try master(), name: context.parameters.get("program") ?? "", request: request)
+        }
         router.post("/v1/groups/:group/offsets") { request, context in
             let name = context.parameters.get("group") ?? ""
             guard let groups else { throw BrokerError(.unavailable, "consumer groups are not enabled on this server") }
@@ -157,6 +166,41 @@ public enum HTTPAPI {
             return try json(GroupOffsets(topic: topic, offsets: committed.sorted { $0.key < $1.key }.map { GroupOffsets.Entry(partition: $0.key, offset: $0.value) }))
         }
         return router
+    }
+
+    /// Streams an uploaded program into the programs directory (never all in memory),
+    /// up to the configured size, then installs it under `name`.
+    static func uploadProgram(_ master: any TopologyDirectory, name: String, request: Request) async throws -> Response {
+        try TopologyNames.validate(name, what: "program")
+        let temporary = master.programsDirectory + "/.upload-" + UUID().uuidString
+        guard FileManager.default.createFile(atPath: temporary, contents: nil), let handle = FileHandle(forWritingAtPath: temporary) else {
+            throw BrokerError(.storageError, "cannot write into the programs directory \(master.programsDirectory)")
+        }
+        var written = 0
+        do {
+            defer { try? handle.close() }
+            for try await chunk in request.body {
+                written += chunk.readableBytes
+                guard written <= master.programBytesMax else {
+                    throw BrokerError(.recordTooLarge, "the program is larger than \(master.programBytesMax) bytes (topologies.programBytesMax)",
+                        hint: "build it in release mode, or raise topologies.programBytesMax")
+                }
+                try handle.write(contentsOf: Data(chunk.readableBytesView))
+            }
+        } catch {
+            try? FileManager.default.removeItem(atPath: temporary)
+            throw error
+        }
+        guard written > 0 else {
+            try? FileManager.default.removeItem(atPath: temporary)
+            throw BrokerError(.invalidRequest, "the upload is empty; send the program's bytes as the request body")
+        }
+        do {
+            return try json(try master.installProgram(name: name, uploadedFile: temporary), status: .created)
+        } catch {
+            try? FileManager.default.removeItem(atPath: temporary)
+            throw error
+        }
     }
 
     static func produce(broker: Broker, request: Request, context: BasicRequestContext, partition: Int?) async throws -> Response {

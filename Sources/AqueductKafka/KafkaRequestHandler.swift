@@ -35,14 +35,19 @@ public final class KafkaRequestHandler: Sendable {
     /// Responses that could not be encoded (a value too long for its field in the
     /// request's version): a bug to report, answered by closing the connection.
     static let unencodableResponses = Counter(label: "aqueduct_kafka_responses_unencodable_total")
+    /// Topics a client named that were not created because of `autoCreateTopicsMax`.
+    static let autoCreateRefusals = Counter(label: "aqueduct_kafka_topics_autocreate_refused_total")
 
-    public init(broker: Broker, groups: GroupCoordinator, listener: KafkaListenerConfiguration, clusterID: String, logger: Logger) {
+    public init(
+        broker: Broker, groups: GroupCoordinator, listener: KafkaListenerConfiguration, clusterID: String,
+        producerStatesMax: Int = 200_000, producerIDExpirationMilliseconds: Int64 = 86_400_000, logger: Logger
+    ) {
         self.broker = broker
         self.groups = groups
         self.listener = listener
         self.clusterID = clusterID
         self.logger = logger
-        self.producers = ProducerStateTable()
+        self.producers = ProducerStateTable(limits: .init(statesMax: producerStatesMax, expirationMilliseconds: producerIDExpirationMilliseconds))
         self.requestCounters = Dictionary(uniqueKeysWithValues: KafkaAPIKey.allCases.map { key in
             (key.rawValue, Counter(label: "aqueduct_kafka_requests_total", dimensions: [("api", "\(key)")]))
         })
@@ -106,11 +111,15 @@ public final class KafkaRequestHandler: Sendable {
                 if request.acks == 0 { return .none }
                 return .deferred { [self] in later(await finishProduce(queued)) }
             case .fetch:
-                let request = try FetchRequest(from: &reader, version: version)
-                let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(max(0, request.maxWaitMs)) * 1_000_000
+                var request = try FetchRequest(from: &reader, version: version)
+                // Waits and sizes are clamped to the configured maxima (a client cannot
+                // park a fetch for 24 days, or ask for a 2 GiB answer).
+                let waitMilliseconds = min(max(0, Int(request.maxWaitMs)), listener.fetchWaitMillisecondsMax)
+                request.maxBytes = Int32(truncatingIfNeeded: request.maxBytes <= 0 ? listener.fetchBytesMax : min(Int(request.maxBytes), listener.fetchBytesMax))
+                let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(waitMilliseconds) * 1_000_000
                 let (response, ticket) = await fetchPass(request, deadline: deadline)
                 guard let ticket else { return .ready(later(response)) }
-                return .deferred { [self] in later(await fetchWaiting(request, ticket: ticket, deadline: deadline)) }
+                return .deferred { [self, request] in later(await fetchWaiting(request, ticket: ticket, deadline: deadline)) }
             case .listOffsets:
                 return respond(await listOffsets(try ListOffsetsRequest(from: &reader, version: version), version: version))
             case .findCoordinator:
@@ -261,7 +270,16 @@ public final class KafkaRequestHandler: Sendable {
     }
 
     /// Creates a topic a client names before it exists (Kafka's auto.create.topics.enable).
+    /// At most `autoCreateTopicsMax` topics may exist for it to create one more, so a
+    /// client naming random topics cannot fill the disk with empty logs.
     func autoCreateTopic(_ name: String) async -> TopicDescription? {
+        guard broker.topicNames().count < listener.autoCreateTopicsMax else {
+            Self.autoCreateRefusals.increment()
+            logger.warning("topic not created automatically: the server has kafka.autoCreateTopicsMax topics", metadata: [
+                "topic": "\(GroupStateMachine.prefix(of: name, bytes: 64))", "limit": "\(listener.autoCreateTopicsMax)",
+            ])
+            return nil
+        }
         do {
             let created = try await broker.createTopic(name, partitions: listener.autoCreatePartitions)
             logger.info("topic created on first use by a Kafka client", metadata: ["topic": "\(name)"])
@@ -453,7 +471,9 @@ public final class KafkaRequestHandler: Sendable {
         while true {
             let now = DispatchTime.now().uptimeNanoseconds
             if now < deadline { _ = await broker.appends.wait(ticket, timeoutNanoseconds: deadline - now) } else { broker.appends.cancel(ticket) }
-            let (response, next) = await fetchPass(request, deadline: deadline)
+            // The connection closed: answer with what is there (nobody reads it) and
+            // let go of everything at once.
+            let (response, next) = await fetchPass(request, deadline: Task.isCancelled ? 0 : deadline)
             guard let next else { return response }
             ticket = next
         }

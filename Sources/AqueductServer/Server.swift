@@ -94,12 +94,13 @@ public enum Server {
         let components = try await open(configuration, logger: logger)
         // Groups belong to the broker: HTTP clients and topology spouts commit offsets
         // whether or not the Kafka listener is on.
-        let offsets = try await OffsetStore.open(logs: components.logs, logger: logger)
-        let groupCoordinator = GroupCoordinator(offsets: offsets, logger: logger)
+        let offsets = try await OffsetStore.open(logs: components.logs, offsetsMax: configuration.groups.offsetsMax, logger: logger)
+        let groupCoordinator = GroupCoordinator(offsets: offsets, limits: configuration.groups, logger: logger)
         var kafkaServer: KafkaServer?
         if configuration.kafkaEnabled {
             let handler = KafkaRequestHandler(
                 broker: components.broker, groups: groupCoordinator, listener: configuration.kafka, clusterID: components.broker.clusterID,
+                producerStatesMax: configuration.producerStatesMax, producerIDExpirationMilliseconds: configuration.producerIDExpirationMilliseconds,
                 logger: logger)
             do {
                 kafkaServer = try await KafkaServer.bind(configuration: configuration.kafka, handler: handler, logger: logger)
@@ -111,10 +112,21 @@ public enum Server {
         }
         let kafkaPort = kafkaServer?.boundPort
         let directory = CoordinatorGroupDirectory(coordinator: groupCoordinator, broker: components.broker)
+        // With tokens, topology containers get one of their own (write: produce,
+        // fetch, commit), made anew at each start.
+        var access = configuration.httpAccess
+        var containerToken: String?
+        if !access.isOpen {
+            var random = SystemRandomNumberGenerator()
+            let token = (0..<4).map { _ in String(random.next() as UInt64, radix: 16) }.joined()
+            access.add(token: token, role: .write)
+            containerToken = token
+        }
         let topologies = TopologyMaster(
-            runDirectory: configuration.dataDirectory + "/topologies",
+            runDirectory: configuration.dataDirectory + "/topologies", programsDirectory: configuration.programsDirectory,
+            programBytesMax: configuration.programBytesMax, containerToken: containerToken,
             store: MetadataTopologyRegistry(metadata: components.metadata, logger: logger), logger: logger)
-        let router = HTTPAPI.router(broker: components.broker, groups: directory, topologies: topologies, metricsText: {
+        let router = HTTPAPI.router(broker: components.broker, groups: directory, topologies: topologies, access: access, metricsText: {
             Self.recordGroupMetrics(directory)
             return components.metricsText() + topologies.prometheusText()
         })

@@ -1,5 +1,7 @@
 import AqueductAPI
 import AqueductBroker
+import AqueductGroups
+import AqueductHTTP
 import AqueductKafka
 import AqueductLog
 import AqueductStorage
@@ -26,8 +28,25 @@ public struct ServerConfiguration: Sendable {
     public var topicDefaults = LogConfiguration()
     /// How often retention runs, in milliseconds.
     public var retentionCheckIntervalMilliseconds = 60_000
+    /// Bounds on what clients make the group coordinator keep (`groups.*`, `offsets.*`).
+    public var groups = GroupLimits()
+    /// Idempotent producers: states kept, and how long an idle one is (`kafka.producer*`).
+    public var producerStatesMax = 200_000
+    public var producerIDExpirationMilliseconds: Int64 = 86_400_000
+    /// Tokens for the HTTP API (`http.tokens`: role:token,...); none means open, which
+    /// only a loopback listener may be.
+    public var httpAccess = HTTPAccess()
+    /// Where topology programs run from (`topologies.programsDirectory`; default
+    /// `<data>/topologies/programs`), and the largest upload (`topologies.programBytesMax`).
+    public var programsDirectory: String?
+    public var programBytesMax = 512 << 20
 
     public init() {}
+
+    /// Whether a listen host is reachable from this machine only.
+    public static func isLoopback(_ host: String) -> Bool {
+        host == "localhost" || host == "::1" || host == "[::1]" || host.hasPrefix("127.")
+    }
 
     /// The storage node's configuration, placed under the data directory.
     public var storageConfiguration: StorageConfiguration {
@@ -154,6 +173,48 @@ extension ServerConfiguration {
             throw ConfigurationError(message: "storage.writeCacheBytesMax must be at least twice topic.maxMessageBytes")
         }
         result.retentionCheckIntervalMilliseconds = try integer("retention.checkIntervalMs", result.retentionCheckIntervalMilliseconds, range: 100...86_400_000)
+
+        // Kafka listener bounds.
+        result.kafka.queuedBytesMax = try integer("kafka.queuedBytesMax", result.kafka.queuedBytesMax, range: (1 << 20)...(1 << 40))
+        if result.kafka.queuedBytesMax < result.kafka.frameBytesMax + 4 {
+            throw ConfigurationError(message: "kafka.queuedBytesMax must be larger than kafka.frameBytesMax")
+        }
+        result.kafka.connectionsMax = try integer("kafka.connectionsMax", result.kafka.connectionsMax, range: 1...1_000_000)
+        result.kafka.connectionsPerAddressMax = try integer("kafka.connectionsPerAddressMax", result.kafka.connectionsPerAddressMax, range: 1...1_000_000)
+        result.kafka.autoCreateTopicsMax = try integer("kafka.autoCreateTopicsMax", result.kafka.autoCreateTopicsMax, range: 0...1_000_000)
+        result.kafka.fetchWaitMillisecondsMax = try integer("kafka.fetchWaitMsMax", result.kafka.fetchWaitMillisecondsMax, range: 0...3_600_000)
+        result.kafka.fetchBytesMax = try integer("kafka.fetchBytesMax", result.kafka.fetchBytesMax, range: 1_024...(1 << 30))
+        result.producerStatesMax = try integer("kafka.producerStatesMax", result.producerStatesMax, range: 1...100_000_000)
+        result.producerIDExpirationMilliseconds = Int64(try integer(
+            "kafka.producerIdExpirationMs", Int(result.producerIDExpirationMilliseconds), range: 1_000...(365 * 86_400_000)))
+
+        // Consumer groups and committed offsets.
+        var groups = result.groups
+        groups.groupsMax = try integer("groups.max", groups.groupsMax, range: 1...10_000_000)
+        groups.membersMax = try integer("groups.membersMax", groups.membersMax, range: 1...1_000_000)
+        groups.stateBytesMax = try integer("groups.stateBytesMax", groups.stateBytesMax, range: (1 << 20)...(1 << 40))
+        groups.identifierBytesMax = try integer("groups.identifierBytesMax", groups.identifierBytesMax, range: 16...Int(Int16.max))
+        groups.memberMetadataBytesMax = try integer("groups.memberMetadataBytesMax", groups.memberMetadataBytesMax, range: 1_024...(1 << 30))
+        let minSession = try integer("groups.minSessionTimeoutMs", Int(groups.sessionTimeoutMilliseconds.lowerBound), range: 1...86_400_000)
+        let maxSession = try integer("groups.maxSessionTimeoutMs", Int(groups.sessionTimeoutMilliseconds.upperBound), range: minSession...86_400_000)
+        groups.sessionTimeoutMilliseconds = Int64(minSession)...Int64(maxSession)
+        groups.offsetsRetentionMilliseconds = Int64(try integer(
+            "offsets.retentionMs", Int(groups.offsetsRetentionMilliseconds), range: 60_000...(3_650 * 86_400_000)))
+        groups.offsetMetadataBytesMax = try integer("offsets.metadataBytesMax", groups.offsetMetadataBytesMax, range: 0...(1 << 20))
+        groups.offsetsMax = try integer("offsets.max", groups.offsetsMax, range: 1...100_000_000)
+        result.groups = groups
+
+        // Access to the HTTP API, and the programs it may run.
+        if let tokens = config.string(forKey: "http.tokens", isSecret: true) {
+            do { result.httpAccess = try HTTPAccess.parse(tokens) } catch { throw ConfigurationError(message: error.description) }
+        }
+        if result.httpAccess.isOpen && !isLoopback(result.httpHost) {
+            throw ConfigurationError(message: "http.listen \(result.httpHost):\(result.httpPort) is reachable from other machines, and no http.tokens are set: "
+                + "anyone could produce, delete topics and run programs. Set http.tokens (e.g. AQUEDUCT_HTTP_TOKENS=admin:$(openssl rand -hex 24)), "
+                + "or listen on 127.0.0.1")
+        }
+        result.programsDirectory = config.string(forKey: "topologies.programsDirectory")
+        result.programBytesMax = try integer("topologies.programBytesMax", result.programBytesMax, range: (1 << 20)...(1 << 34))
         return result
     }
 }

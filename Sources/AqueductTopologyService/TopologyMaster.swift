@@ -32,17 +32,78 @@ public final class TopologyMaster: TopologyDirectory, @unchecked Sendable {
 
     private let state = Mutex(State())
     private let runDirectory: String
+    /// The only place programs run from (uploaded, or put there by the operator).
+    public let programsDirectory: String
+    public let programBytesMax: Int
+    /// Given to containers (AQUEDUCT_TOKEN) when the server wants tokens.
+    private let containerToken: String?
     private let store: (any TopologyRegistryStore)?
     private let serverURL = Mutex("http://127.0.0.1:8080")
     private let logger: Logger
     /// How long `--describe` may take.
     static let describeTimeoutSeconds = 30.0
+    /// Most bytes of `--describe` output read (the plan's JSON; the rest is refused).
+    static let describeOutputBytesMax = 4 << 20
 
-    public init(runDirectory: String, store: (any TopologyRegistryStore)? = nil, logger: Logger) {
+    public init(
+        runDirectory: String, programsDirectory: String? = nil, programBytesMax: Int = 512 << 20, containerToken: String? = nil,
+        store: (any TopologyRegistryStore)? = nil, logger: Logger
+    ) {
         self.runDirectory = runDirectory
+        self.programsDirectory = Self.canonical(programsDirectory ?? runDirectory + "/programs")
+        self.programBytesMax = programBytesMax
+        self.containerToken = containerToken
         self.store = store
         self.logger = logger
         try? FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
+        try? FileManager.default.createDirectory(atPath: self.programsDirectory, withIntermediateDirectories: true)
+    }
+
+    /// An absolute path with symbolic links resolved (the directory must exist to be resolved).
+    static func canonical(_ path: String) -> String {
+        let absolute = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+        try? FileManager.default.createDirectory(atPath: absolute, withIntermediateDirectories: true)
+        return URL(fileURLWithPath: absolute).resolvingSymlinksInPath().path
+    }
+
+    // MARK: Programs
+
+    /// The program a submission names, as a path inside the programs directory: an
+    /// uploaded program's name, or a path that resolves (links followed) to a file
+    /// directly or deeper inside it. Anything else is refused.
+    func resolveProgram(_ executable: String) throws(BrokerError) -> String {
+        let candidate = executable.contains("/") ? executable : programsDirectory + "/" + executable
+        let resolved = URL(fileURLWithPath: candidate).resolvingSymlinksInPath().path
+        guard resolved.hasPrefix(programsDirectory + "/") else {
+            throw BrokerError(.programNotAllowed, "\(executable) is not in the programs directory (\(programsDirectory))",
+                hint: "upload it with `aqueduct topology submit <local path>` or `aqueduct topology upload`, or have an operator place it there")
+        }
+        guard FileManager.default.isExecutableFile(atPath: resolved) else {
+            throw BrokerError(.invalidRequest, "no program named \(executable) in \(programsDirectory)",
+                hint: "list programs with `aqueduct topology programs`; upload with `aqueduct topology upload <path>`")
+        }
+        return resolved
+    }
+
+    public func installProgram(name: String, uploadedFile: String) throws(BrokerError) -> ProgramJSON {
+        try TopologyNames.validate(name, what: "program")
+        let target = programsDirectory + "/" + name
+        guard uploadedFile.hasPrefix(programsDirectory + "/"), chmod(uploadedFile, 0o755) == 0, rename(uploadedFile, target) == 0 else {
+            throw BrokerError(.storageError, "cannot install the program \(name) in \(programsDirectory) (errno \(errno))")
+        }
+        logger.info("topology program installed", metadata: ["program": "\(name)"])
+        return Self.describeProgram(name: name, path: target) ?? ProgramJSON(name: name, bytes: 0, modifiedAtMilliseconds: 0)
+    }
+
+    public func listPrograms() -> [ProgramJSON] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: programsDirectory)) ?? []
+        return names.filter { !$0.hasPrefix(".") }.sorted().compactMap { Self.describeProgram(name: $0, path: programsDirectory + "/" + $0) }
+    }
+
+    private static func describeProgram(name: String, path: String) -> ProgramJSON? {
+        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path) else { return nil }
+        let modified = (attributes[.modificationDate] as? Date).map { Int64($0.timeIntervalSince1970 * 1_000) } ?? 0
+        return ProgramJSON(name: name, bytes: (attributes[.size] as? Int) ?? 0, modifiedAtMilliseconds: modified)
     }
 
     public func setServerURL(_ url: String) { serverURL.withLock { $0 = url } }
@@ -52,7 +113,8 @@ public final class TopologyMaster: TopologyDirectory, @unchecked Sendable {
     // MARK: TopologyDirectory
 
     public func submit(_ request: TopologySubmitRequest) async throws(BrokerError) -> TopologyStatusJSON {
-        if let name = request.name, name.isEmpty { throw BrokerError(.invalidRequest, "name is empty") }
+        if let name = request.name { try TopologyNames.validate(name, what: "topology") }
+        _ = try resolveProgram(request.executable)
         let record = TopologyRecord(name: request.name, executable: request.executable, arguments: request.arguments, parallelism: [:], active: true)
         let name = try await launch(record)
         if let saved = state.withLock({ $0.registrations[name] }) {
@@ -75,12 +137,14 @@ public final class TopologyMaster: TopologyDirectory, @unchecked Sendable {
     }
 
     private func launch(_ record: TopologyRecord) async throws(BrokerError) -> String {
-        let description = try await describe(executable: record.executable, arguments: record.arguments, name: record.name, parallelism: record.parallelism)
+        let executable = try resolveProgram(record.executable)
+        let description = try await describe(executable: executable, arguments: record.arguments, name: record.name, parallelism: record.parallelism)
+        try TopologyNames.validate(description.name, what: "topology")
         let actions = try state.withLock { state throws(BrokerError) -> [ContainerSupervisor.Action] in
             do {
                 let actions = try state.supervisor.submit(description, now: Self.nowMilliseconds(), active: record.active)
                 state.registrations[description.name] = Registration(
-                    executable: record.executable, arguments: record.arguments, parallelism: record.parallelism,
+                    executable: executable, arguments: record.arguments, parallelism: record.parallelism,
                     ports: (0..<description.containers).map { _ in Self.freeLoopbackPort() })
                 return actions
             } catch {
@@ -269,6 +333,7 @@ public final class TopologyMaster: TopologyDirectory, @unchecked Sendable {
         environment["AQUEDUCT_STMGR_ADDRESSES"] = registration.ports.map { "127.0.0.1:\($0)" }.joined(separator: ",")
         environment["AQUEDUCT_METRICS_FILE"] = metricsPath(name, container)
         environment["AQUEDUCT_START_INACTIVE"] = active ? "0" : "1"
+        environment["AQUEDUCT_TOKEN"] = containerToken
         if !registration.parallelism.isEmpty {
             environment["AQUEDUCT_PARALLELISM"] = registration.parallelism.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
         }
@@ -306,9 +371,6 @@ public final class TopologyMaster: TopologyDirectory, @unchecked Sendable {
     }
 
     private func describe(executable: String, arguments: [String], name: String?, parallelism: [String: Int]) async throws(BrokerError) -> TopologyProgram.Description {
-        guard FileManager.default.isExecutableFile(atPath: executable) else {
-            throw BrokerError(.invalidRequest, "no executable at \(executable) on the server's machine", hint: "give the path of a built topology program")
-        }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments + ["--describe"]
@@ -322,17 +384,26 @@ public final class TopologyMaster: TopologyDirectory, @unchecked Sendable {
         let errors = Pipe()
         process.standardOutput = output
         process.standardError = errors
+        // Both pipes are read while the program runs (a program that prints more than
+        // a pipe holds would otherwise block, and the server with it), up to a bound.
+        let stdout = BoundedReader(output.fileHandleForReading, bytesMax: Self.describeOutputBytesMax)
+        let stderr = BoundedReader(errors.fileHandleForReading, bytesMax: 64 << 10)
         do { try process.run() } catch { throw BrokerError(.invalidRequest, "cannot run \(executable): \(error)") }
         let deadline = Date().addingTimeInterval(Self.describeTimeoutSeconds)
-        while process.isRunning && Date() < deadline { try? await Task.sleep(for: .milliseconds(20)) }
+        while process.isRunning && Date() < deadline && !stdout.overflowed { try? await Task.sleep(for: .milliseconds(20)) }
         if process.isRunning {
-            process.terminate()
+            Glibc.kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            if stdout.overflowed {
+                throw BrokerError(.invalidRequest, "\(executable) --describe printed more than \(Self.describeOutputBytesMax) bytes",
+                    hint: "a topology program prints its plan and nothing else with --describe")
+            }
             throw BrokerError(.invalidRequest, "\(executable) --describe did not finish in \(Int(Self.describeTimeoutSeconds)) s")
         }
-        let stdout = output.fileHandleForReading.readDataToEndOfFile()
-        let stderr = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        guard process.terminationStatus == 0, let description = try? JSONDecoder().decode(TopologyProgram.Description.self, from: stdout) else {
-            throw BrokerError(.invalidRequest, "\(executable) --describe failed (exit \(process.terminationStatus)): \(stderr.trimmingCharacters(in: .whitespacesAndNewlines))",
+        let described = await stdout.finish()
+        let message = String(decoding: await stderr.finish(), as: UTF8.self)
+        guard process.terminationStatus == 0, !stdout.overflowed, let description = try? JSONDecoder().decode(TopologyProgram.Description.self, from: described) else {
+            throw BrokerError(.invalidRequest, "\(executable) --describe failed (exit \(process.terminationStatus)): \(message.trimmingCharacters(in: .whitespacesAndNewlines))",
                 hint: "a topology program calls TopologyProgram.run(topology)")
         }
         return description
@@ -352,5 +423,44 @@ public final class TopologyMaster: TopologyDirectory, @unchecked Sendable {
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socket, $0, &length) } }
         return Int(UInt16(bigEndian: address.sin_port))
+    }
+}
+
+/// Reads a pipe to its end on a thread of its own, keeping at most `bytesMax` bytes
+/// (the rest is read and dropped, so the writer never blocks).
+final class BoundedReader: Sendable {
+    private let state = Mutex<(data: Data, overflow: Bool, done: Bool)>((Data(), false, false))
+    private let finished = DispatchSemaphore(value: 0)
+
+    init(_ handle: FileHandle, bytesMax: Int) {
+        Thread.detachNewThread { [self] in
+            while true {
+                let chunk = handle.availableData
+                if chunk.isEmpty { break }
+                self.state.withLock { state in
+                    if state.data.count + chunk.count <= bytesMax {
+                        state.data.append(chunk)
+                    } else {
+                        state.overflow = true
+                    }
+                }
+            }
+            self.state.withLock { $0.done = true }
+            self.finished.signal()
+        }
+    }
+
+    var overflowed: Bool { state.withLock { $0.overflow } }
+
+    /// The bytes kept, once the pipe is closed.
+    func finish() async -> Data {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            DispatchQueue.global().async { [finished] in
+                finished.wait()
+                finished.signal()
+                continuation.resume()
+            }
+        }
+        return state.withLock { $0.data }
     }
 }

@@ -21,9 +21,12 @@ struct ServerAddress: ParsableArguments {
     @Option(name: .long, help: "The server's HTTP address (default: $AQUEDUCT_SERVER or http://127.0.0.1:8092).")
     var server: String?
 
+    @Option(name: .long, help: "A token for a server that wants them (default: $AQUEDUCT_TOKEN).")
+    var token: String?
+
     var client: AqueductClient {
         let url = server ?? ProcessInfo.processInfo.environment["AQUEDUCT_SERVER"] ?? "http://127.0.0.1:8092"
-        return AqueductClient(baseURL: url.hasPrefix("http") ? url : "http://" + url)
+        return AqueductClient(baseURL: url.hasPrefix("http") ? url : "http://" + url, token: token ?? ProcessInfo.processInfo.environment["AQUEDUCT_TOKEN"])
     }
 }
 

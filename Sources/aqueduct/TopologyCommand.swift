@@ -7,20 +7,23 @@ struct TopologyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "topology",
         abstract: "Run stream-processing topologies in the server: submit a program, watch, (de)activate, rescale, kill.",
-        subcommands: [Submit.self, List.self, Status.self, Activate.self, Deactivate.self, Kill.self, Update.self])
+        subcommands: [Submit.self, Upload.self, Programs.self, List.self, Status.self, Activate.self, Deactivate.self, Kill.self, Update.self])
 
     struct Submit: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Run a topology program (built against AqueductTopology) in the server's containers.",
-            discussion: "The server runs `<executable> [arguments] --describe` to learn the plan, then starts its containers and restarts any that exits.")
+            discussion: """
+                <program> is a file here, which is uploaded to the server's programs directory first (as its file name), \
+                or the name of a program uploaded before. The server runs `<program> [arguments] --describe` to learn \
+                the plan, then starts its containers and restarts any that exits.
+                """)
         @OptionGroup var address: ServerAddress
         @Option(help: "Register the topology under this name (default: the program's).") var name: String?
-        @Argument(help: "Path of the program on the server's machine.") var executable: String
+        @Argument(help: "A program file to upload, or the name of an uploaded program.") var executable: String
         @Argument(parsing: .captureForPassthrough, help: "Arguments for the program.") var arguments: [String] = []
 
         func run() async throws {
             try await reportingErrors {
-                let path = executable.hasPrefix("/") ? executable : FileManager.default.currentDirectoryPath + "/" + executable
                 // `submit <executable> --name N [args]`: a --name right after the
                 // executable is ours, not the program's.
                 var arguments = self.arguments
@@ -29,8 +32,45 @@ struct TopologyCommand: AsyncParsableCommand {
                     name = arguments[1]
                     arguments.removeFirst(2)
                 }
-                let status = try await address.client.submitTopology(TopologySubmitRequest(executable: path, arguments: arguments, name: name))
+                let client = address.client
+                var program = executable
+                if FileManager.default.fileExists(atPath: executable) {
+                    program = try await upload(executable, as: nil, client: client).name
+                }
+                let status = try await client.submitTopology(TopologySubmitRequest(executable: program, arguments: arguments, name: name))
                 print("topology \(status.name) submitted: \(status.containers.count) container(s); `aqueduct topology status \(status.name)` shows it")
+            }
+        }
+    }
+
+    struct Upload: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Upload a topology program to the server's programs directory (the only place programs run from).")
+        @OptionGroup var address: ServerAddress
+        @Option(help: "The program's name on the server (default: the file's name).") var name: String?
+        @Argument(help: "The program file.") var path: String
+
+        func run() async throws {
+            try await reportingErrors {
+                _ = try await upload(path, as: name, client: address.client)
+            }
+        }
+    }
+
+    struct Programs: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List the programs the server can run.")
+        @OptionGroup var address: ServerAddress
+
+        func run() async throws {
+            try await reportingErrors {
+                let programs = try await address.client.listPrograms().programs
+                if programs.isEmpty {
+                    printError("no programs; upload one with `aqueduct topology upload <path>`")
+                    return
+                }
+                let width = max(7, programs.map(\.name.count).max() ?? 7)
+                print(row(["PROGRAM", "BYTES"], widths: [width]))
+                for program in programs { print(row([program.name, String(program.bytes)], widths: [width])) }
             }
         }
     }
@@ -140,4 +180,18 @@ struct TopologyCommand: AsyncParsableCommand {
             }
         }
     }
+}
+
+/// Uploads a program, showing progress on a terminal.
+func upload(_ path: String, as name: String?, client: AqueductClient) async throws -> ProgramJSON {
+    let programName = name ?? URL(fileURLWithPath: path).lastPathComponent
+    let interactive = isatty(STDERR_FILENO) == 1
+    let started = Date()
+    let uploaded = try await client.uploadProgram(path: path, name: programName) { sent, total in
+        guard interactive, total > 0 else { return }
+        FileHandle.standardError.write(Data("\ruploading \(programName): \(sent * 100 / total)% of \(total / 1_000_000) MB".utf8))
+    }
+    if interactive { FileHandle.standardError.write(Data("\n".utf8)) }
+    printError("uploaded \(uploaded.name) (\(uploaded.bytes) bytes) in \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
+    return uploaded
 }

@@ -225,14 +225,3 @@ struct GroupStack {
         try await stack.close()
     }
 }
-
-/// Waits for a condition with a generous deadline (never a fixed sleep).
-func waitUntil(timeoutSeconds: Double = 30, _ condition: () -> Bool) async throws {
-    let deadline = ContinuousClock.now + .seconds(timeoutSeconds)
-    while !condition() {
-        guard ContinuousClock.now < deadline else { throw WaitTimeout() }
-        try await Task.sleep(for: .milliseconds(5))
-    }
-}
-
-struct WaitTimeout: Error {}

@@ -5,28 +5,35 @@ import Testing
 @testable import AqueductKafka
 
 @Suite struct FramingTests {
-    func channel(limit: Int = 1_024) throws -> EmbeddedChannel {
+    func channel(limit: Int = 1_024, pool: KafkaMemoryPool = KafkaMemoryPool(capacity: 1 << 20)) throws -> EmbeddedChannel {
         let channel = EmbeddedChannel()
-        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(KafkaFrameDecoder(frameBytesMax: limit)))
+        try channel.pipeline.syncOperations.addHandler(KafkaFrameHandler(frameBytesMax: limit, pool: pool))
         return channel
+    }
+
+    func frame(size: Int) -> ByteBuffer {
+        var bytes = ByteBuffer()
+        bytes.writeInteger(Int32(size))
+        bytes.writeRepeatingByte(UInt8(truncatingIfNeeded: size), count: size)
+        return bytes
     }
 
     @Test func framesAreSplitWhateverTheChunking() throws {
         let channel = try channel()
         var bytes = ByteBuffer()
         for size in [8, 20, 9] {
-            bytes.writeInteger(Int32(size))
-            bytes.writeRepeatingByte(UInt8(size), count: size)
+            var one = frame(size: size)
+            bytes.writeBuffer(&one)
         }
         // One byte at a time.
         for index in 0..<bytes.readableBytes {
             try channel.writeInbound(bytes.getSlice(at: index, length: 1)!)
         }
         for size in [8, 20, 9] {
-            let frame = try #require(try channel.readInbound(as: ByteBuffer.self))
-            #expect(frame.readableBytes == size && frame.getInteger(at: 0, as: UInt8.self) == UInt8(size))
+            let frame = try #require(try channel.readInbound(as: KafkaFrame.self))
+            #expect(frame.bytes.readableBytes == size && frame.bytes.getInteger(at: 0, as: UInt8.self) == UInt8(size))
         }
-        #expect(try channel.readInbound(as: ByteBuffer.self) == nil)
+        #expect(try channel.readInbound(as: KafkaFrame.self) == nil)
         _ = try channel.finish()
     }
 
@@ -38,5 +45,40 @@ import Testing
             #expect(throws: KafkaFrameError.self) { try channel.writeInbound(bytes) }
             _ = try? channel.finish()
         }
+    }
+
+    @Test func aFullPoolHoldsBackFramesUntilEarlierOnesAreAnswered() throws {
+        let pool = KafkaMemoryPool(capacity: 100)
+        let first = try channel(pool: pool)
+        let second = try channel(pool: pool)
+        try first.writeInbound(frame(size: 60))
+        var held = try #require(try first.readInbound(as: KafkaFrame.self))
+        #expect(pool.used == 64)
+        // Another connection's frame does not fit: it waits, whole or not.
+        try second.writeInbound(frame(size: 60))
+        #expect(try second.readInbound(as: KafkaFrame.self) == nil)
+        #expect(pool.used == 64)
+        // The first request is answered (its frame let go): the second goes on.
+        held = KafkaFrame(bytes: ByteBuffer())
+        _ = held
+        second.embeddedEventLoop.run()
+        let next = try #require(try second.readInbound(as: KafkaFrame.self))
+        #expect(next.bytes.readableBytes == 60 && pool.used == 64)
+        _ = try first.finish()
+        _ = try second.finish()
+    }
+
+    @Test func aClosedConnectionGivesBackWhatItsFramesHeld() throws {
+        let pool = KafkaMemoryPool(capacity: 1_000)
+        do {
+            let channel = try channel(pool: pool)
+            try channel.writeInbound(frame(size: 100))
+            // Half of another frame: reserved whole, then the connection closes.
+            var partial = frame(size: 200)
+            try channel.writeInbound(partial.readSlice(length: 50)!)
+            #expect(pool.used == 104 + 204)
+            _ = try channel.finish(acceptAlreadyClosed: true)
+        }
+        #expect(pool.used == 0)
     }
 }

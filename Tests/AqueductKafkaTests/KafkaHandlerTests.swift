@@ -23,7 +23,7 @@ struct KafkaStack {
     let broker: Broker
     let handler: KafkaRequestHandler
 
-    static func open(_ directory: String) async throws -> KafkaStack {
+    static func open(_ directory: String, listener: KafkaListenerConfiguration = KafkaListenerConfiguration()) async throws -> KafkaStack {
         var configuration = StorageConfiguration(directory: directory + "/storage")
         configuration.flushIntervalMilliseconds = 50
         configuration.journalFileBytesMax = 4 << 20
@@ -37,7 +37,7 @@ struct KafkaStack {
         logger.logLevel = .warning
         let offsets = try await OffsetStore.open(logs: logs, logger: logger)
         let groups = GroupCoordinator(offsets: offsets, logger: logger)
-        let handler = KafkaRequestHandler(broker: broker, groups: groups, listener: KafkaListenerConfiguration(), clusterID: broker.clusterID, logger: logger)
+        let handler = KafkaRequestHandler(broker: broker, groups: groups, listener: listener, clusterID: broker.clusterID, logger: logger)
         return KafkaStack(directory: directory, storage: storage, metadata: metadata, broker: broker, handler: handler)
     }
 

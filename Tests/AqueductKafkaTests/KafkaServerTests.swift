@@ -13,7 +13,7 @@ import Glibc
 @testable import AqueductKafka
 
 /// A blocking TCP client for the wire-level tests.
-final class RawConnection {
+final class RawConnection: @unchecked Sendable {
     let descriptor: Int32
 
     init(port: Int) throws {
@@ -26,7 +26,7 @@ final class RawConnection {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
         guard result == 0 else { throw KafkaTestError("connect failed: errno \(errno)") }
-        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        var timeout = timeval(tv_sec: 60, tv_usec: 0)
         setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     }
 
@@ -36,8 +36,18 @@ final class RawConnection {
         buffer.withUnsafeReadableBytes { raw in _ = Glibc.send(descriptor, raw.baseAddress, raw.count, 0) }
     }
 
-    /// Reads one response frame (without its size); nil when the server closed the connection.
-    func receiveFrame() -> ByteBuffer? {
+    /// Reads one response frame (without its size); nil when the server closed the
+    /// connection. The blocking reads run on a Dispatch thread, never on the Swift
+    /// concurrency pool, which the server in the same process needs.
+    func receiveFrame() async -> ByteBuffer? {
+        await withCheckedContinuation { continuation in
+            DispatchQueue.global().async {
+                continuation.resume(returning: self.receiveFrameBlocking())
+            }
+        }
+    }
+
+    private func receiveFrameBlocking() -> ByteBuffer? {
         guard let sizeBytes = receive(4) else { return nil }
         let size = Int(sizeBytes.getInteger(at: 0, as: Int32.self)!)
         return receive(size)
@@ -65,11 +75,14 @@ func sized(_ frame: ByteBuffer) -> ByteBuffer {
 
 @Suite struct KafkaServerTests {
     @Test func pipelinedRequestsAreAnsweredInOrderAndABadFrameClosesOnlyItsConnection() async throws {
-        let stack = try await KafkaStack.open(temporaryDirectory())
+        var listener = KafkaListenerConfiguration()
+        listener.fetchWaitMillisecondsMax = 600_000
+        let stack = try await KafkaStack.open(temporaryDirectory(), listener: listener)
         _ = try await stack.broker.createTopic("t", partitions: 1)
         var configuration = KafkaListenerConfiguration()
         configuration.port = 0
         configuration.frameBytesMax = 1 << 20
+        configuration.fetchWaitMillisecondsMax = 600_000
         var logger = Logger(label: "test")
         logger.logLevel = .warning
         let server = try await KafkaServer.bind(configuration: configuration, handler: stack.handler, logger: logger)
@@ -90,13 +103,14 @@ func sized(_ frame: ByteBuffer) -> ByteBuffer {
         pipelined.writeBuffer(&third)
         connection.send(pipelined)
         for expected: Int32 in [1, 2, 3] {
-            let frame = try #require(connection.receiveFrame())
+            let frame = try #require(await connection.receiveFrame())
             #expect(frame.getInteger(at: 0, as: Int32.self) == expected)
         }
 
         // A produce behind a long-polling fetch on the same connection (sarama shares
-        // one): it is not held up by the fetch, and its records answer the fetch.
-        fetch.maxWaitMs = 10_000
+        // one): it is not held up by the fetch, and its records answer the fetch (else
+        // the fetch would answer after 10 minutes, past the receive timeout).
+        fetch.maxWaitMs = 600_000
         fetch.topics[0].partitions[0].fetchOffset = 0
         var produce = ProduceRequest()
         produce.acks = -1
@@ -104,15 +118,13 @@ func sized(_ frame: ByteBuffer) -> ByteBuffer {
         var both = sized(KafkaStack.requestFrame(.fetch, version: 11, fetch, correlationID: 5))
         var append = sized(KafkaStack.requestFrame(.produce, version: 8, produce, correlationID: 6))
         both.writeBuffer(&append)
-        let began = Date()
         connection.send(both)
-        var fetched = try #require(connection.receiveFrame())
+        var fetched = try #require(await connection.receiveFrame())
         #expect(fetched.readInteger(as: Int32.self) == 5)
         var reader = KafkaReader(fetched)
         let answer = try FetchResponse(from: &reader, version: 11)
         #expect(try values(of: answer.responses[0].partitions[0].records) == ["wake"])
-        #expect(connection.receiveFrame()?.getInteger(at: 0, as: Int32.self) == 6)
-        #expect(Date().timeIntervalSince(began) < 5, "the fetch must be answered by the produce behind it")
+        #expect(await connection.receiveFrame()?.getInteger(at: 0, as: Int32.self) == 6)
 
         // An oversized frame: that connection is closed, the other one goes on.
         let bad = try RawConnection(port: server.boundPort)
@@ -120,10 +132,85 @@ func sized(_ frame: ByteBuffer) -> ByteBuffer {
         huge.writeInteger(Int32(200 << 20))
         huge.writeRepeatingByte(0, count: 64)
         bad.send(huge)
-        #expect(bad.receiveFrame() == nil)
+        #expect(await bad.receiveFrame() == nil)
         connection.send(sized(KafkaStack.requestFrame(.apiVersions, version: 3, ApiVersionsRequest(), correlationID: 7)))
-        #expect(connection.receiveFrame()?.getInteger(at: 0, as: Int32.self) == 7)
+        #expect(await connection.receiveFrame()?.getInteger(at: 0, as: Int32.self) == 7)
 
+        serving.cancel()
+        await server.close()
+        try await stack.close()
+    }
+
+    /// A server on a free loopback port with `configure` applied.
+    func serve(_ stack: KafkaStack, _ configure: (inout KafkaListenerConfiguration) -> Void) async throws -> (KafkaServer, Task<Void, any Error>) {
+        var configuration = KafkaListenerConfiguration()
+        configuration.port = 0
+        configure(&configuration)
+        var logger = Logger(label: "test")
+        logger.logLevel = .warning
+        let server = try await KafkaServer.bind(configuration: configuration, handler: stack.handler, logger: logger)
+        return (server, Task { try await server.run() })
+    }
+
+    func longFetch(_ topic: String, correlationID: Int32, waitMilliseconds: Int32) -> ByteBuffer {
+        var fetch = FetchRequest()
+        fetch.replicaId = -1
+        fetch.maxWaitMs = waitMilliseconds
+        fetch.minBytes = 1
+        fetch.maxBytes = Int32.max
+        fetch.topics = [.init(topic: topic, partitions: [.init(partition: 0, fetchOffset: 0, partitionMaxBytes: 1 << 20)])]
+        return sized(KafkaStack.requestFrame(.fetch, version: 11, fetch, correlationID: correlationID))
+    }
+
+    @Test func aFetchParkedOnAClosedConnectionLetsGoAtOnce() async throws {
+        var listener = KafkaListenerConfiguration()
+        listener.fetchWaitMillisecondsMax = 3_600_000
+        let stack = try await KafkaStack.open(temporaryDirectory(), listener: listener)
+        _ = try await stack.broker.createTopic("t", partitions: 1)
+        let (server, serving) = try await serve(stack) { _ in }
+        var connections: [RawConnection] = []
+        for index in 0..<50 {
+            let connection = try RawConnection(port: server.boundPort)
+            connection.send(longFetch("t", correlationID: Int32(index), waitMilliseconds: 3_600_000))
+            connections.append(connection)
+        }
+        try await waitUntil { stack.broker.appends.waiting == 50 }
+        connections.removeAll()  // closes them, their fetches an hour from their deadline
+        try await waitUntil { stack.broker.appends.waiting == 0 && server.pool.used == 0 }
+        serving.cancel()
+        await server.close()
+        try await stack.close()
+    }
+
+    @Test func fetchWaitsAreClampedToTheConfiguredMaximum() async throws {
+        var listener = KafkaListenerConfiguration()
+        listener.fetchWaitMillisecondsMax = 100
+        let stack = try await KafkaStack.open(temporaryDirectory(), listener: listener)
+        _ = try await stack.broker.createTopic("t", partitions: 1)
+        let (server, serving) = try await serve(stack) { _ in }
+        let connection = try RawConnection(port: server.boundPort)
+        // Int32.max ms is 24 days; the answer comes after the clamped wait (else the
+        // receive times out after a minute and this fails).
+        connection.send(longFetch("t", correlationID: 9, waitMilliseconds: Int32.max))
+        #expect(await connection.receiveFrame()?.getInteger(at: 0, as: Int32.self) == 9)
+        serving.cancel()
+        await server.close()
+        try await stack.close()
+    }
+
+    @Test func connectionsPastTheLimitsAreClosedAndTheOthersServed() async throws {
+        let stack = try await KafkaStack.open(temporaryDirectory())
+        let (server, serving) = try await serve(stack) { $0.connectionsPerAddressMax = 3 }
+        let admitted = try (0..<3).map { _ in try RawConnection(port: server.boundPort) }
+        for (index, connection) in admitted.enumerated() {
+            connection.send(sized(KafkaStack.requestFrame(.apiVersions, version: 3, ApiVersionsRequest(), correlationID: Int32(index))))
+            #expect(await connection.receiveFrame()?.getInteger(at: 0, as: Int32.self) == Int32(index))
+        }
+        let refused = try RawConnection(port: server.boundPort)
+        refused.send(sized(KafkaStack.requestFrame(.apiVersions, version: 3, ApiVersionsRequest(), correlationID: 99)))
+        #expect(await refused.receiveFrame() == nil)
+        admitted[0].send(sized(KafkaStack.requestFrame(.apiVersions, version: 3, ApiVersionsRequest(), correlationID: 7)))
+        #expect(await admitted[0].receiveFrame()?.getInteger(at: 0, as: Int32.self) == 7)
         serving.cancel()
         await server.close()
         try await stack.close()

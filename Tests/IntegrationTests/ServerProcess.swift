@@ -28,10 +28,12 @@ final class ServerProcess: @unchecked Sendable {
         return packageRoot.appendingPathComponent(".build/debug/aqueduct").path
     }
 
-    init(dataDirectory: String, extraArguments: [String] = []) {
+    /// `environment` is added to this process's (containers inherit the server's).
+    init(dataDirectory: String, extraArguments: [String] = [], environment: [String: String] = [:]) {
         self.dataDirectory = dataDirectory
         process.executableURL = URL(fileURLWithPath: Self.binaryPath)
         process.arguments = ["server", "--data-dir", dataDirectory, "--http-listen", "127.0.0.1:0", "--kafka-listen", "127.0.0.1:0"] + extraArguments
+        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new } }
     }
 
     /// Starts the server and waits until it serves HTTP.

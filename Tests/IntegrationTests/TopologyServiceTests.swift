@@ -40,13 +40,23 @@ import Glibc
         let client = AqueductClient(baseURL: server.baseURL)
         try await WordCountTopics.create(client, sentences: 0..<1_000)
 
-        // A program that is not a topology program is refused with its own words.
-        await #expect(throws: (any Error).self) {
+        // Programs run only from the server's programs directory: a path elsewhere is
+        // refused; a program that is not a topology program is refused with its words.
+        do {
             _ = try await client.submitTopology(TopologySubmitRequest(executable: "/bin/false"))
+            Issue.record("a program outside the programs directory was run")
+        } catch let error as ClientError {
+            #expect(error.code == "PROGRAM_NOT_ALLOWED")
+        }
+        _ = try await client.uploadProgram(path: "/bin/false", name: "false")
+        await #expect(throws: (any Error).self) {
+            _ = try await client.submitTopology(TopologySubmitRequest(executable: "false"))
         }
 
+        let program = try await client.uploadProgram(path: examples, name: "aqueduct-examples")
+        #expect(try await client.listPrograms().programs.map(\.name) == ["aqueduct-examples", "false"])
         let submitted = try await client.submitTopology(TopologySubmitRequest(
-            executable: examples, arguments: ["word-count-topics", "sentences", "counts", "2"], name: "wc"))
+            executable: program.name, arguments: ["word-count-topics", "sentences", "counts", "2"], name: "wc"))
         #expect(submitted.containers.count == 2)
         #expect(submitted.components.map(\.id) == ["sentences", "split", "count", "sink"])
         #expect(try await covered(client, sentences: 1_000, seconds: 60))
@@ -94,7 +104,8 @@ import Glibc
         try await first.start()
         var client = AqueductClient(baseURL: first.baseURL)
         try await WordCountTopics.create(client, sentences: 0..<300)
-        _ = try await client.submitTopology(TopologySubmitRequest(executable: examples, arguments: ["word-count-topics", "sentences", "counts"], name: "wc"))
+        _ = try await client.uploadProgram(path: examples, name: "aqueduct-examples")
+        _ = try await client.submitTopology(TopologySubmitRequest(executable: "aqueduct-examples", arguments: ["word-count-topics", "sentences", "counts"], name: "wc"))
         #expect(try await covered(client, sentences: 300, seconds: 60))
         let before = try #require(try await client.topologyStatus("wc").containers[0].pid)
         #expect(try await first.stop() == 0)
@@ -114,5 +125,54 @@ import Glibc
         #expect(try await covered(client, sentences: 600, seconds: 60), "the resumed topology processes new sentences")
         try await client.killTopology("wc")
         _ = try await second.stop()
+    }
+
+    /// With tokens, the CLI's client needs one, and the server hands its containers a
+    /// token of their own, so topic spouts and sinks work unchanged.
+    @Test func topologiesWorkOnAServerThatWantsTokens() async throws {
+        let examples = ContainerProcessTests.examplesPath
+        guard FileManager.default.isExecutableFile(atPath: examples) else { throw IntegrationError("no aqueduct-examples at \(examples)") }
+        let directory = NSTemporaryDirectory() + "aqueduct-service-tokens-" + UUID().uuidString
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let admin = "admin-" + UUID().uuidString
+        let server = ServerProcess(dataDirectory: directory, environment: ["AQUEDUCT_HTTP_TOKENS": "admin:\(admin)", "AQUEDUCT_TOKEN": ""])
+        try await server.start()
+        do {
+            _ = try await AqueductClient(baseURL: server.baseURL, token: nil).listTopics()
+            Issue.record("a request without a token was served")
+        } catch let error as ClientError {
+            #expect(error.code == "UNAUTHORIZED")
+        }
+        let client = AqueductClient(baseURL: server.baseURL, token: admin)
+        try await WordCountTopics.create(client, sentences: 0..<300)
+        _ = try await client.uploadProgram(path: examples, name: "aqueduct-examples")
+        _ = try await client.submitTopology(TopologySubmitRequest(executable: "aqueduct-examples", arguments: ["word-count-topics", "sentences", "counts"], name: "wc"))
+        #expect(try await covered(client, sentences: 300, seconds: 120))
+        try await client.killTopology("wc")
+        _ = try await server.stop()
+    }
+
+    /// `--describe` output is read while the program runs: a program printing more
+    /// than a pipe holds is answered (refused), not waited on forever.
+    @Test func aProgramThatPrintsALotIsRefusedNotWaitedOn() async throws {
+        let directory = NSTemporaryDirectory() + "aqueduct-service-chatty-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let server = ServerProcess(dataDirectory: directory + "/data")
+        try await server.start()
+        let client = AqueductClient(baseURL: server.baseURL)
+        for (name, bytes) in [("chatty", 1 << 20), ("flood", 64 << 20)] {
+            let script = directory + "/" + name
+            try "#!/bin/sh\nhead -c \(bytes) /dev/zero | tr '\\0' x\n".write(toFile: script, atomically: true, encoding: .utf8)
+            chmod(script, 0o755)
+            _ = try await client.uploadProgram(path: script, name: name)
+            do {
+                _ = try await client.submitTopology(TopologySubmitRequest(executable: name))
+                Issue.record("\(name) was accepted as a topology program")
+            } catch let error as ClientError {
+                #expect(error.code == "INVALID_REQUEST")
+            }
+        }
+        _ = try await server.stop()
     }
 }

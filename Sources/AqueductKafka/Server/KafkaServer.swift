@@ -14,9 +14,25 @@ public struct KafkaListenerConfiguration: Sendable {
     public var advertisedPort: Int?
     /// Largest request frame, in bytes (Kafka's socket.request.max.bytes).
     public var frameBytesMax = 100 << 20
+    /// Bytes of requests being read or answered and of answers waiting to be written,
+    /// over all connections (Kafka's queued.max.request.bytes); at least frameBytesMax.
+    public var queuedBytesMax = 512 << 20
+    /// Open connections at once (Kafka's max.connections); more are closed on accept.
+    public var connectionsMax = 4_096
+    /// Open connections from one client address (Kafka's max.connections.per.ip).
+    public var connectionsPerAddressMax = 1_024
     /// Partitions of topics created because a client asked for them (Kafka's
     /// auto.create.topics.enable and num.partitions); 0 turns auto-creation off.
     public var autoCreatePartitions = 1
+    /// Topics there may be for a client's request to create one more automatically;
+    /// past it, the request gets UNKNOWN_TOPIC_OR_PARTITION (explicit creation still works).
+    public var autoCreateTopicsMax = 1_000
+    /// Longest a fetch waits for records, in milliseconds (a longer `max_wait_ms` is
+    /// clamped to it).
+    public var fetchWaitMillisecondsMax = 30_000
+    /// Most bytes of records in one fetch answer (Kafka's fetch.max.bytes); a larger
+    /// `max_bytes` is clamped to it.
+    public var fetchBytesMax = 57_671_680
 
     public init() {}
 
@@ -30,19 +46,24 @@ public final class KafkaServer: Sendable {
     public let configuration: KafkaListenerConfiguration
     let handler: KafkaRequestHandler
     let logger: Logger
-    private let serverChannel: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>
+    private let serverChannel: NIOAsyncChannel<NIOAsyncChannel<KafkaFrame, ByteBuffer>, Never>
+    /// Request and answer bytes in flight over every connection.
+    public let pool: KafkaMemoryPool
+    private let limiter: ConnectionLimiter
 
     /// The port actually bound (useful when configured with port 0).
     public let boundPort: Int
 
     private init(
         configuration: KafkaListenerConfiguration, handler: KafkaRequestHandler, logger: Logger,
-        serverChannel: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>, boundPort: Int
+        serverChannel: NIOAsyncChannel<NIOAsyncChannel<KafkaFrame, ByteBuffer>, Never>, pool: KafkaMemoryPool, boundPort: Int
     ) {
         self.configuration = configuration
         self.handler = handler
         self.logger = logger
         self.serverChannel = serverChannel
+        self.pool = pool
+        self.limiter = ConnectionLimiter(total: configuration.connectionsMax, perAddress: configuration.connectionsPerAddressMax)
         self.boundPort = boundPort
     }
 
@@ -52,6 +73,7 @@ public final class KafkaServer: Sendable {
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> KafkaServer {
         let frameBytesMax = configuration.frameBytesMax
+        let pool = KafkaMemoryPool(capacity: max(configuration.queuedBytesMax, frameBytesMax + 4))
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -59,12 +81,12 @@ public final class KafkaServer: Sendable {
             .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .bind(host: configuration.host, port: configuration.port) { child in
                 child.eventLoop.makeCompletedFuture {
-                    try child.pipeline.syncOperations.addHandler(ByteToMessageHandler(KafkaFrameDecoder(frameBytesMax: frameBytesMax)))
-                    return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: child)
+                    try child.pipeline.syncOperations.addHandler(KafkaFrameHandler(frameBytesMax: frameBytesMax, pool: pool))
+                    return try NIOAsyncChannel<KafkaFrame, ByteBuffer>(wrappingChannelSynchronously: child)
                 }
             }
         let port = channel.channel.localAddress?.port ?? configuration.port
-        return KafkaServer(configuration: configuration, handler: handler, logger: logger, serverChannel: channel, boundPort: port)
+        return KafkaServer(configuration: configuration, handler: handler, logger: logger, serverChannel: channel, pool: pool, boundPort: port)
     }
 
     /// Serves connections until the listener is closed (`close()`) or the task is cancelled.
@@ -89,11 +111,23 @@ public final class KafkaServer: Sendable {
     private let connections = Gauge(label: "aqueduct_kafka_connections")
     private let openConnections = Atomic<Int>(0)
 
-    private func serve(_ connection: NIOAsyncChannel<ByteBuffer, ByteBuffer>) async {
+    private func serve(_ connection: NIOAsyncChannel<KafkaFrame, ByteBuffer>) async {
+        let address = connection.channel.remoteAddress
+        let host = address?.ipAddress ?? "unknown"
+        let peer = address.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "unknown"
+        if let refusal = limiter.admit(host) {
+            logger.debug("Kafka connection refused", metadata: ["peer": "\(peer)", "reason": "\(refusal)"])
+            try? await connection.executeThenClose { _, _ in }
+            return
+        }
+        defer { limiter.release(host) }
         connections.record(openConnections.wrappingAdd(1, ordering: .relaxed).newValue)
         defer { connections.record(openConnections.wrappingSubtract(1, ordering: .relaxed).newValue) }
-        let address = connection.channel.remoteAddress
-        let peer = address.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "unknown"
+        // Answers being made; cancelled when the connection ends, so a parked fetch
+        // lets go of what it holds at once instead of at its deadline.
+        let inFlight = DeferredAnswers()
+        defer { inFlight.cancelAll() }
+        let pool = self.pool
         do {
             try await connection.executeThenClose { inbound, outbound in
                 // Requests are handled in order up to where they would wait; their
@@ -104,25 +138,42 @@ public final class KafkaServer: Sendable {
                     group.addTask {
                         for await reply in replies {
                             let response: ByteBuffer?
-                            switch reply {
+                            switch reply.answer {
                             case .nothing: response = nil
                             case .now(let ready): response = try ready.orClose()
-                            case .later(let task): response = try await task.value.orClose()
+                            case .later(let id, let task):
+                                response = try await task.value.orClose()
+                                inFlight.finished(id)
                             }
                             slots.release(1)
-                            if let response { try await outbound.write(response) }
+                            guard let response else { continue }
+                            // The answer counts in the pool until it is written; the
+                            // request's bytes (reply.request) go with the reply.
+                            let held = PoolReservation(pool: pool, forcing: response.readableBytes)
+                            try await outbound.write(response)
+                            withExtendedLifetime((held, reply.request)) {}
                         }
                     }
                     var session = KafkaSession(peer: peer)
-                    for try await frame in inbound {
-                        await slots.acquire(1)
-                        switch await handler.dispatch(frame: frame, session: &session) {
-                        case .none: queue.yield(.nothing)
-                        case .ready(let response): queue.yield(.now(response))
-                        case .deferred(let later): queue.yield(.later(Task { await later() }))
+                    do {
+                        for try await frame in inbound {
+                            await slots.acquire(1)
+                            switch await handler.dispatch(frame: frame.bytes, session: &session) {
+                            case .none: queue.yield(QueuedReply(answer: .nothing, request: frame.reservation))
+                            case .ready(let response): queue.yield(QueuedReply(answer: .now(response), request: frame.reservation))
+                            case .deferred(let later):
+                                let (id, task) = inFlight.start(later)
+                                queue.yield(QueuedReply(answer: .later(id, task), request: frame.reservation))
+                            }
+                            if session.closeAfterResponse { break }
                         }
-                        if session.closeAfterResponse { break }
+                    } catch {
+                        queue.finish()
+                        throw error
                     }
+                    // The client stopped sending (or closed): nothing waits for answers
+                    // that need a wait.
+                    if !session.closeAfterResponse { inFlight.cancelAll() }
                     queue.finish()
                     try await group.waitForAll()
                 }
@@ -133,13 +184,83 @@ public final class KafkaServer: Sendable {
     }
 }
 
-/// An answer in a connection's queue: written as soon as those before it are.
-private enum QueuedReply: Sendable {
-    /// No answer is due (Produce with acks=0).
-    case nothing
-    /// A response, or nil when it could not be encoded (the connection closes).
-    case now(ByteBuffer?)
-    case later(Task<ByteBuffer?, Never>)
+/// Open connections, in all and per client address; refuses past the limits.
+final class ConnectionLimiter: Sendable {
+    let total: Int
+    let perAddress: Int
+    private let state = Mutex<(open: Int, byAddress: [String: Int])>((0, [:]))
+    private let refusedTotal = Counter(label: "aqueduct_kafka_connections_refused_total", dimensions: [("reason", "total")])
+    private let refusedPerAddress = Counter(label: "aqueduct_kafka_connections_refused_total", dimensions: [("reason", "address")])
+
+    init(total: Int, perAddress: Int) {
+        self.total = total
+        self.perAddress = perAddress
+    }
+
+    /// Nil when admitted (release it later), else why not.
+    func admit(_ address: String) -> String? {
+        let refusal = state.withLock { state -> String? in
+            if state.open >= total { return "kafka.connectionsMax (\(total)) reached" }
+            if state.byAddress[address, default: 0] >= perAddress { return "kafka.connectionsPerAddressMax (\(perAddress)) reached" }
+            state.open += 1
+            state.byAddress[address, default: 0] += 1
+            return nil
+        }
+        if let refusal { (refusal.hasPrefix("kafka.connectionsMax") ? refusedTotal : refusedPerAddress).increment() }
+        return refusal
+    }
+
+    func release(_ address: String) {
+        state.withLock { state in
+            state.open -= 1
+            state.byAddress[address, default: 1] -= 1
+            if state.byAddress[address] == 0 { state.byAddress[address] = nil }
+        }
+    }
+}
+
+/// A connection's answers that wait (fetches, group joins), cancellable together.
+final class DeferredAnswers: Sendable {
+    private let state = Mutex<(next: UInt64, tasks: [UInt64: Task<ByteBuffer?, Never>], cancelled: Bool)>((0, [:], false))
+
+    func start(_ work: @escaping @Sendable () async -> ByteBuffer?) -> (UInt64, Task<ByteBuffer?, Never>) {
+        let task = Task { await work() }
+        let (id, cancelled) = state.withLock { state -> (UInt64, Bool) in
+            let id = state.next
+            state.next += 1
+            state.tasks[id] = task
+            return (id, state.cancelled)
+        }
+        if cancelled { task.cancel() }
+        return (id, task)
+    }
+
+    func finished(_ id: UInt64) {
+        _ = state.withLock { $0.tasks.removeValue(forKey: id) }
+    }
+
+    func cancelAll() {
+        let tasks = state.withLock { state in
+            state.cancelled = true
+            defer { state.tasks = [:] }
+            return Array(state.tasks.values)
+        }
+        for task in tasks { task.cancel() }
+    }
+}
+
+/// An answer in a connection's queue: written as soon as those before it are. The
+/// request's pool bytes are held until then.
+private struct QueuedReply: Sendable {
+    enum Answer: Sendable {
+        /// No answer is due (Produce with acks=0).
+        case nothing
+        /// A response, or nil when it could not be encoded (the connection closes).
+        case now(ByteBuffer?)
+        case later(UInt64, Task<ByteBuffer?, Never>)
+    }
+    var answer: Answer
+    var request: PoolReservation?
 }
 
 /// Ends a connection whose response could not be encoded.

@@ -45,6 +45,8 @@ final class SegmentState: Sendable {
         var id: UInt64
         var offset: Int64
         var continuation: CheckedContinuation<WaitOutcome, Never>
+        /// Ends the wait at its timeout; cancelled when the wait ends otherwise.
+        var timer: Task<Void, Never>?
     }
 
     struct Guarded {
@@ -96,22 +98,25 @@ final class SegmentState: Sendable {
     /// Marks offsets below `end` acknowledged and wakes the readers waiting for them.
     /// Called on the journal thread, in offset order.
     func acknowledge(upTo end: Int64, maxTimestamp: Int64) {
-        let ready = guarded.withLock { state -> [CheckedContinuation<WaitOutcome, Never>] in
+        let ready = guarded.withLock { state -> [Waiter] in
             precondition(end > state.acknowledgedEnd, "acknowledgements must move forward")
             state.acknowledgedEnd = end
             state.maxTimestamp = max(state.maxTimestamp, maxTimestamp)
             guard !state.waiters.isEmpty else { return [] }
-            var ready: [CheckedContinuation<WaitOutcome, Never>] = []
+            var ready: [Waiter] = []
             state.waiters.removeAll { waiter in
                 if waiter.offset < end {
-                    ready.append(waiter.continuation)
+                    ready.append(waiter)
                     return true
                 }
                 return false
             }
             return ready
         }
-        for continuation in ready { continuation.resume(returning: .available) }
+        for waiter in ready {
+            waiter.timer?.cancel()
+            waiter.continuation.resume(returning: .available)
+        }
     }
 
     /// Wakes every waiter with `outcome` (the segment was sealed or deleted).
@@ -120,7 +125,10 @@ final class SegmentState: Sendable {
             defer { state.waiters.removeAll() }
             return state.waiters
         }
-        for waiter in all { waiter.continuation.resume(returning: outcome) }
+        for waiter in all {
+            waiter.timer?.cancel()
+            waiter.continuation.resume(returning: outcome)
+        }
     }
 
     /// Waits until `offset` is acknowledged (readable), the segment is sealed or
@@ -144,10 +152,18 @@ final class SegmentState: Sendable {
                     continuation.resume(returning: immediate)
                     return
                 }
-                Task { [self] in
+                // The timer is cancelled when the wait ends otherwise, so an abandoned
+                // long poll holds nothing until its timeout.
+                let timer = Task { [self] in
                     try? await Task.sleep(nanoseconds: timeoutNanoseconds)
                     self.resumeWaiter(waiterID, with: .timedOut)
                 }
+                let finished = guarded.withLock { state -> Bool in
+                    guard let index = state.waiters.firstIndex(where: { $0.id == waiterID }) else { return true }
+                    state.waiters[index].timer = timer
+                    return false
+                }
+                if finished { timer.cancel() }
             }
         } onCancel: {
             self.resumeWaiter(waiterID, with: .timedOut)
@@ -159,6 +175,7 @@ final class SegmentState: Sendable {
             guard let index = state.waiters.firstIndex(where: { $0.id == waiterID }) else { return nil }
             return state.waiters.remove(at: index)
         }
+        waiter?.timer?.cancel()
         waiter?.continuation.resume(returning: outcome)
     }
 }
