@@ -21,6 +21,7 @@ public enum ErrorCode: String, Sendable, CaseIterable, Codable {
     case unauthorized = "UNAUTHORIZED"
     case forbidden = "FORBIDDEN"
     case programNotAllowed = "PROGRAM_NOT_ALLOWED"
+    case limitReached = "LIMIT_REACHED"
 
     /// The closest Kafka protocol error code.
     public var kafkaCode: Int16 {
@@ -41,6 +42,7 @@ public enum ErrorCode: String, Sendable, CaseIterable, Codable {
         case .groupNotFound: 69
         case .unauthorized: 58  // SASL_AUTHENTICATION_FAILED
         case .forbidden, .programNotAllowed: 31  // CLUSTER_AUTHORIZATION_FAILED
+        case .limitReached: 44  // POLICY_VIOLATION
         }
     }
 }

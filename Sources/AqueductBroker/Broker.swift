@@ -116,10 +116,18 @@ public final class Broker: Sendable {
     /// Wakes fetchers waiting on several partitions (Kafka Fetch) when one gets records.
     public let appends = AppendNotifier()
 
-    public init(logs: LogStore, defaults: LogConfiguration, clock: any WallClock = SystemWallClock(), logger: Logger = Logger(label: "aqueduct.broker")) {
+    /// Partitions of all topics together (`topics.partitionsMax`): each is a log with
+    /// files and memory, and a client that may create topics must not exhaust them.
+    public let partitionsMax: Int
+
+    public init(
+        logs: LogStore, defaults: LogConfiguration, partitionsMax: Int = 20_000, clock: any WallClock = SystemWallClock(),
+        logger: Logger = Logger(label: "aqueduct.broker")
+    ) {
         self.logs = logs
         self.metadata = logs.metadata
         self.defaults = defaults
+        self.partitionsMax = partitionsMax
         self.clock = clock
         self.logger = logger
     }
@@ -196,6 +204,7 @@ public final class Broker: Sendable {
         if topics.withLock({ $0[name] != nil }) {
             throw BrokerError(.topicExists, "topic '\(name)' already exists", hint: "describe it, or delete it first")
         }
+        try checkPartitionRoom(adding: partitions)
         do {
             let ids = try await logs.allocateIDs(partitions)
             let record = TopicRecord(
@@ -236,6 +245,7 @@ public final class Broker: Sendable {
         guard count <= Self.partitionsPerTopicMax else {
             throw BrokerError(.invalidPartitions, "a topic has at most \(Self.partitionsPerTopicMax) partitions, not \(count)")
         }
+        try checkPartitionRoom(adding: count - current)
         if validateOnly { return try describeTopic(name) }
         do {
             let ids = try await logs.allocateIDs(count - current)
@@ -272,6 +282,17 @@ public final class Broker: Sendable {
             logger.info("topic deleted", metadata: ["topic": "\(name)"])
         } catch {
             throw BrokerError.from(error)
+        }
+    }
+
+    /// Partitions of all topics.
+    public var partitionTotal: Int { topics.withLock { $0.values.reduce(0) { $0 + $1.logs.count } } }
+
+    private func checkPartitionRoom(adding count: Int) throws(BrokerError) {
+        let total = partitionTotal
+        guard total + count <= partitionsMax else {
+            throw BrokerError(.limitReached, "the server has \(total) partitions; \(count) more would pass its limit of \(partitionsMax)",
+                hint: "delete topics you no longer need, or raise topics.partitionsMax")
         }
     }
 

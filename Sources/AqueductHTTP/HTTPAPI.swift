@@ -25,6 +25,7 @@ struct APIError: HTTPResponseError {
         case .corruptData, .storageError, .internalError: .internalServerError
         case .unauthorized: .unauthorized
         case .forbidden, .programNotAllowed: .forbidden
+        case .limitReached: HTTPResponse.Status(code: 507, reasonPhrase: "Insufficient Storage")
         }
     }
 

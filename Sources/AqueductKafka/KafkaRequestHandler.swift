@@ -344,7 +344,7 @@ public final class KafkaRequestHandler: Sendable {
                         // producer's later batches are refused too, and it resends.
                         if partition.result.errorCode == 0 {
                             partition.result.errorCode = KafkaErrorCode.from(error)
-                            partition.result.errorMessage = error.message
+                            partition.result.errorMessage = Self.shortened(error.message)
                         }
                         producers.forget(batch.result, producerID: producerID, partition: TopicPartition(topic, Int(partition.result.index)))
                     }
@@ -619,7 +619,7 @@ public final class KafkaRequestHandler: Sendable {
                 result.replicationFactor = 1
             } catch {
                 result.errorCode = KafkaErrorCode.from(error)
-                result.errorMessage = error.message
+                result.errorMessage = Self.shortened(error.message)
             }
             response.topics.append(result)
         }
@@ -635,7 +635,7 @@ public final class KafkaRequestHandler: Sendable {
                 try await broker.deleteTopic(name)
             } catch {
                 result.errorCode = KafkaErrorCode.from(error)
-                result.errorMessage = error.message
+                result.errorMessage = Self.shortened(error.message)
             }
             response.responses.append(result)
         }
@@ -653,7 +653,7 @@ public final class KafkaRequestHandler: Sendable {
                 _ = try await broker.addPartitions(topic.name, count: Int(topic.count), validateOnly: request.validateOnly)
             } catch {
                 result.errorCode = KafkaErrorCode.from(error)
-                result.errorMessage = error.message
+                result.errorMessage = Self.shortened(error.message)
             }
             response.results.append(result)
         }
@@ -668,7 +668,7 @@ public final class KafkaRequestHandler: Sendable {
             case 2:  // topic
                 guard let topic = try? broker.describeTopic(resource.resourceName) else {
                     result.errorCode = KafkaErrorCode.unknownTopicOrPartition
-                    result.errorMessage = "topic '\(resource.resourceName)' does not exist"
+                    result.errorMessage = Self.shortened("topic '\(resource.resourceName)' does not exist")
                     break
                 }
                 let configuration = topic.configuration

@@ -49,9 +49,11 @@ public struct Record: Equatable, Sendable {
             headers.append(RecordHeader(key: String(decoding: keyBytes, as: UTF8.self), value: headerValue))
         }
         if body.readableBytes != 0 { throw .malformedRecord("\(body.readableBytes) bytes left inside a record") }
+        // Wrapping, as Kafka's own readers: a producer chooses base and delta, and no
+        // sum of them may trap.
         return Record(
-            offset: header.baseOffset + Int64(offsetDelta),
-            timestamp: header.baseTimestamp + timestampDelta,
+            offset: header.baseOffset &+ Int64(offsetDelta),
+            timestamp: header.baseTimestamp &+ timestampDelta,
             key: key, value: value, headers: headers)
     }
 

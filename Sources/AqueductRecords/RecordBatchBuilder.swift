@@ -30,7 +30,9 @@ public struct RecordBatchBuilder {
         let maxTimestamp = records.map(\.timestamp).max()!
         var body = allocator.buffer(capacity: encodedBytes + 64)
         for (index, record) in records.enumerated() {
-            let timestampDelta = record.timestamp - baseTimestamp
+            // Wrapping: any two Int64 timestamps (a client may send any) give a delta
+            // that a reader adding it back to the base undoes exactly, never a trap.
+            let timestampDelta = record.timestamp &- baseTimestamp
             let size = Self.encodedSize(record, timestampDelta: timestampDelta, offsetDelta: Int64(index))
             Varint.write(Int64(size), to: &body)
             body.writeInteger(Int8(0))

@@ -84,7 +84,7 @@ public enum Server {
         let metadata = try EmbeddedMetadataStore(directory: configuration.metadataDirectory, logger: logger)
         let logs = LogStore(storage: storage, metadata: metadata, logger: logger)
         try await logs.open()
-        let broker = Broker(logs: logs, defaults: configuration.topicDefaults, logger: logger)
+        let broker = Broker(logs: logs, defaults: configuration.topicDefaults, partitionsMax: configuration.partitionsMax, logger: logger)
         try await broker.start()
         return Components(storage: storage, metadata: metadata, logs: logs, broker: broker, registry: registry)
     }

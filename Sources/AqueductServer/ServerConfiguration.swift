@@ -28,6 +28,8 @@ public struct ServerConfiguration: Sendable {
     public var topicDefaults = LogConfiguration()
     /// How often retention runs, in milliseconds.
     public var retentionCheckIntervalMilliseconds = 60_000
+    /// Partitions of all topics together (`topics.partitionsMax`).
+    public var partitionsMax = 20_000
     /// Bounds on what clients make the group coordinator keep (`groups.*`, `offsets.*`).
     public var groups = GroupLimits()
     /// Idempotent producers: states kept, and how long an idle one is (`kafka.producer*`).
@@ -173,6 +175,8 @@ extension ServerConfiguration {
             throw ConfigurationError(message: "storage.writeCacheBytesMax must be at least twice topic.maxMessageBytes")
         }
         result.retentionCheckIntervalMilliseconds = try integer("retention.checkIntervalMs", result.retentionCheckIntervalMilliseconds, range: 100...86_400_000)
+
+        result.partitionsMax = try integer("topics.partitionsMax", result.partitionsMax, range: 1...10_000_000)
 
         // Kafka listener bounds.
         result.kafka.queuedBytesMax = try integer("kafka.queuedBytesMax", result.kafka.queuedBytesMax, range: (1 << 20)...(1 << 40))

@@ -23,7 +23,10 @@ struct KafkaStack {
     let broker: Broker
     let handler: KafkaRequestHandler
 
-    static func open(_ directory: String, listener: KafkaListenerConfiguration = KafkaListenerConfiguration()) async throws -> KafkaStack {
+    static func open(
+        _ directory: String, listener: KafkaListenerConfiguration = KafkaListenerConfiguration(), partitionsMax: Int = 20_000,
+        groupLimits: GroupLimits = GroupLimits()
+    ) async throws -> KafkaStack {
         var configuration = StorageConfiguration(directory: directory + "/storage")
         configuration.flushIntervalMilliseconds = 50
         configuration.journalFileBytesMax = 4 << 20
@@ -31,12 +34,12 @@ struct KafkaStack {
         let metadata = try EmbeddedMetadataStore(directory: directory + "/metadata")
         let logs = LogStore(storage: storage, metadata: metadata)
         try await logs.open()
-        let broker = Broker(logs: logs, defaults: LogConfiguration())
+        let broker = Broker(logs: logs, defaults: LogConfiguration(), partitionsMax: partitionsMax)
         try await broker.start()
         var logger = Logger(label: "test")
         logger.logLevel = .warning
-        let offsets = try await OffsetStore.open(logs: logs, logger: logger)
-        let groups = GroupCoordinator(offsets: offsets, logger: logger)
+        let offsets = try await OffsetStore.open(logs: logs, offsetsMax: groupLimits.offsetsMax, logger: logger)
+        let groups = GroupCoordinator(offsets: offsets, limits: groupLimits, logger: logger)
         let handler = KafkaRequestHandler(broker: broker, groups: groups, listener: listener, clusterID: broker.clusterID, logger: logger)
         return KafkaStack(directory: directory, storage: storage, metadata: metadata, broker: broker, handler: handler)
     }

@@ -119,6 +119,23 @@ import Testing
         #expect(Array(RecordBatchIterator(partial)).map(\.header.baseOffset) == Array(offsets.dropLast()))
     }
 
+    @Test func extremeTimestampsRoundTripWithoutTrapping() throws {
+        // Any Int64 a client sends: deltas and sums wrap, as in Kafka's readers.
+        var builder = RecordBatchBuilder()
+        for timestamp in [Int64.max, Int64.min, 0, -1, Int64.max - 1] { builder.append(timestamp: timestamp, key: nil, value: [1]) }
+        let batch = builder.build(baseOffset: Int64.max - 10)
+        #expect(try RecordBatch.records(of: batch).map(\.timestamp) == [Int64.max, Int64.min, 0, -1, Int64.max - 1])
+        // A hand-made batch whose base and delta overflow when added.
+        var single = RecordBatchBuilder()
+        single.append(timestamp: 5, key: nil, value: [1])
+        single.append(timestamp: 6, key: nil, value: [2])
+        var edited = single.build()
+        edited.setInteger(Int64.max, at: edited.readerIndex + RecordBatchHeader.Field.baseTimestamp)
+        let crc = RecordBatch.checksumOfBatch(edited, at: edited.readerIndex, totalSize: edited.readableBytes)
+        edited.setInteger(crc, at: edited.readerIndex + RecordBatchHeader.Field.crc)
+        #expect(try RecordBatch.records(of: edited).map(\.timestamp) == [Int64.max, Int64.min])
+    }
+
     @Test func varintsRoundTripAtTheEdges() {
         for value: Int64 in [0, 1, -1, 63, -64, 64, 300, -300, Int64(Int32.max), Int64(Int32.min), .max, .min] {
             var buffer = ByteBuffer()

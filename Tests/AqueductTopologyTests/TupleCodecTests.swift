@@ -91,7 +91,26 @@ import Testing
         // Unknown kind, trailing bytes, invalid UTF-8.
         #expect(throws: TupleCodecError.unknownKind(9)) { try TupleCodec.decode(frameBody: [9][...]) }
         #expect(throws: TupleCodecError.trailingBytes(1)) { try TupleCodec.decode(frameBody: (body(.backpressure(container: 1, engaged: true)) + [0])[...]) }
-        let badText: [UInt8] = [1, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 4, 1, 0, 0, 0, 0xFF]
+        let badText: [UInt8] = [1, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 4, 1, 0, 0, 0, 0xFF]
         #expect(throws: TupleCodecError.badValue("string is not UTF-8")) { try TupleCodec.decode(frameBody: badText[...]) }
+    }
+
+    @Test func whatCannotBeEncodedIsNamedNotTrappedOn() throws {
+        func tuple(anchors: Int = 1, values: [TupleValue] = [.int(1)]) -> TupleCodec.EncodedTuple {
+            TupleCodec.EncodedTuple(
+                sourceTask: 1, streamIndex: 0,
+                anchors: (0..<anchors).map { (TupleRoot(task: 0, key: UInt64($0) + 1), UInt64($0) + 7) }, values: TupleValues(values))
+        }
+        // More anchors than a byte holds cross containers now (joins over many trees).
+        let joined = tuple(anchors: 1_000)
+        #expect(TupleCodec.problem(of: joined) == nil)
+        #expect(try TupleCodec.decode(frameBody: body(.tuples(destinationTask: 3, [joined]))[...]) == .tuples(destinationTask: 3, [joined]))
+        // Past the limits: named, so the stream manager fails the trees instead.
+        #expect(TupleCodec.problem(of: tuple(anchors: TupleCodec.anchorsPerTupleMax + 1)) != nil)
+        #expect(TupleCodec.problem(of: tuple(values: Array(repeating: .null, count: TupleCodec.valuesPerTupleMax + 1))) != nil)
+        var nested = TupleValue.int(0)
+        for _ in 0...TupleCodec.listDepthMax { nested = .list([nested]) }
+        #expect(TupleCodec.problem(of: tuple(values: [nested])) != nil)
+        #expect(TupleCodec.problem(of: tuple(values: [.bytes(Array(repeating: 1, count: TupleCodec.frameBytesMax))])) != nil)
     }
 }

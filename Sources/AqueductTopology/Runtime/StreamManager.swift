@@ -30,6 +30,8 @@ final class StreamManager: RemoteLink, @unchecked Sendable {
     private let stopped = Atomic<Bool>(false)
     private let inbound = Mutex<[Int32]>([])
     private let received = Atomic<Int>(0)
+    /// Tuples that could not be encoded for another container (their trees failed).
+    let refusedTuples = Atomic<Int>(0)
     let decodeErrors = Atomic<Int>(0)
 
     /// Listens on 127.0.0.1 (`port` 0: any free port).
@@ -72,14 +74,62 @@ final class StreamManager: RemoteLink, @unchecked Sendable {
     // MARK: RemoteLink
 
     func send(tuples: [Tuple], to task: Int) {
-        let encoded = tuples.map { tuple in
+        var encoded: [TupleCodec.EncodedTuple] = []
+        encoded.reserveCapacity(tuples.count)
+        var batchBytes = 0
+        for tuple in tuples {
             var anchors: [(root: TupleRoot, edge: UInt64)] = []
             tuple.anchors.forEach { root, edge in anchors.append((root, edge)) }
-            return TupleCodec.EncodedTuple(sourceTask: tuple.source.task, streamIndex: tuple.source.streamIndex, anchors: anchors, values: tuple.values)
+            let candidate = TupleCodec.EncodedTuple(sourceTask: tuple.source.task, streamIndex: tuple.source.streamIndex, anchors: anchors, values: tuple.values)
+            if let problem = TupleCodec.problem(of: candidate) {
+                refuse(candidate, problem: problem)
+                continue
+            }
+            // Frames stay under the peer's limit: a big batch goes in several.
+            let size = Self.estimatedSize(candidate)
+            if !encoded.isEmpty && batchBytes + size > TupleCodec.frameBytesMax / 2 {
+                sendFrame(.tuples(destinationTask: task, encoded), to: fabric.plan.tasks[task].container)
+                encoded.removeAll(keepingCapacity: true)
+                batchBytes = 0
+            }
+            encoded.append(candidate)
+            batchBytes += size
         }
+        guard !encoded.isEmpty else { return }
+        sendFrame(.tuples(destinationTask: task, encoded), to: fabric.plan.tasks[task].container)
+    }
+
+    private func sendFrame(_ frame: TupleCodec.Frame, to container: Int) {
         var bytes: [UInt8] = []
-        TupleCodec.encode(.tuples(destinationTask: task, encoded), into: &bytes)
-        send(bytes, to: fabric.plan.tasks[task].container)
+        TupleCodec.encode(frame, into: &bytes)
+        send(bytes, to: container)
+    }
+
+    private static func estimatedSize(_ tuple: TupleCodec.EncodedTuple) -> Int {
+        var bytes = 12 + 20 * tuple.anchors.count
+        for value in tuple.values {
+            switch value {
+            case .string(let text): bytes += 5 + text.utf8.count
+            case .bytes(let data): bytes += 5 + data.count
+            case .list(let values): bytes += 5 + 16 * values.count
+            default: bytes += 9
+            }
+        }
+        return bytes
+    }
+
+    /// A tuple that cannot cross containers: its trees fail (the spouts replay them),
+    /// it is counted as a dropped emit, and the reason is logged once in a while.
+    private func refuse(_ tuple: TupleCodec.EncodedTuple, problem: String) {
+        refusedTuples.add(1, ordering: .relaxed)
+        if refusedTuples.load(ordering: .relaxed) % 1_000 == 1 {
+            FileHandle.standardError.write(Data("aqueduct: a tuple for another container was refused (\(problem)); its trees fail and replay\n".utf8))
+        }
+        var failures: [Int: [ControlQueue.Message]] = [:]
+        for anchor in tuple.anchors { failures[anchor.root.task, default: []].append(.fail(key: anchor.root.key)) }
+        for (spoutTask, messages) in failures {
+            if let queue = fabric.controlQueues[spoutTask] { queue.push(messages) } else { send(control: messages, toSpout: spoutTask) }
+        }
     }
 
     func send(control: [ControlQueue.Message], toSpout task: Int) {

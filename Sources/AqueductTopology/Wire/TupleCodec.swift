@@ -3,13 +3,16 @@
 ///
 /// Frame: u32 length (of what follows, little-endian), u8 kind, payload. All integers
 /// little-endian. A tuple is: u32 source task, u16 stream index (in the source
-/// component's declared streams: both ends run the same topology), u8 anchor count,
+/// component's declared streams: both ends run the same topology), u16 anchor count,
 /// anchors (u32 root task, u64 root key, u64 edge), u16 value count, values (u8 tag, then
 /// null: -, bool: u8, int: i64, double: u64 bits, string/bytes: u32 length + bytes,
 /// list: u32 count + values).
 ///
 /// Decoding checks every length against the frame and the limits below and throws
 /// `TupleCodecError`, never traps: a peer's bad bytes close that connection only.
+/// Encoding never traps either: `problem(of:)` names what a tuple has beyond those
+/// limits (too many anchors or values, lists too deep, too large), and the stream
+/// manager fails such a tuple's trees instead of sending it.
 enum TupleCodec {
     enum Kind: UInt8 {
         case tuples = 1
@@ -40,7 +43,45 @@ enum TupleCodec {
     static let frameBytesMax = 64 << 20
     static let valuesPerTupleMax = 4_096
     static let listDepthMax = 8
-    static let anchorsPerTupleMax = 255
+    /// Distinct tuple trees one tuple may belong to across containers.
+    static let anchorsPerTupleMax = Int(UInt16.max)
+    static let streamsPerComponentMax = Int(UInt16.max)
+    /// Largest encoded tuple; a frame holds at least one.
+    static let tupleBytesMax = frameBytesMax - 64
+
+    /// Why a tuple cannot go to another container, or nil when it can.
+    static func problem(of tuple: EncodedTuple) -> String? {
+        if tuple.anchors.count > anchorsPerTupleMax { return "\(tuple.anchors.count) anchors (most \(anchorsPerTupleMax))" }
+        if tuple.values.count > valuesPerTupleMax { return "\(tuple.values.count) values (most \(valuesPerTupleMax))" }
+        if tuple.streamIndex < 0 || tuple.streamIndex > streamsPerComponentMax { return "stream index \(tuple.streamIndex)" }
+        var bytes = 12 + 20 * tuple.anchors.count
+        for value in tuple.values {
+            guard let size = encodedSize(value, depth: 0) else { return "a list nested deeper than \(listDepthMax)" }
+            bytes += size
+            if bytes > tupleBytesMax { return "more than \(tupleBytesMax) bytes" }
+        }
+        return nil
+    }
+
+    /// Bytes a value takes encoded, or nil when lists nest too deep.
+    private static func encodedSize(_ value: TupleValue, depth: Int) -> Int? {
+        switch value {
+        case .null: return 1
+        case .bool: return 2
+        case .int, .double: return 9
+        case .string(let text): return 5 + text.utf8.count
+        case .bytes(let bytes): return 5 + bytes.count
+        case .list(let values):
+            guard depth < listDepthMax else { return nil }
+            var total = 5
+            for element in values {
+                guard let size = encodedSize(element, depth: depth + 1) else { return nil }
+                total += size
+                if total > tupleBytesMax { return total }
+            }
+            return total
+        }
+    }
 
     // MARK: Encoding
 
@@ -50,13 +91,13 @@ enum TupleCodec {
         switch frame {
         case .tuples(let destination, let tuples):
             out.append(Kind.tuples.rawValue)
-            put32(UInt32(destination), &out)
-            put32(UInt32(tuples.count), &out)
+            put32(UInt32(truncatingIfNeeded: destination), &out)
+            put32(UInt32(truncatingIfNeeded: tuples.count), &out)
             for tuple in tuples { encode(tuple, into: &out) }
         case .control(let spoutTask, let messages):
             out.append(Kind.control.rawValue)
-            put32(UInt32(spoutTask), &out)
-            put32(UInt32(messages.count), &out)
+            put32(UInt32(truncatingIfNeeded: spoutTask), &out)
+            put32(UInt32(truncatingIfNeeded: messages.count), &out)
             for message in messages {
                 switch message {
                 case .ack(let key, let value):
@@ -71,23 +112,25 @@ enum TupleCodec {
             }
         case .backpressure(let container, let engaged):
             out.append(Kind.backpressure.rawValue)
-            put32(UInt32(container), &out)
+            put32(UInt32(truncatingIfNeeded: container), &out)
             out.append(engaged ? 1 : 0)
         }
-        let length = UInt32(out.count - start - 4)
+        let length = UInt32(truncatingIfNeeded: out.count - start - 4)
         for index in 0..<4 { out[start + index] = UInt8(truncatingIfNeeded: length >> (8 * UInt32(index))) }
     }
 
+    /// Encodes a tuple `problem(of:)` found nothing wrong with (lengths are written
+    /// truncated, never trapping, should one slip through: the peer refuses the frame).
     static func encode(_ tuple: EncodedTuple, into out: inout [UInt8]) {
-        put32(UInt32(tuple.sourceTask), &out)
-        put16(UInt16(tuple.streamIndex), &out)
-        out.append(UInt8(tuple.anchors.count))
+        put32(UInt32(truncatingIfNeeded: tuple.sourceTask), &out)
+        put16(UInt16(truncatingIfNeeded: tuple.streamIndex), &out)
+        put16(UInt16(truncatingIfNeeded: tuple.anchors.count), &out)
         for anchor in tuple.anchors {
-            put32(UInt32(anchor.root.task), &out)
+            put32(UInt32(truncatingIfNeeded: anchor.root.task), &out)
             put64(anchor.root.key, &out)
             put64(anchor.edge, &out)
         }
-        put16(UInt16(tuple.values.count), &out)
+        put16(UInt16(truncatingIfNeeded: tuple.values.count), &out)
         for value in tuple.values { encode(value, into: &out) }
     }
 
@@ -101,16 +144,16 @@ enum TupleCodec {
             out.append(4)
             var text = text
             text.withUTF8 { bytes in
-                put32(UInt32(bytes.count), &out)
+                put32(UInt32(truncatingIfNeeded: bytes.count), &out)
                 out.append(contentsOf: bytes)
             }
         case .bytes(let bytes):
             out.append(5)
-            put32(UInt32(bytes.count), &out)
+            put32(UInt32(truncatingIfNeeded: bytes.count), &out)
             out.append(contentsOf: bytes)
         case .list(let values):
             out.append(6)
-            put32(UInt32(values.count), &out)
+            put32(UInt32(truncatingIfNeeded: values.count), &out)
             for element in values { encode(element, into: &out) }
         }
     }
@@ -139,8 +182,8 @@ enum TupleCodec {
         case .tuples:
             let destination = Int(try reader.u32())
             let count = Int(try reader.u32())
-            // Each tuple takes at least 9 bytes: a count beyond that is a lie.
-            guard count <= reader.remaining / 9 else { throw .lengthBeyondFrame("tuple count \(count)") }
+            // Each tuple takes at least 10 bytes: a count beyond that is a lie.
+            guard count <= reader.remaining / 10 else { throw .lengthBeyondFrame("tuple count \(count)") }
             var tuples: [EncodedTuple] = []
             tuples.reserveCapacity(count)
             for _ in 0..<count { tuples.append(try decodeTuple(&reader)) }
@@ -175,8 +218,11 @@ enum TupleCodec {
     private static func decodeTuple(_ reader: inout Reader) throws(TupleCodecError) -> EncodedTuple {
         let sourceTask = Int(try reader.u32())
         let streamIndex = Int(try reader.u16())
-        let anchorCount = Int(try reader.u8())
+        let anchorCount = Int(try reader.u16())
+        // Each anchor takes 20 bytes: a count beyond what is left is a lie.
+        guard anchorCount <= reader.remaining / 20 else { throw .lengthBeyondFrame("anchor count \(anchorCount)") }
         var anchors: [(root: TupleRoot, edge: UInt64)] = []
+        anchors.reserveCapacity(anchorCount)
         for _ in 0..<anchorCount {
             let task = Int(try reader.u32())
             let key = try reader.u64()
