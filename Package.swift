@@ -232,7 +232,7 @@ let package = Package(
         .testTarget(name: "AqueductTopologyTests", dependencies: ["AqueductTopology", "AqueductTopologyExamples"], swiftSettings: strict),
         // Runs the real `aqueduct` binary (built by `swift build`) as a child process.
         .testTarget(
-            name: "IntegrationTests", dependencies: ["AqueductAPI", "AqueductClient", "AqueductTopologyTopics", "AqueductTopologyExamples", "AqueductTopologyService"],
+            name: "IntegrationTests", dependencies: ["AqueductAPI", "AqueductClient", "AqueductTestSupport", "AqueductTopologyTopics", "AqueductTopologyExamples", "AqueductTopologyService"],
             swiftSettings: strict),
     ]
 )

@@ -22,6 +22,9 @@ public final class WeightedSemaphore: Sendable {
     /// Units not taken right now.
     public var available: Int { state.withLock { $0.available } }
 
+    /// Callers waiting for units now.
+    public var waiting: Int { state.withLock { $0.waiters.count } }
+
     /// Takes `units` (at most `capacity`, so one oversized request cannot wait forever),
     /// waiting behind earlier requests. Returns the number of units taken, which the
     /// caller gives back with `release`.

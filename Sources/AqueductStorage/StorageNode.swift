@@ -396,6 +396,12 @@ public final class StorageNode: Sendable {
         return await state.waitForEntries(at: offset, timeoutNanoseconds: timeoutNanoseconds)
     }
 
+    /// Tailing readers waiting for new entries now, over every segment.
+    public var waitingReaders: Int { segments.withLock { Array($0.values) }.reduce(0) { $0 + $1.waitingReaders } }
+
+    /// Appends waiting for write budget (unflushed bytes at their bound) now.
+    public var appendsWaitingForBudget: Int { writeBudget.waiting }
+
     /// Ends every wait for new entries now, and makes later waits return at once, so
     /// that long-polling readers do not hold up a shutdown.
     public func interruptWaits() {

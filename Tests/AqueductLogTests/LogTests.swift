@@ -262,16 +262,16 @@ func readValues(_ log: Log, from offset: Int64, maxBytes: Int = 300) async throw
         let writer = try await log.openWriter()
         let empty = try await log.read(from: 0, maxBytes: 100, maxWaitNanoseconds: 30_000_000)
         #expect(empty.batches.isEmpty && empty.endOffset == 0)
-        async let waited = log.read(from: 0, maxBytes: 100, maxWaitNanoseconds: 10_000_000_000)
-        try await Task.sleep(nanoseconds: 30_000_000)
+        async let waited = log.read(from: 0, maxBytes: 100, maxWaitNanoseconds: 60_000_000_000)
+        try await waitUntil { stack.storage.waitingReaders == 1 }
         _ = try await writer.append(batch(["hello"]))
         #expect(try await waited.nextOffset == 1)
 
         // A reader waiting at the end of a segment that rolls moves on to the next one.
         for index in 0..<30 { _ = try await writer.append(batch(["fill-\(index)"])) }
         let end = log.endOffset
-        async let acrossRoll = log.read(from: end, maxBytes: 100, maxWaitNanoseconds: 10_000_000_000)
-        try await Task.sleep(nanoseconds: 30_000_000)
+        async let acrossRoll = log.read(from: end, maxBytes: 100, maxWaitNanoseconds: 60_000_000_000)
+        try await waitUntil { stack.storage.waitingReaders == 1 }
         for index in 0..<30 { _ = try await writer.append(batch(["more-\(index)"])) }
         let read = try await acrossRoll
         #expect(!read.batches.isEmpty)

@@ -255,8 +255,8 @@ import Testing
         let node = try StorageNode(configuration: testConfiguration(temporaryDirectory()))
         try await node.createSegment(segment, baseOffset: 0, epoch: 1)
         #expect(await node.waitForEntries(segment, at: 0, timeoutNanoseconds: 20_000_000) == .timedOut)
-        async let woken = node.waitForEntries(segment, at: 0, timeoutNanoseconds: 10_000_000_000)
-        try await Task.sleep(nanoseconds: 20_000_000)
+        async let woken = node.waitForEntries(segment, at: 0, timeoutNanoseconds: 60_000_000_000)
+        try await waitUntil { node.waitingReaders == 1 }
         try await node.append(segment, epoch: 1, batch: makeBatch(baseOffset: 0))
         #expect(await woken == .available)
         await node.close()
@@ -364,7 +364,7 @@ import Testing
         }
         // The budget holds four unflushed entries: the fifth append waits for a flush.
         let fifth = Task { try await node.append(segment, epoch: 1, batch: makeBatch(baseOffset: 4, valueBytes: 1_000)) }
-        try await Task.sleep(for: .milliseconds(100))
+        try await waitUntil { node.appendsWaitingForBudget == 1 }
         #expect(node.segmentInfo(segment)?.endOffset == 4, "the fifth append must still be waiting")
         await node.flush()
         try await fifth.value

@@ -27,3 +27,11 @@ public struct WaitTimeout: Error, CustomStringConvertible {
     public var seconds: Double
     public var description: String { "\(what) did not hold within \(Int(seconds)) s (\(location))" }
 }
+
+/// The seed of a random test: `$AQUEDUCT_TEST_SEED` when set (to replay a failure),
+/// else a fresh one. Printed, so that a failing run says how to replay it.
+public func testSeed(_ name: String = #function) -> UInt64 {
+    let seed = ProcessInfo.processInfo.environment["AQUEDUCT_TEST_SEED"].flatMap { UInt64($0) } ?? UInt64.random(in: 1...UInt64(UInt32.max))
+    print("\(name): seed \(seed) (AQUEDUCT_TEST_SEED=\(seed) replays it)")
+    return seed
+}

@@ -51,7 +51,9 @@ import Testing
         builder.setBolt("slow", SlowBolt()).shuffleGrouping("endless")  // task 1: container 1
         let group = try ContainerGroup(topology: try builder.build(name: "remote-backpressure", config: config))
         defer { group.kill() }
-        Thread.sleep(forTimeInterval: 1.5)
+        #expect(waitUntil(60) {
+            (group.metrics().component("slow")?.executed ?? 0) > 1_000 && group.containers[0].metrics().backpressureEpisodes >= 1
+        })
         let metrics = group.metrics()
         let emitted = metrics.component("endless")?.emitted ?? 0
         let executed = metrics.component("slow")?.executed ?? 0

@@ -1,5 +1,6 @@
 import AqueductClient
 import AqueductAPI
+import AqueductTestSupport
 import Foundation
 import Synchronization
 import Testing
@@ -35,8 +36,11 @@ import Testing
         let partitions = 3
         let acknowledged = Locked<[Acknowledged]>([])
         let sent = Locked<Set<String>>([])
+        // When each cycle's kill comes is random, from a seed printed for replays.
+        var random = SplitMix64(seed: testSeed())
 
         for cycle in 0..<cycles {
+            let crashAfterMilliseconds = Int.random(in: 300...900, using: &random)
             let server = ServerProcess(dataDirectory: directory)
             let began = ContinuousClock.now
             try await server.start()
@@ -78,7 +82,7 @@ import Testing
                     }
                 }
                 group.addTask {
-                    try await Task.sleep(for: .milliseconds(Int.random(in: 300...900)))
+                    try await Task.sleep(for: .milliseconds(crashAfterMilliseconds))
                     Self.trace("cycle \(cycle) crashing")
                     try await server.crash()
                     Self.trace("cycle \(cycle) crashed")

@@ -66,7 +66,7 @@ import Glibc
         kill(victim, SIGKILL)
         try await WordCountTopics.produce(client, 1_000..<1_500)
         var restarted = false
-        for _ in 0..<100 {
+        for _ in 0..<600 {
             let status = try await client.topologyStatus("wc")
             if status.containers[1].restarts >= 1, let pid = status.containers[1].pid, pid != victim { restarted = true; break }
             try await Task.sleep(for: .milliseconds(100))
@@ -86,7 +86,7 @@ import Glibc
         let pids = status.containers.compactMap(\.pid)
         try await client.killTopology("wc")
         var gone = false
-        for _ in 0..<100 {
+        for _ in 0..<600 {
             if try await client.listTopologies().topologies.isEmpty && pids.allSatisfy({ Glibc.kill($0, 0) != 0 }) { gone = true; break }
             try await Task.sleep(for: .milliseconds(100))
         }
@@ -115,7 +115,7 @@ import Glibc
         try await second.start()
         client = AqueductClient(baseURL: second.baseURL)
         var listed: [String] = []
-        for _ in 0..<100 {
+        for _ in 0..<600 {
             listed = try await client.listTopologies().topologies.map(\.name)
             if listed == ["wc"] { break }
             try await Task.sleep(for: .milliseconds(100))

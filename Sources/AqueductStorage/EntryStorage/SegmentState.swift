@@ -119,6 +119,9 @@ final class SegmentState: Sendable {
         }
     }
 
+    /// Readers waiting for entries of this segment now.
+    var waitingReaders: Int { guarded.withLock { $0.waiters.count } }
+
     /// Wakes every waiter with `outcome` (the segment was sealed or deleted).
     func wakeAll(_ outcome: WaitOutcome) {
         let all = guarded.withLock { state -> [Waiter] in
