@@ -1,6 +1,7 @@
 import AqueductAPI
 import AqueductGroups
 import AqueductBroker
+import AqueductCommon
 import AqueductLog
 import AqueductRecords
 import Foundation
@@ -35,11 +36,39 @@ struct APIError: HTTPResponseError {
     }
 }
 
+/// Bounds on what HTTP clients make the server hold (`http.*` settings).
+public struct HTTPLimits: Sendable {
+    /// Largest JSON request body, in bytes.
+    public var requestBytesMax = 16 << 20
+    /// Bytes of JSON bodies being read at once, over all requests; more wait their turn.
+    public var bodyBytesInFlightMax = 256 << 20
+    /// Open connections; more wait in the listen backlog until one closes.
+    public var connectionsMax = 1_024
+    /// A connection idle this long is closed, in milliseconds (longer than the longest
+    /// long poll, 60 s).
+    public var idleTimeoutMilliseconds = 120_000
+
+    public init() {}
+}
+
+/// The budget of request bodies being read.
+public final class BodyBudget: Sendable {
+    let pool: WeightedSemaphore
+    let requestBytesMax: Int
+
+    init(_ limits: HTTPLimits) {
+        pool = WeightedSemaphore(capacity: max(limits.bodyBytesInFlightMax, limits.requestBytesMax))
+        requestBytesMax = limits.requestBytesMax
+    }
+
+    func tooLarge() -> BrokerError {
+        BrokerError(.recordTooLarge, "the request body exceeds \(requestBytesMax) bytes (http.requestBytesMax)", hint: "send fewer records per request")
+    }
+}
+
 /// The HTTP/JSON API: topics, produce, fetch with long-poll, health and metrics.
 /// Routes are listed in docs/HTTP-API.md.
 public enum HTTPAPI {
-    /// Largest request body accepted, in bytes.
-    public static let requestBytesMax = 16 << 20
     /// Longest a fetch may wait for new records, in milliseconds.
     public static let fetchWaitMillisecondsMax = 60_000
     /// Most bytes of batches one fetch reads.
@@ -49,8 +78,9 @@ public enum HTTPAPI {
 
     public static func router(
         broker: Broker, groups: (any GroupDirectory)? = nil, topologies: (any TopologyDirectory)? = nil, access: HTTPAccess = HTTPAccess(),
-        metricsText: @escaping @Sendable () -> String
+        limits: HTTPLimits = HTTPLimits(), metricsText: @escaping @Sendable () -> String
     ) -> Router<BasicRequestContext> {
+        let bodies = BodyBudget(limits)
         let router = Router()
         router.middlewares.add(ErrorTranslation())
         router.middlewares.add(AccessControl(access: access))
@@ -73,7 +103,7 @@ public enum HTTPAPI {
             return try json(TopicList(topics: entries))
         }
         router.post("/v1/topics") { request, context in
-            let body: CreateTopicRequest = try await decodeBody(request, context: context)
+            let body: CreateTopicRequest = try await decodeBody(request, context: context, bodies: bodies)
             let created = try await broker.createTopic(body.name, partitions: body.partitions ?? 1, settings: body.config ?? TopicSettings())
             return try json(created, status: .created)
         }
@@ -86,10 +116,10 @@ public enum HTTPAPI {
         }
 
         router.post("/v1/topics/:topic/records") { request, context in
-            try await produce(broker: broker, request: request, context: context, partition: nil)
+            try await produce(broker: broker, request: request, context: context, partition: nil, bodies: bodies)
         }
         router.post("/v1/topics/:topic/partitions/:partition/records") { request, context in
-            try await produce(broker: broker, request: request, context: context, partition: try partitionParameter(context))
+            try await produce(broker: broker, request: request, context: context, partition: try partitionParameter(context), bodies: bodies)
         }
         router.get("/v1/topics/:topic/partitions/:partition/records") { request, context in
             try await fetch(broker: broker, request: request, context: context)
@@ -116,7 +146,7 @@ public enum HTTPAPI {
             return topologies
         }
         router.post("/v1/topologies") { request, context in
-            let body: TopologySubmitRequest = try await decodeBody(request, context: context)
+            let body: TopologySubmitRequest = try await decodeBody(request, context: context, bodies: bodies)
             return try json(try await master().submit(body), status: .created)
         }
         router.get("/v1/topologies") { _, _ in
@@ -140,7 +170,7 @@ public enum HTTPAPI {
             return try json(try master().status(name))
         }
         router.post("/v1/topologies/:name/parallelism") { request, context in
-            let body: TopologyUpdateRequest = try await decodeBody(request, context: context)
+            let body: TopologyUpdateRequest = try await decodeBody(request, context: context, bodies: bodies)
             return try json(try await master().update(context.parameters.get("name") ?? "", parallelism: body.parallelism))
         }
         router.get("/v1/programs") { _, _ in
@@ -152,7 +182,7 @@ public enum HTTPAPI {
         router.post("/v1/groups/:group/offsets") { request, context in
             let name = context.parameters.get("group") ?? ""
             guard let groups else { throw BrokerError(.unavailable, "consumer groups are not enabled on this server") }
-            let body: GroupOffsets = try await decodeBody(request, context: context)
+            let body: GroupOffsets = try await decodeBody(request, context: context, bodies: bodies)
             var offsets: [Int: Int64] = [:]
             for entry in body.offsets { offsets[entry.partition] = entry.offset }
             try await groups.commitOffsets(group: name, topic: body.topic, offsets: offsets)
@@ -204,9 +234,9 @@ public enum HTTPAPI {
         }
     }
 
-    static func produce(broker: Broker, request: Request, context: BasicRequestContext, partition: Int?) async throws -> Response {
+    static func produce(broker: Broker, request: Request, context: BasicRequestContext, partition: Int?, bodies: BodyBudget) async throws -> Response {
         let topic = try topicParameter(context)
-        let body: ProduceRequest = try await decodeBody(request, context: context)
+        let body: ProduceRequest = try await decodeBody(request, context: context, bodies: bodies)
         let encoding = body.encoding ?? .utf8
         var records: [ProduceRecord] = []
         records.reserveCapacity(body.records.count)
@@ -298,12 +328,18 @@ public enum HTTPAPI {
         return partition
     }
 
-    static func decodeBody<T: Decodable>(_ request: Request, context: BasicRequestContext) async throws -> T {
+    static func decodeBody<T: Decodable>(_ request: Request, context: BasicRequestContext, bodies: BodyBudget) async throws -> T {
+        // A body takes its declared length (or the most a body may take, when it
+        // declares none) from the budget of all bodies being read, before it is read.
+        let declared = request.headers[.contentLength].flatMap { Int($0) }
+        if let declared, declared > bodies.requestBytesMax { throw bodies.tooLarge() }
+        let reserved = await bodies.pool.acquire(declared ?? bodies.requestBytesMax)
+        defer { bodies.pool.release(reserved) }
         let buffer: ByteBuffer
         do {
-            buffer = try await request.body.collect(upTo: requestBytesMax)
+            buffer = try await request.body.collect(upTo: min(bodies.requestBytesMax, reserved))
         } catch {
-            throw BrokerError(.recordTooLarge, "the request body exceeds \(requestBytesMax) bytes", hint: "send fewer records per request")
+            throw bodies.tooLarge()
         }
         guard buffer.readableBytes > 0 else { throw BrokerError(.invalidRequest, "the request body is empty; JSON was expected") }
         do {

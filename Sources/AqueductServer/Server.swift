@@ -10,6 +10,7 @@ import AqueductMetadata
 import AqueductStorage
 import Foundation
 import Hummingbird
+import HummingbirdCore
 import Logging
 import Metrics
 import Prometheus
@@ -126,13 +127,16 @@ public enum Server {
             runDirectory: configuration.dataDirectory + "/topologies", programsDirectory: configuration.programsDirectory,
             programBytesMax: configuration.programBytesMax, containerToken: containerToken,
             store: MetadataTopologyRegistry(metadata: components.metadata, logger: logger), logger: logger)
-        let router = HTTPAPI.router(broker: components.broker, groups: directory, topologies: topologies, access: access, metricsText: {
+        let router = HTTPAPI.router(broker: components.broker, groups: directory, topologies: topologies, access: access, limits: configuration.httpLimits, metricsText: {
             Self.recordGroupMetrics(directory)
             return components.metricsText() + topologies.prometheusText()
         })
         let application = Application(
             router: router,
-            configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "aqueduct"),
+            server: .http1(configuration: .init(idleTimeout: .milliseconds(Int64(configuration.httpLimits.idleTimeoutMilliseconds)))),
+            configuration: .init(
+                address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "aqueduct",
+                availableConnectionsDelegate: MaximumAvailableConnections(configuration.httpLimits.connectionsMax)),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? configuration.httpPort
                 topologies.setServerURL("http://\(configuration.httpHost == "0.0.0.0" ? "127.0.0.1" : configuration.httpHost):\(port)")

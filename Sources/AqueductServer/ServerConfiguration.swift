@@ -38,6 +38,9 @@ public struct ServerConfiguration: Sendable {
     /// Tokens for the HTTP API (`http.tokens`: role:token,...); none means open, which
     /// only a loopback listener may be.
     public var httpAccess = HTTPAccess()
+    /// Bounds on HTTP clients (`http.requestBytesMax`, `http.bodyBytesInFlightMax`,
+    /// `http.connectionsMax`, `http.idleTimeoutMs`).
+    public var httpLimits = HTTPLimits()
     /// Where topology programs run from (`topologies.programsDirectory`; default
     /// `<data>/topologies/programs`), and the largest upload (`topologies.programBytesMax`).
     public var programsDirectory: String?
@@ -207,6 +210,14 @@ extension ServerConfiguration {
         groups.offsetMetadataBytesMax = try integer("offsets.metadataBytesMax", groups.offsetMetadataBytesMax, range: 0...(1 << 20))
         groups.offsetsMax = try integer("offsets.max", groups.offsetsMax, range: 1...100_000_000)
         result.groups = groups
+
+        // HTTP bounds.
+        var http = result.httpLimits
+        http.requestBytesMax = try integer("http.requestBytesMax", http.requestBytesMax, range: (64 << 10)...(1 << 30))
+        http.bodyBytesInFlightMax = try integer("http.bodyBytesInFlightMax", http.bodyBytesInFlightMax, range: (1 << 20)...(1 << 40))
+        http.connectionsMax = try integer("http.connectionsMax", http.connectionsMax, range: 1...1_000_000)
+        http.idleTimeoutMilliseconds = try integer("http.idleTimeoutMs", http.idleTimeoutMilliseconds, range: 61_000...86_400_000)
+        result.httpLimits = http
 
         // Access to the HTTP API, and the programs it may run.
         if let tokens = config.string(forKey: "http.tokens", isSecret: true) {

@@ -170,7 +170,7 @@ func errorCode(_ response: TestResponse) throws -> String {
                 let code = try errorCode(response)
                 #expect(code == "RECORD_TOO_LARGE")
             }
-            let huge = ByteBuffer(repeating: UInt8(ascii: " "), count: HTTPAPI.requestBytesMax + 1)
+            let huge = ByteBuffer(repeating: UInt8(ascii: " "), count: HTTPLimits().requestBytesMax + 1)
             try await client.execute(uri: "/v1/topics/t/records", method: .post, body: huge) { response throws in
                 #expect(response.status == .contentTooLarge)
                 let code = try errorCode(response)
