@@ -189,7 +189,11 @@ public final class Broker: Sendable {
         }
     }
 
-    public func createTopic(_ name: String, partitions: Int, settings: TopicSettings = TopicSettings()) async throws(BrokerError) -> TopicDescription {
+    /// Creates a topic. With `topicsMax`, only while fewer topics exist (checked under
+    /// the same lock as the creation: concurrent callers cannot overshoot it).
+    public func createTopic(
+        _ name: String, partitions: Int, settings: TopicSettings = TopicSettings(), topicsMax: Int? = nil
+    ) async throws(BrokerError) -> TopicDescription {
         try Self.validateTopicName(name)
         if name.hasPrefix("__") {
             throw BrokerError(.invalidTopicName, "names starting with '__' are reserved for internal topics", hint: "choose another name")
@@ -205,6 +209,10 @@ public final class Broker: Sendable {
             throw BrokerError(.topicExists, "topic '\(name)' already exists", hint: "describe it, or delete it first")
         }
         try checkPartitionRoom(adding: partitions)
+        if let topicsMax, topics.withLock({ $0.count }) >= topicsMax {
+            throw BrokerError(.limitReached, "the server has \(topicsMax) topics, the most a client may create by naming one",
+                hint: "create the topic explicitly, or raise kafka.autoCreateTopicsMax")
+        }
         do {
             let ids = try await logs.allocateIDs(partitions)
             let record = TopicRecord(

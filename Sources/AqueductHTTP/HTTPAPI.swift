@@ -41,7 +41,8 @@ public struct HTTPLimits: Sendable {
     /// Largest JSON request body, in bytes.
     public var requestBytesMax = 16 << 20
     /// Bytes of JSON bodies being read at once, over all requests; more wait their turn.
-    public var bodyBytesInFlightMax = 256 << 20
+    /// Decoding holds about five times a body's size (text, records, the batch).
+    public var bodyBytesInFlightMax = 64 << 20
     /// Open connections; more wait in the listen backlog until one closes.
     public var connectionsMax = 1_024
     /// A connection idle this long is closed, in milliseconds (longer than the longest

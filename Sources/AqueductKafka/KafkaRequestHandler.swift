@@ -281,10 +281,11 @@ public final class KafkaRequestHandler: Sendable {
             return nil
         }
         do {
-            let created = try await broker.createTopic(name, partitions: listener.autoCreatePartitions)
+            let created = try await broker.createTopic(name, partitions: listener.autoCreatePartitions, topicsMax: listener.autoCreateTopicsMax)
             logger.info("topic created on first use by a Kafka client", metadata: ["topic": "\(name)"])
             return created
         } catch {
+            if error.code == .limitReached { Self.autoCreateRefusals.increment() }
             return try? broker.describeTopic(name)  // created meanwhile by another request
         }
     }

@@ -187,6 +187,11 @@ extension ServerConfiguration {
             throw ConfigurationError(message: "kafka.queuedBytesMax must be larger than kafka.frameBytesMax")
         }
         result.kafka.connectionsMax = try integer("kafka.connectionsMax", result.kafka.connectionsMax, range: 1...1_000_000)
+        result.kafka.frameReadTimeoutMilliseconds = try integer("kafka.frameReadTimeoutMs", result.kafka.frameReadTimeoutMilliseconds, range: 1_000...3_600_000)
+        result.kafka.connectionAnswerBytesMax = try integer("kafka.connectionAnswerBytesMax", result.kafka.connectionAnswerBytesMax, range: (64 << 10)...(1 << 34))
+        result.kafka.writeStallTimeoutMilliseconds = try integer("kafka.writeStallTimeoutMs", result.kafka.writeStallTimeoutMilliseconds, range: 1_000...86_400_000)
+        result.kafka.writeStallUnderPressureMilliseconds = try integer(
+            "kafka.writeStallUnderPressureMs", result.kafka.writeStallUnderPressureMilliseconds, range: 100...86_400_000)
         result.kafka.connectionsPerAddressMax = try integer("kafka.connectionsPerAddressMax", result.kafka.connectionsPerAddressMax, range: 1...1_000_000)
         result.kafka.autoCreateTopicsMax = try integer("kafka.autoCreateTopicsMax", result.kafka.autoCreateTopicsMax, range: 0...1_000_000)
         result.kafka.fetchWaitMillisecondsMax = try integer("kafka.fetchWaitMsMax", result.kafka.fetchWaitMillisecondsMax, range: 0...3_600_000)

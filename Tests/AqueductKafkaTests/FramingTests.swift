@@ -5,9 +5,9 @@ import Testing
 @testable import AqueductKafka
 
 @Suite struct FramingTests {
-    func channel(limit: Int = 1_024, pool: KafkaMemoryPool = KafkaMemoryPool(capacity: 1 << 20)) throws -> EmbeddedChannel {
+    func channel(limit: Int = 1_024, pool: KafkaMemoryPool = KafkaMemoryPool(capacity: 1 << 20), timeoutMilliseconds: Int64 = 120_000) throws -> EmbeddedChannel {
         let channel = EmbeddedChannel()
-        try channel.pipeline.syncOperations.addHandler(KafkaFrameHandler(frameBytesMax: limit, pool: pool))
+        try channel.pipeline.syncOperations.addHandler(KafkaFrameHandler(frameBytesMax: limit, pool: pool, frameReadTimeoutMilliseconds: timeoutMilliseconds))
         return channel
     }
 
@@ -80,5 +80,43 @@ import Testing
             _ = try channel.finish(acceptAlreadyClosed: true)
         }
         #expect(pool.used == 0)
+    }
+
+    @Test func largeFramesShareHalfThePoolSoSmallRequestsGoOn() throws {
+        let pool = KafkaMemoryPool(capacity: 1_000, largeFrameBytes: 100)
+        let big = try channel(pool: pool)
+        let bigger = try channel(pool: pool)
+        let small = try channel(pool: pool)
+        // Announced, never sent: the first large frame holds 404 bytes...
+        var header = ByteBuffer()
+        header.writeInteger(Int32(400))
+        try big.writeInbound(header)
+        #expect(pool.used == 404)
+        // ...a second one would pass half of the pool: it waits...
+        try bigger.writeInbound(header)
+        #expect(pool.used == 404)
+        // ...and ordinary requests still get through.
+        for _ in 0..<5 {
+            try small.writeInbound(frame(size: 50))
+            #expect(try small.readInbound(as: KafkaFrame.self)?.bytes.readableBytes == 50)
+        }
+        _ = try? big.finish(acceptAlreadyClosed: true)
+        _ = try? bigger.finish(acceptAlreadyClosed: true)
+        _ = try? small.finish(acceptAlreadyClosed: true)
+    }
+
+    @Test func aFrameThatDoesNotArriveInTimeClosesItsConnection() throws {
+        let pool = KafkaMemoryPool(capacity: 1 << 20)
+        let channel = try channel(pool: pool, timeoutMilliseconds: 1_000)
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 9)).wait()
+        var partial = frame(size: 500)
+        try channel.writeInbound(partial.readSlice(length: 100)!)
+        #expect(pool.used == 504 && channel.isActive)
+        channel.embeddedEventLoop.advanceTime(by: .milliseconds(999))
+        #expect(channel.isActive)
+        channel.embeddedEventLoop.advanceTime(by: .milliseconds(2))
+        #expect(!channel.isActive && pool.used == 0)
+        #expect(throws: KafkaFrameError.self) { try channel.throwIfErrorCaught() }
+        _ = try? channel.finish(acceptAlreadyClosed: true)
     }
 }

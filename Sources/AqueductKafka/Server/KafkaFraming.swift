@@ -12,29 +12,52 @@ import Synchronization
 /// Answers are counted when made, even past the capacity (a fetch's answer is only
 /// known once read): the bound is soft by at most the answers being made at that
 /// moment, and no connection reads a new request while the pool is over.
+///
+/// Frames larger than `largeFrameBytes` may hold at most half of the pool together: a
+/// client announcing huge frames and sending them slowly (or never) cannot keep the
+/// ordinary requests of everyone else waiting (their frames also have to arrive within
+/// `kafka.frameReadTimeoutMs`, see `KafkaFrameHandler`).
 public final class KafkaMemoryPool: Sendable {
     public let capacity: Int
+    /// Frames above this size share half of the pool.
+    public let largeFrameBytes: Int
     private struct State {
         var used = 0
+        var usedByLarge = 0
         var waiters: [@Sendable () -> Void] = []
     }
     private let state = Mutex(State())
     private let usedGauge = Gauge(label: "aqueduct_kafka_queued_bytes")
     let pauses = Counter(label: "aqueduct_kafka_reads_paused_total")
 
-    public init(capacity: Int) {
+    public init(capacity: Int, largeFrameBytes: Int = 1 << 20) {
         precondition(capacity > 0, "the pool needs a positive capacity")
         self.capacity = capacity
+        self.largeFrameBytes = largeFrameBytes
     }
 
     /// Bytes reserved now.
     public var used: Int { state.withLock { $0.used } }
 
-    /// Reserves `bytes` if the pool has room for them; the caller releases them.
+    /// Reserves `bytes` if the pool has room for them; the caller releases them (with
+    /// `release(_:large:)` saying whether it was a large frame).
     func tryReserve(_ bytes: Int) -> Bool {
+        tryReserve(bytes, orWake: nil)
+    }
+
+    /// Reserves `bytes`, or else registers `wake` to run at the next release, in one
+    /// step (no release can slip between the refusal and the registration).
+    func tryReserve(_ bytes: Int, orWake wake: (@Sendable () -> Void)?) -> Bool {
+        let large = bytes > largeFrameBytes
         let used = state.withLock { state -> Int? in
-            guard state.used + bytes <= capacity || state.used == 0 else { return nil }
+            let fits = !(large && state.usedByLarge > 0 && state.usedByLarge + bytes > capacity / 2)
+                && (state.used + bytes <= capacity || state.used == 0)
+            guard fits else {
+                if let wake { state.waiters.append(wake) }
+                return nil
+            }
             state.used += bytes
+            if large { state.usedByLarge += bytes }
             return state.used
         }
         if let used { usedGauge.record(used) }
@@ -49,22 +72,18 @@ public final class KafkaMemoryPool: Sendable {
         })
     }
 
-    /// Runs `wake` once the pool has room again (at the next release).
-    func whenRoom(_ wake: @escaping @Sendable () -> Void) {
-        let now = state.withLock { state -> Bool in
-            if state.used < capacity { return true }
-            state.waiters.append(wake)
-            return false
-        }
-        if now { wake() }
+    /// Runs `wake` at the next release of bytes.
+    func wakeAtNextRelease(_ wake: @escaping @Sendable () -> Void) {
+        state.withLock { $0.waiters.append(wake) }
     }
 
-    func release(_ bytes: Int) {
+    func release(_ bytes: Int, large: Bool = false) {
         guard bytes > 0 else { return }
         let (used, woken) = state.withLock { state -> (Int, [@Sendable () -> Void]) in
             state.used -= bytes
+            if large { state.usedByLarge -= bytes }
             precondition(state.used >= 0, "released more bytes than were reserved")
-            guard state.used < capacity, !state.waiters.isEmpty else { return (state.used, []) }
+            guard !state.waiters.isEmpty else { return (state.used, []) }
             defer { state.waiters = [] }
             return (state.used, state.waiters)
         }
@@ -79,9 +98,13 @@ public final class PoolReservation: Sendable {
     let pool: KafkaMemoryPool
     let bytes: Int
 
+    let large: Bool
+
+    /// Bytes `tryReserve` granted.
     init(pool: KafkaMemoryPool, bytes: Int) {
         self.pool = pool
         self.bytes = bytes
+        self.large = bytes > pool.largeFrameBytes
     }
 
     /// Takes `bytes` whatever the room (an answer that exists already).
@@ -89,9 +112,10 @@ public final class PoolReservation: Sendable {
         pool.forceReserve(bytes)
         self.pool = pool
         self.bytes = bytes
+        self.large = false
     }
 
-    deinit { pool.release(bytes) }
+    deinit { pool.release(bytes, large: large) }
 }
 
 /// A request frame (without its size prefix) and the pool bytes it holds.
@@ -132,15 +156,24 @@ final class KafkaFrameHandler: ChannelDuplexHandler {
     private var buffered: ByteBuffer?
     /// The reservation for the frame being read, once its size is known.
     private var reservation: PoolReservation?
+    /// How long a frame may take to arrive once its size is known, in milliseconds;
+    /// past it the connection closes (a slow or stalled sender gives its bytes back).
+    let frameReadTimeoutMilliseconds: Int64
+    private var frameTimer: Scheduled<Void>?
+    /// Frames started; tells the timer whether the frame it watches is still the one.
+    private var framesStarted: UInt64 = 0
     /// Waiting for room in the pool: reads are held back.
     private var waitingForRoom = false
     private var readHeldBack = false
     private var closed = false
 
-    init(frameBytesMax: Int, pool: KafkaMemoryPool) {
+    init(frameBytesMax: Int, pool: KafkaMemoryPool, frameReadTimeoutMilliseconds: Int64 = 120_000) {
         self.frameBytesMax = frameBytesMax
         self.pool = pool
+        self.frameReadTimeoutMilliseconds = frameReadTimeoutMilliseconds
     }
+
+    static let slowFrames = Counter(label: "aqueduct_kafka_frames_timed_out_total")
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = unwrapInboundIn(data)
@@ -161,13 +194,20 @@ final class KafkaFrameHandler: ChannelDuplexHandler {
                 return
             }
             if reservation == nil {
-                guard pool.tryReserve(4 + Int(size)) else {
-                    waitForRoom(context: context)
+                // Already waiting: the pool wakes this handler when bytes come back.
+                if waitingForRoom { return }
+                guard pool.tryReserve(4 + Int(size), orWake: wakeWhenRoom(context: context)) else {
+                    waitingForRoom = true
+                    pool.pauses.increment()
                     return
                 }
                 reservation = PoolReservation(pool: pool, bytes: 4 + Int(size))
+                framesStarted &+= 1
+                if buffer.readableBytes < 4 + Int(size) { watch(frame: framesStarted, context: context) }
             }
             guard buffer.readableBytes >= 4 + Int(size) else { return }
+            frameTimer?.cancel()
+            frameTimer = nil
             buffer.moveReaderIndex(forwardBy: 4)
             let frame = buffer.readSlice(length: Int(size))!
             if buffer.readableBytes == 0 {
@@ -182,13 +222,24 @@ final class KafkaFrameHandler: ChannelDuplexHandler {
         }
     }
 
-    private func waitForRoom(context: ChannelHandlerContext) {
-        guard !waitingForRoom else { return }
-        waitingForRoom = true
-        pool.pauses.increment()
+    /// Closes the connection if frame `number` has not fully arrived in time.
+    private func watch(frame number: UInt64, context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        frameTimer = context.eventLoop.scheduleTask(in: .milliseconds(frameReadTimeoutMilliseconds)) {
+            let (handler, context) = loopBound.value
+            guard !handler.closed, handler.reservation != nil, handler.framesStarted == number else { return }
+            handler.closed = true
+            Self.slowFrames.increment()
+            context.fireErrorCaught(KafkaFrameError.tooSlow(milliseconds: handler.frameReadTimeoutMilliseconds))
+            context.close(promise: nil)
+        }
+    }
+
+    /// What the pool runs when bytes come back: this handler tries again on its loop.
+    private func wakeWhenRoom(context: ChannelHandlerContext) -> @Sendable () -> Void {
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let eventLoop = context.eventLoop
-        pool.whenRoom {
+        return {
             eventLoop.execute {
                 let (handler, context) = loopBound.value
                 handler.resume(context: context)
@@ -216,6 +267,7 @@ final class KafkaFrameHandler: ChannelDuplexHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         closed = true
+        frameTimer?.cancel()
         reservation = nil
         buffered = nil
         context.fireChannelInactive()
@@ -223,6 +275,7 @@ final class KafkaFrameHandler: ChannelDuplexHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         closed = true
+        frameTimer?.cancel()
         reservation = nil
         buffered = nil
     }
@@ -240,11 +293,14 @@ extension ByteBuffer {
 
 enum KafkaFrameError: Error, CustomStringConvertible {
     case invalidSize(Int, limit: Int)
+    case tooSlow(milliseconds: Int64)
 
     var description: String {
         switch self {
         case .invalidSize(let size, let limit):
             "frame size \(size) is outside \(KafkaFrameHandler.frameBytesMin)...\(limit) bytes (socket.request.max.bytes)"
+        case .tooSlow(let milliseconds):
+            "a request did not arrive whole within \(milliseconds) ms (kafka.frameReadTimeoutMs)"
         }
     }
 }

@@ -17,6 +17,17 @@ public struct KafkaListenerConfiguration: Sendable {
     /// Bytes of requests being read or answered and of answers waiting to be written,
     /// over all connections (Kafka's queued.max.request.bytes); at least frameBytesMax.
     public var queuedBytesMax = 512 << 20
+    /// How long a request may take to arrive once its size is read, in milliseconds.
+    public var frameReadTimeoutMilliseconds = 120_000
+    /// Bytes of answers one connection may have made and not yet written; past it the
+    /// connection starts on no new request until its client reads.
+    public var connectionAnswerBytesMax = 16 << 20
+    /// A connection whose client reads nothing of an answer for this long is closed
+    /// (its answers give their bytes back), in milliseconds.
+    public var writeStallTimeoutMilliseconds = 300_000
+    /// The same while the memory pool is full (its stalled clients hold what the
+    /// others wait for), in milliseconds.
+    public var writeStallUnderPressureMilliseconds = 5_000
     /// Open connections at once (Kafka's max.connections); more are closed on accept.
     public var connectionsMax = 4_096
     /// Open connections from one client address (Kafka's max.connections.per.ip).
@@ -74,6 +85,7 @@ public final class KafkaServer: Sendable {
     ) async throws -> KafkaServer {
         let frameBytesMax = configuration.frameBytesMax
         let pool = KafkaMemoryPool(capacity: max(configuration.queuedBytesMax, frameBytesMax + 4))
+        let frameReadTimeout = configuration.frameReadTimeoutMilliseconds
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -81,7 +93,8 @@ public final class KafkaServer: Sendable {
             .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .bind(host: configuration.host, port: configuration.port) { child in
                 child.eventLoop.makeCompletedFuture {
-                    try child.pipeline.syncOperations.addHandler(KafkaFrameHandler(frameBytesMax: frameBytesMax, pool: pool))
+                    try child.pipeline.syncOperations.addHandler(KafkaFrameHandler(
+                        frameBytesMax: frameBytesMax, pool: pool, frameReadTimeoutMilliseconds: Int64(frameReadTimeout)))
                     return try NIOAsyncChannel<KafkaFrame, ByteBuffer>(wrappingChannelSynchronously: child)
                 }
             }
@@ -109,6 +122,7 @@ public final class KafkaServer: Sendable {
     static let repliesInFlightMax = 64
 
     private let connections = Gauge(label: "aqueduct_kafka_connections")
+    static let stalledWrites = Counter(label: "aqueduct_kafka_connections_closed_stalled_total")
     private let openConnections = Atomic<Int>(0)
 
     private func serve(_ connection: NIOAsyncChannel<KafkaFrame, ByteBuffer>) async {
@@ -134,35 +148,61 @@ public final class KafkaServer: Sendable {
                 // answers are written in order by a second task.
                 let (replies, queue) = AsyncStream<QueuedReply>.makeStream()
                 let slots = WeightedSemaphore(capacity: Self.repliesInFlightMax)
+                let unwritten = DispatchGate(limit: configuration.connectionAnswerBytesMax, pool: pool)
+                let stall = WriteStallWatch(
+                    timeoutMilliseconds: configuration.writeStallTimeoutMilliseconds,
+                    pressureTimeoutMilliseconds: configuration.writeStallUnderPressureMilliseconds, pool: pool)
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask {
+                        // Closes the connection when a write waits too long for the
+                        // client to read (a client that never reads pins its answers).
+                        if await stall.watch() {
+                            Self.stalledWrites.increment()
+                            try? await connection.channel.close()
+                        }
+                    }
+                    group.addTask {
+                        // However the writer ends, the reader stops waiting for it.
+                        defer { unwritten.close() }
                         for await reply in replies {
-                            let response: ByteBuffer?
+                            let answer: HeldAnswer?
                             switch reply.answer {
-                            case .nothing: response = nil
-                            case .now(let ready): response = try ready.orClose()
+                            case .nothing: answer = nil
+                            case .now(let ready): answer = ready
                             case .later(let id, let task):
-                                response = try await task.value.orClose()
+                                answer = await task.value
                                 inFlight.finished(id)
                             }
                             slots.release(1)
-                            guard let response else { continue }
-                            // The answer counts in the pool until it is written; the
-                            // request's bytes (reply.request) go with the reply.
-                            let held = PoolReservation(pool: pool, forcing: response.readableBytes)
-                            try await outbound.write(response)
-                            withExtendedLifetime((held, reply.request)) {}
+                            guard let answer else { continue }
+                            let bytes = try answer.bytes.orClose()
+                            stall.writing()
+                            try await outbound.write(bytes)
+                            stall.written()
+                            unwritten.subtract(bytes.readableBytes)
+                            // The answer's pool bytes, and its request's, go back now.
+                            withExtendedLifetime((answer, reply.request)) {}
                         }
                     }
                     var session = KafkaSession(peer: peer)
                     do {
                         for try await frame in inbound {
                             await slots.acquire(1)
+                            // No new work while answers already made fill the pool, or
+                            // this connection's client has not read its own.
+                            await unwritten.waitToDispatch()
+                            if Task.isCancelled || !connection.channel.isActive { break }
                             switch await handler.dispatch(frame: frame.bytes, session: &session) {
                             case .none: queue.yield(QueuedReply(answer: .nothing, request: frame.reservation))
-                            case .ready(let response): queue.yield(QueuedReply(answer: .now(response), request: frame.reservation))
+                            case .ready(let response):
+                                unwritten.add(response?.readableBytes ?? 0)
+                                queue.yield(QueuedReply(answer: .now(HeldAnswer(response, pool: pool)), request: frame.reservation))
                             case .deferred(let later):
-                                let (id, task) = inFlight.start(later)
+                                let (id, task) = inFlight.start {
+                                    let answer = HeldAnswer(await later(), pool: pool)
+                                    unwritten.add(answer.bytes?.readableBytes ?? 0)
+                                    return answer
+                                }
                                 queue.yield(QueuedReply(answer: .later(id, task), request: frame.reservation))
                             }
                             if session.closeAfterResponse { break }
@@ -175,11 +215,118 @@ public final class KafkaServer: Sendable {
                     // that need a wait.
                     if !session.closeAfterResponse { inFlight.cancelAll() }
                     queue.finish()
+                    // The writer ends when the queue is written; the watchdog with it.
+                    try await group.next()
+                    stall.stop()
                     try await group.waitForAll()
                 }
             }
         } catch {
             logger.debug("Kafka connection closed", metadata: ["peer": "\(peer)", "reason": "\(error)"])
+        }
+    }
+}
+
+/// When a connection may start on its next request: while the pool is below its
+/// capacity and the answers it made but has not written are below its own limit. The
+/// writer closes the gate when it stops, so a reader waiting here never outlives its
+/// connection.
+final class DispatchGate: Sendable {
+    let limit: Int
+    let pool: KafkaMemoryPool
+    private struct State {
+        var unwritten = 0
+        var closed = false
+        var woken = false
+        var waiter: CheckedContinuation<Void, Never>?
+    }
+    private let state = Mutex(State())
+
+    init(limit: Int, pool: KafkaMemoryPool) {
+        self.limit = limit
+        self.pool = pool
+    }
+
+    func add(_ bytes: Int) { state.withLock { $0.unwritten += bytes } }
+
+    func subtract(_ bytes: Int) {
+        state.withLock { $0.unwritten -= bytes }
+        wake()
+    }
+
+    func close() {
+        state.withLock { $0.closed = true }
+        wake()
+    }
+
+    private func wake() {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            guard let waiter = state.waiter else {
+                state.woken = true
+                return nil
+            }
+            state.waiter = nil
+            return waiter
+        }
+        waiter?.resume()
+    }
+
+    /// Returns when the connection may start on a request (or is closing). Only the
+    /// connection's reading task waits here.
+    func waitToDispatch() async {
+        while true {
+            // Cleared, then the waker registered, then the check: a release after the
+            // check (or between registration and check) is never missed.
+            state.withLock { $0.woken = false }
+            pool.wakeAtNextRelease { [self] in wake() }
+            let ready = state.withLock { state -> Bool in
+                state.closed || (state.unwritten < limit && pool.used < pool.capacity)
+            }
+            if ready { return }
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let now = state.withLock { state -> Bool in
+                    if state.woken || state.closed { return true }
+                    state.waiter = continuation
+                    return false
+                }
+                if now { continuation.resume() }
+            }
+        }
+    }
+}
+
+/// Watches a connection's writes: `watch` returns true once a write has waited longer
+/// than the timeout for the client to read.
+///
+/// While the pool is full, the timeout is `pressureTimeoutMilliseconds` instead: the
+/// connections whose clients do not read are the ones holding what everyone else waits
+/// for, and they go first.
+final class WriteStallWatch: Sendable {
+    let timeoutNanoseconds: UInt64
+    let pressureTimeoutNanoseconds: UInt64
+    let pool: KafkaMemoryPool
+    private let writingSince = Atomic<UInt64>(0)
+    private let stopped = Atomic<Bool>(false)
+
+    init(timeoutMilliseconds: Int, pressureTimeoutMilliseconds: Int, pool: KafkaMemoryPool) {
+        timeoutNanoseconds = UInt64(timeoutMilliseconds) * 1_000_000
+        pressureTimeoutNanoseconds = UInt64(min(pressureTimeoutMilliseconds, timeoutMilliseconds)) * 1_000_000
+        self.pool = pool
+    }
+
+    func writing() { writingSince.store(max(1, monotonicNanoseconds()), ordering: .relaxed) }
+    func written() { writingSince.store(0, ordering: .relaxed) }
+    func stop() { stopped.store(true, ordering: .relaxed) }
+
+    /// Returns true when a write has waited past the timeout, false once stopped.
+    func watch() async -> Bool {
+        while true {
+            try? await Task.sleep(nanoseconds: min(pressureTimeoutNanoseconds / 4 + 1, 1_000_000_000))
+            if stopped.load(ordering: .relaxed) || Task.isCancelled { return false }
+            let since = writingSince.load(ordering: .relaxed)
+            guard since != 0 else { continue }
+            let stalled = monotonicNanoseconds() - since
+            if stalled >= timeoutNanoseconds || (stalled >= pressureTimeoutNanoseconds && pool.used >= pool.capacity) { return true }
         }
     }
 }
@@ -219,11 +366,25 @@ final class ConnectionLimiter: Sendable {
     }
 }
 
+/// An answer (nil: it could not be encoded, and the connection closes), counted in
+/// the pool from the moment it exists until it is written: answers piling up for a
+/// client that does not read them fill the pool, and every connection then stops
+/// reading new requests.
+struct HeldAnswer: Sendable {
+    let bytes: ByteBuffer?
+    let held: PoolReservation?
+
+    init(_ bytes: ByteBuffer?, pool: KafkaMemoryPool) {
+        self.bytes = bytes
+        self.held = bytes.map { PoolReservation(pool: pool, forcing: $0.readableBytes) }
+    }
+}
+
 /// A connection's answers that wait (fetches, group joins), cancellable together.
 final class DeferredAnswers: Sendable {
-    private let state = Mutex<(next: UInt64, tasks: [UInt64: Task<ByteBuffer?, Never>], cancelled: Bool)>((0, [:], false))
+    private let state = Mutex<(next: UInt64, tasks: [UInt64: Task<HeldAnswer, Never>], cancelled: Bool)>((0, [:], false))
 
-    func start(_ work: @escaping @Sendable () async -> ByteBuffer?) -> (UInt64, Task<ByteBuffer?, Never>) {
+    func start(_ work: @escaping @Sendable () async -> HeldAnswer) -> (UInt64, Task<HeldAnswer, Never>) {
         let task = Task { await work() }
         let (id, cancelled) = state.withLock { state -> (UInt64, Bool) in
             let id = state.next
@@ -255,9 +416,9 @@ private struct QueuedReply: Sendable {
     enum Answer: Sendable {
         /// No answer is due (Produce with acks=0).
         case nothing
-        /// A response, or nil when it could not be encoded (the connection closes).
-        case now(ByteBuffer?)
-        case later(UInt64, Task<ByteBuffer?, Never>)
+        /// A response (its bytes nil when it could not be encoded: the connection closes).
+        case now(HeldAnswer)
+        case later(UInt64, Task<HeldAnswer, Never>)
     }
     var answer: Answer
     var request: PoolReservation?
