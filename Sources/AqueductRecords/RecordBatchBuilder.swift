@@ -7,6 +7,11 @@ public struct RecordBatchBuilder {
     private var records: [Record] = []
     private var encodedBytes = 0
 
+    /// Most records and bytes a batch can say it holds (its counts are 32-bit);
+    /// `append` refuses a record past them, so `build` never narrows out of range.
+    public static let recordsMax = Int(Int32.max)
+    public static let bytesMax = Int(Int32.max) - RecordBatchHeader.size
+
     public init() {}
 
     public var count: Int { records.count }
@@ -14,12 +19,20 @@ public struct RecordBatchBuilder {
     /// Bytes the batch would take if built now.
     public var estimatedSize: Int { RecordBatchHeader.size + encodedBytes }
 
-    public mutating func append(_ record: Record) {
+    /// Adds a record; false (and nothing added) when the batch would pass `recordsMax`
+    /// or `bytesMax`.
+    @discardableResult
+    public mutating func append(_ record: Record) -> Bool {
+        let size = Self.encodedSize(record, timestampDelta: 0, offsetDelta: Int64(records.count + 1)) + 2
+        // Sizes are counted with a one-byte timestamp delta; allow for the longest (10).
+        guard records.count < Self.recordsMax, encodedBytes + size + 9 * (records.count + 1) <= Self.bytesMax else { return false }
         records.append(record)
-        encodedBytes += Self.encodedSize(record, timestampDelta: 0, offsetDelta: Int64(records.count)) + 2
+        encodedBytes += size
+        return true
     }
 
-    public mutating func append(timestamp: Int64, key: [UInt8]?, value: [UInt8]?, headers: [RecordHeader] = []) {
+    @discardableResult
+    public mutating func append(timestamp: Int64, key: [UInt8]?, value: [UInt8]?, headers: [RecordHeader] = []) -> Bool {
         append(Record(timestamp: timestamp, key: key, value: value, headers: headers))
     }
 
@@ -48,12 +61,12 @@ public struct RecordBatchBuilder {
         }
         var header = RecordBatchHeader(
             baseOffset: baseOffset,
-            batchLength: Int32(RecordBatchHeader.size - RecordBatchHeader.logOverhead + body.readableBytes),
+            batchLength: Int32(truncatingIfNeeded: RecordBatchHeader.size - RecordBatchHeader.logOverhead + body.readableBytes),
             partitionLeaderEpoch: -1, magic: 2, crc: 0, attributes: 0,
-            lastOffsetDelta: Int32(records.count - 1),
+            lastOffsetDelta: Int32(truncatingIfNeeded: records.count - 1),
             baseTimestamp: baseTimestamp, maxTimestamp: maxTimestamp,
             producerId: -1, producerEpoch: -1, baseSequence: -1,
-            recordsCount: Int32(records.count))
+            recordsCount: Int32(truncatingIfNeeded: records.count))
         var batch = allocator.buffer(capacity: header.totalSize)
         header.write(to: &batch)
         batch.writeBuffer(&body)

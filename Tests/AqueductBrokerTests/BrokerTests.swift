@@ -16,7 +16,7 @@ struct BrokerStack {
     let metadata: EmbeddedMetadataStore
     let broker: Broker
 
-    static func open(_ directory: String) async throws -> BrokerStack {
+    static func open(_ directory: String, partitionsMax: Int = 20_000) async throws -> BrokerStack {
         var configuration = StorageConfiguration(directory: directory + "/storage")
         configuration.flushIntervalMilliseconds = 50
         configuration.journalFileBytesMax = 4 << 20
@@ -24,7 +24,7 @@ struct BrokerStack {
         let metadata = try EmbeddedMetadataStore(directory: directory + "/metadata")
         let logs = LogStore(storage: storage, metadata: metadata)
         try await logs.open()
-        let broker = Broker(logs: logs, defaults: LogConfiguration())
+        let broker = Broker(logs: logs, defaults: LogConfiguration(), partitionsMax: partitionsMax)
         try await broker.start()
         return BrokerStack(storage: storage, metadata: metadata, broker: broker)
     }
@@ -41,6 +41,24 @@ func values(_ read: LogRead, from offset: Int64 = 0) throws -> [String] {
 }
 
 @Suite struct BrokerTests {
+    @Test func partitionsOfAllTopicsAreBounded() async throws {
+        let stack = try await BrokerStack.open(temporaryDirectory(), partitionsMax: 10)
+        _ = try await stack.broker.createTopic("a", partitions: 8)
+        await #expect(throws: BrokerError.self) { _ = try await stack.broker.createTopic("b", partitions: 3) }
+        await #expect(throws: BrokerError.self) { _ = try await stack.broker.addPartitions("a", count: 11) }
+        do {
+            _ = try await stack.broker.createTopic("c", partitions: 4)
+        } catch {
+            #expect(error.code == .limitReached)
+        }
+        _ = try await stack.broker.createTopic("d", partitions: 2)
+        #expect(stack.broker.partitionTotal == 10)
+        // Deleting makes room again.
+        try await stack.broker.deleteTopic("a")
+        _ = try await stack.broker.createTopic("b", partitions: 3)
+        try await stack.close()
+    }
+
     @Test func murmur2MatchesKafkasPartitioner() {
         // Values from kafka-python's port of Kafka's Utils.murmur2.
         let vectors: [([UInt8], UInt32)] = [

@@ -14,14 +14,16 @@ import NIOCore
 import Testing
 
 /// Runs `body` against the HTTP API of a server opened in a fresh directory.
-func withAPI(_ name: String = #function, _ body: @Sendable (any TestClientProtocol, Server.Components) async throws -> Void) async throws {
+func withAPI(
+    _ name: String = #function, limits: HTTPLimits = HTTPLimits(), _ body: @Sendable (any TestClientProtocol, Server.Components) async throws -> Void
+) async throws {
     var configuration = ServerConfiguration()
     configuration.dataDirectory = temporaryDirectory(name)
     configuration.storage.flushIntervalMilliseconds = 100
     configuration.storage.journalFileBytesMax = 4 << 20
     configuration.topicDefaults.batchBytesMax = 64 << 10
     let components = try await Server.open(configuration, logger: Logger(label: "test"))
-    let router = HTTPAPI.router(broker: components.broker, metricsText: { components.metricsText() })
+    let router = HTTPAPI.router(broker: components.broker, limits: limits, metricsText: { components.metricsText() })
     let application = Application(router: router)
     try await application.test(.router) { client in
         try await body(client, components)
@@ -257,6 +259,33 @@ func errorCode(_ response: TestResponse) throws -> String {
         }
         await #expect(throws: ConfigurationError.self) {
             _ = try await ServerConfiguration.load(overrides: [:], environment: [:], file: "/does/not/exist.yaml")
+        }
+    }
+
+    @Test func bodiesWaitForTheirShareOfTheBudgetAndAllGetThrough() async throws {
+        var limits = HTTPLimits()
+        limits.requestBytesMax = 64 << 10
+        limits.bodyBytesInFlightMax = 128 << 10
+        try await withAPI(limits: limits) { client, _ in
+            try await client.execute(uri: "/v1/topics", method: .post, body: jsonBody(#"{"name":"big"}"#)) { _ in }
+            // Twelve bodies of ~50 KB at once: at most two fit the budget together; the
+            // others wait their turn, and every one is stored.
+            let value = String(repeating: "v", count: 50 << 10)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<12 {
+                    group.addTask {
+                        try await client.execute(uri: "/v1/topics/big/records", method: .post, body: jsonBody(#"{"value":"\#(value)"}"#)) { response in
+                            #expect(response.status == .ok)
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            // A body declaring more than one request may hold is refused unread.
+            let huge = ByteBuffer(repeating: UInt8(ascii: " "), count: (64 << 10) + 1)
+            try await client.execute(uri: "/v1/topics/big/records", method: .post, body: huge) { response throws in
+                #expect(response.status == .contentTooLarge)
+            }
         }
     }
 }

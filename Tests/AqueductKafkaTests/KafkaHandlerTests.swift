@@ -231,6 +231,23 @@ func values(of records: ByteBuffer?) throws -> [String] {
         try await stack.close()
     }
 
+    @Test func topicsCreatedByNamingThemAreCapped() async throws {
+        var listener = KafkaListenerConfiguration()
+        listener.autoCreateTopicsMax = 3
+        let stack = try await KafkaStack.open(temporaryDirectory(), listener: listener)
+        _ = try await stack.broker.createTopic("existing", partitions: 1)
+        var request = MetadataRequest()
+        request.topics = (0..<6).map { MetadataRequest.MetadataRequestTopic(name: "named-\($0)") }
+        let response = try await stack.call(.metadata, version: 9, request, as: MetadataResponse.self)
+        #expect(response.topics.filter { $0.errorCode == 0 }.count == 2)
+        #expect(response.topics.filter { $0.errorCode == KafkaErrorCode.unknownTopicOrPartition }.count == 4)
+        #expect(stack.broker.topicNames().count == 3)
+        // Producing to an unknown topic is refused the same way; explicit creation still works.
+        #expect(try await stack.produce("named-9", batch(["x"])).errorCode == KafkaErrorCode.unknownTopicOrPartition)
+        _ = try await stack.broker.createTopic("explicit", partitions: 1)
+        try await stack.close()
+    }
+
     @Test func theSameBatchRetriedOnManyConnectionsAtOnceIsStoredOnce() async throws {
         let stack = try await KafkaStack.open(temporaryDirectory())
         _ = try await stack.broker.createTopic("t", partitions: 1)

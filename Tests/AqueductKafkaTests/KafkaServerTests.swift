@@ -1,5 +1,6 @@
 import AqueductGroups
 import AqueductBroker
+import AqueductRecords
 import AqueductTestSupport
 import Foundation
 import Logging
@@ -211,6 +212,44 @@ func sized(_ frame: ByteBuffer) -> ByteBuffer {
         #expect(await refused.receiveFrame() == nil)
         admitted[0].send(sized(KafkaStack.requestFrame(.apiVersions, version: 3, ApiVersionsRequest(), correlationID: 7)))
         #expect(await admitted[0].receiveFrame()?.getInteger(at: 0, as: Int32.self) == 7)
+        serving.cancel()
+        await server.close()
+        try await stack.close()
+    }
+
+    @Test func aClientThatStopsReadingIsCutAndItsAnswersLetGo() async throws {
+        var listener = KafkaListenerConfiguration()
+        listener.fetchWaitMillisecondsMax = 0
+        let stack = try await KafkaStack.open(temporaryDirectory(), listener: listener)
+        _ = try await stack.broker.createTopic("t", partitions: 1)
+        // About 1 MB in the partition: each fetch answers it all.
+        for round in 0..<10 {
+            var builder = RecordBatchBuilder()
+            for index in 0..<100 { builder.append(timestamp: 1, key: nil, value: Array(repeating: UInt8(index), count: 1_000 + round)) }
+            #expect(try await stack.produce("t", builder.build()).errorCode == 0)
+        }
+        let (server, serving) = try await serve(stack) {
+            $0.writeStallTimeoutMilliseconds = 1_000
+            $0.connectionAnswerBytesMax = 4 << 20
+        }
+        let hog = try RawConnection(port: server.boundPort)
+        var fetches = ByteBuffer()
+        for index in 0..<64 {
+            var one = longFetch("t", correlationID: Int32(index), waitMilliseconds: 0)
+            fetches.writeBuffer(&one)
+        }
+        hog.send(fetches)
+        // Nothing is read: the answers stop at the connection's limit, then the
+        // connection is closed and they give their bytes back.
+        try await waitUntil { server.pool.used == 0 && server.stalledClosures > 0 }
+        // What the client can still read ends before the 64th answer.
+        var answers = 0
+        while await hog.receiveFrame() != nil { answers += 1 }
+        #expect(answers < 64)
+        // Others are served throughout.
+        let other = try RawConnection(port: server.boundPort)
+        other.send(sized(KafkaStack.requestFrame(.apiVersions, version: 3, ApiVersionsRequest(), correlationID: 5)))
+        #expect(await other.receiveFrame()?.getInteger(at: 0, as: Int32.self) == 5)
         serving.cancel()
         await server.close()
         try await stack.close()

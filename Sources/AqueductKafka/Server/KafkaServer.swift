@@ -123,6 +123,9 @@ public final class KafkaServer: Sendable {
 
     private let connections = Gauge(label: "aqueduct_kafka_connections")
     static let stalledWrites = Counter(label: "aqueduct_kafka_connections_closed_stalled_total")
+    private let stalledConnections = Atomic<Int>(0)
+    /// Connections closed because their clients stopped reading, since start.
+    public var stalledClosures: Int { stalledConnections.load(ordering: .relaxed) }
     private let openConnections = Atomic<Int>(0)
 
     private func serve(_ connection: NIOAsyncChannel<KafkaFrame, ByteBuffer>) async {
@@ -158,6 +161,7 @@ public final class KafkaServer: Sendable {
                         // client to read (a client that never reads pins its answers).
                         if await stall.watch() {
                             Self.stalledWrites.increment()
+                            self.stalledConnections.add(1, ordering: .relaxed)
                             try? await connection.channel.close()
                         }
                     }
