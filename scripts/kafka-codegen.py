@@ -454,13 +454,20 @@ def sample_code(struct, valid, flexible_versions, type_path):
     return out
 
 
-def samples_code(schema):
+def parse_schema(schema):
+    """A message definition's valid and flexible versions, its top struct, and its
+    nested and common structs."""
     valid = parse_versions(schema["validVersions"])
     flexible_versions = parse_versions(schema.get("flexibleVersions", "none"))
     structs = []
     top = Struct(schema["name"], schema["fields"], structs, flexible_versions)
     for common in schema.get("commonStructs", []):
         structs.append(Struct(common["name"], common["fields"], structs, flexible_versions))
+    return valid, flexible_versions, top, structs
+
+
+def samples_code(schema):
+    valid, flexible_versions, top, structs = parse_schema(schema)
     lines = sample_code(top, valid, flexible_versions, top.name)
     for struct in sorted(structs, key=lambda s: s.name):
         lines.append("")
@@ -469,12 +476,7 @@ def samples_code(schema):
 
 
 def message_code(schema):
-    valid = parse_versions(schema["validVersions"])
-    flexible_versions = parse_versions(schema.get("flexibleVersions", "none"))
-    structs = []
-    top = Struct(schema["name"], schema["fields"], structs, flexible_versions)
-    for common in schema.get("commonStructs", []):
-        structs.append(Struct(common["name"], common["fields"], structs, flexible_versions))
+    valid, flexible_versions, top, structs = parse_schema(schema)
     lines = struct_code(top, valid, flexible_versions, 0, "KafkaMessage")
     # Nested types go inside the message's namespace, before its closing brace.
     closing = lines.pop()

@@ -254,4 +254,24 @@ func sized(_ frame: ByteBuffer) -> ByteBuffer {
         await server.close()
         try await stack.close()
     }
+
+    @Test func aRequestHeldBackByAFullPoolIsServedWhenBytesComeBack() async throws {
+        let stack = try await KafkaStack.open(temporaryDirectory())
+        let (server, serving) = try await serve(stack) {
+            $0.frameBytesMax = 64 << 10
+            $0.queuedBytesMax = 256 << 10
+        }
+        // Answers nobody reads hold the whole pool.
+        var held: PoolReservation? = PoolReservation(pool: server.pool, forcing: server.pool.capacity)
+        let client = try RawConnection(port: server.boundPort)
+        client.send(sized(KafkaStack.requestFrame(.apiVersions, version: 3, ApiVersionsRequest(), correlationID: 7)))
+        try await waitUntil { server.pool.waiting >= 1 }
+        // They are written (or dropped): the request waiting for room goes on.
+        held = nil
+        _ = held
+        #expect(await client.receiveFrame()?.getInteger(at: 0, as: Int32.self) == 7)
+        serving.cancel()
+        await server.close()
+        try await stack.close()
+    }
 }

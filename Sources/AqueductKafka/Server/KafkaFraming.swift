@@ -39,6 +39,14 @@ public final class KafkaMemoryPool: Sendable {
     /// Bytes reserved now.
     public var used: Int { state.withLock { $0.used } }
 
+    /// Connections waiting for bytes to come back now.
+    public var waiting: Int { state.withLock { $0.waiters.count } }
+
+    /// Whether an ordinary request (up to `largeFrameBytes`) could be refused now, or a
+    /// connection held back from starting on one: then clients that do not read are
+    /// the ones to let go (`WriteStallWatch`).
+    public var isUnderPressure: Bool { used > capacity - largeFrameBytes }
+
     /// Reserves `bytes` if the pool has room for them; the caller releases them (with
     /// `release(_:large:)` saying whether it was a large frame).
     func tryReserve(_ bytes: Int) -> Bool {
@@ -250,7 +258,11 @@ final class KafkaFrameHandler: ChannelDuplexHandler {
     private func resume(context: ChannelHandlerContext) {
         waitingForRoom = false
         guard !closed else { return }
+        let before = framesStarted
         split(context: context)
+        // Frames let through here are outside a read cycle: the handlers after this
+        // one (NIOAsyncChannel's) deliver what they were given at the read's end.
+        if framesStarted != before { context.fireChannelReadComplete() }
         if !waitingForRoom && readHeldBack {
             readHeldBack = false
             context.read()

@@ -150,8 +150,7 @@ public final class KafkaServer: Sendable {
                 // Requests are handled in order up to where they would wait; their
                 // answers are written in order by a second task.
                 let (replies, queue) = AsyncStream<QueuedReply>.makeStream()
-                let slots = WeightedSemaphore(capacity: Self.repliesInFlightMax)
-                let unwritten = DispatchGate(limit: configuration.connectionAnswerBytesMax, pool: pool)
+                let gate = DispatchGate(limit: configuration.connectionAnswerBytesMax, repliesMax: Self.repliesInFlightMax, pool: pool)
                 let stall = WriteStallWatch(
                     timeoutMilliseconds: configuration.writeStallTimeoutMilliseconds,
                     pressureTimeoutMilliseconds: configuration.writeStallUnderPressureMilliseconds, pool: pool)
@@ -167,7 +166,7 @@ public final class KafkaServer: Sendable {
                     }
                     group.addTask {
                         // However the writer ends, the reader stops waiting for it.
-                        defer { unwritten.close() }
+                        defer { gate.close() }
                         for await reply in replies {
                             let answer: HeldAnswer?
                             switch reply.answer {
@@ -177,13 +176,15 @@ public final class KafkaServer: Sendable {
                                 answer = await task.value
                                 inFlight.finished(id)
                             }
-                            slots.release(1)
-                            guard let answer else { continue }
+                            guard let answer else {
+                                gate.replied(writtenBytes: 0)
+                                continue
+                            }
                             let bytes = try answer.bytes.orClose()
                             stall.writing()
                             try await outbound.write(bytes)
                             stall.written()
-                            unwritten.subtract(bytes.readableBytes)
+                            gate.replied(writtenBytes: bytes.readableBytes)
                             // The answer's pool bytes, and its request's, go back now.
                             withExtendedLifetime((answer, reply.request)) {}
                         }
@@ -191,20 +192,19 @@ public final class KafkaServer: Sendable {
                     var session = KafkaSession(peer: peer)
                     do {
                         for try await frame in inbound {
-                            await slots.acquire(1)
                             // No new work while answers already made fill the pool, or
-                            // this connection's client has not read its own.
-                            await unwritten.waitToDispatch()
-                            if Task.isCancelled || !connection.channel.isActive { break }
+                            // this connection's client has not read its own, or too
+                            // many of its answers are still to be written.
+                            guard await gate.waitToDispatch() else { break }
                             switch await handler.dispatch(frame: frame.bytes, session: &session) {
                             case .none: queue.yield(QueuedReply(answer: .nothing, request: frame.reservation))
                             case .ready(let response):
-                                unwritten.add(response?.readableBytes ?? 0)
+                                gate.add(response?.readableBytes ?? 0)
                                 queue.yield(QueuedReply(answer: .now(HeldAnswer(response, pool: pool)), request: frame.reservation))
                             case .deferred(let later):
                                 let (id, task) = inFlight.start {
                                     let answer = HeldAnswer(await later(), pool: pool)
-                                    unwritten.add(answer.bytes?.readableBytes ?? 0)
+                                    gate.add(answer.bytes?.readableBytes ?? 0)
                                     return answer
                                 }
                                 queue.yield(QueuedReply(answer: .later(id, task), request: frame.reservation))
@@ -232,29 +232,38 @@ public final class KafkaServer: Sendable {
 }
 
 /// When a connection may start on its next request: while the pool is below its
-/// capacity and the answers it made but has not written are below its own limit. The
-/// writer closes the gate when it stops, so a reader waiting here never outlives its
+/// capacity, the answers it made but has not written are below its own byte limit, and
+/// fewer than `repliesMax` of its requests await their answers' writing. The writer
+/// closes the gate when it stops, so a reader waiting here never outlives its
 /// connection.
 final class DispatchGate: Sendable {
     let limit: Int
+    let repliesMax: Int
     let pool: KafkaMemoryPool
     private struct State {
         var unwritten = 0
+        var pending = 0
         var closed = false
         var woken = false
         var waiter: CheckedContinuation<Void, Never>?
     }
     private let state = Mutex(State())
 
-    init(limit: Int, pool: KafkaMemoryPool) {
+    init(limit: Int, repliesMax: Int, pool: KafkaMemoryPool) {
         self.limit = limit
+        self.repliesMax = repliesMax
         self.pool = pool
     }
 
+    /// An answer made (its bytes count until written).
     func add(_ bytes: Int) { state.withLock { $0.unwritten += bytes } }
 
-    func subtract(_ bytes: Int) {
-        state.withLock { $0.unwritten -= bytes }
+    /// A reply taken off the queue: written (`writtenBytes` of it) or none due.
+    func replied(writtenBytes: Int) {
+        state.withLock { state in
+            state.unwritten -= writtenBytes
+            state.pending -= 1
+        }
         wake()
     }
 
@@ -275,18 +284,21 @@ final class DispatchGate: Sendable {
         waiter?.resume()
     }
 
-    /// Returns when the connection may start on a request (or is closing). Only the
-    /// connection's reading task waits here.
-    func waitToDispatch() async {
+    /// Waits until the connection may start on a request and counts it pending; false
+    /// when the connection is closing. Only the connection's reading task waits here.
+    func waitToDispatch() async -> Bool {
         while true {
             // Cleared, then the waker registered, then the check: a release after the
             // check (or between registration and check) is never missed.
             state.withLock { $0.woken = false }
             pool.wakeAtNextRelease { [self] in wake() }
-            let ready = state.withLock { state -> Bool in
-                state.closed || (state.unwritten < limit && pool.used < pool.capacity)
+            let outcome = state.withLock { state -> Bool? in
+                if state.closed { return false }
+                guard state.unwritten < limit, state.pending < repliesMax, pool.used < pool.capacity else { return nil }
+                state.pending += 1
+                return true
             }
-            if ready { return }
+            if let outcome { return outcome }
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 let now = state.withLock { state -> Bool in
                     if state.woken || state.closed { return true }
@@ -330,7 +342,7 @@ final class WriteStallWatch: Sendable {
             let since = writingSince.load(ordering: .relaxed)
             guard since != 0 else { continue }
             let stalled = monotonicNanoseconds() - since
-            if stalled >= timeoutNanoseconds || (stalled >= pressureTimeoutNanoseconds && pool.used >= pool.capacity) { return true }
+            if stalled >= timeoutNanoseconds || (stalled >= pressureTimeoutNanoseconds && pool.isUnderPressure) { return true }
         }
     }
 }
