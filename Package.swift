@@ -130,8 +130,9 @@ let package = Package(
         .target(
             name: "AqueductHTTP",
             dependencies: [
-                "AqueductAPI", "AqueductBroker", "AqueductGroups",
+                "AqueductAPI", "AqueductBroker", "AqueductGroups", "AqueductCommon",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ],
             swiftSettings: strict),
 
@@ -227,6 +228,7 @@ let package = Package(
             dependencies: [
                 "AqueductHTTP", "AqueductServer", "AqueductTestSupport",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
             ],
             swiftSettings: strict),
         .testTarget(name: "AqueductTopologyServiceTests", dependencies: ["AqueductTopologyService"], swiftSettings: strict),

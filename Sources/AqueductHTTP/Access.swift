@@ -1,6 +1,9 @@
 import AqueductAPI
+import AqueductCommon
 import Foundation
 import Hummingbird
+import Metrics
+import NIOCore
 
 /// Who may call what over HTTP. With no tokens configured the API is open, which the
 /// server allows on a loopback listener only; with tokens, every request but
@@ -117,5 +120,40 @@ struct AccessControl: RouterMiddleware {
                 hint: "use a token with the \(needed) role"))
         }
         return try await next(request, context)
+    }
+}
+
+/// Closes HTTP connections past `http.connectionsPerAddressMax` from one address (the
+/// total is capped by pausing accepts at `http.connectionsMax`).
+public final class HTTPConnectionLimitHandler: ChannelInboundHandler, RemovableChannelHandler {
+    public typealias InboundIn = NIOAny
+
+    let limiter: ConnectionLimiter
+    private var admitted: String?
+    static let refused = Counter(label: "aqueduct_http_connections_refused_total")
+
+    public init(limiter: ConnectionLimiter) {
+        self.limiter = limiter
+    }
+
+    public func handlerAdded(context: ChannelHandlerContext) {
+        let address = context.channel.remoteAddress?.ipAddress ?? "unknown"
+        if limiter.admit(address) == nil {
+            admitted = address
+        } else {
+            Self.refused.increment()
+            context.close(promise: nil)
+        }
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        if let admitted { limiter.release(admitted) }
+        admitted = nil
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        if let admitted { limiter.release(admitted) }
+        admitted = nil
+        context.fireChannelInactive()
     }
 }

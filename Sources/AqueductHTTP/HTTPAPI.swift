@@ -45,6 +45,8 @@ public struct HTTPLimits: Sendable {
     public var bodyBytesInFlightMax = 64 << 20
     /// Open connections; more wait in the listen backlog until one closes.
     public var connectionsMax = 1_024
+    /// Open connections from one address; more are closed at once.
+    public var connectionsPerAddressMax = 256
     /// A connection idle this long is closed, in milliseconds (longer than the longest
     /// long poll, 60 s).
     public var idleTimeoutMilliseconds = 120_000

@@ -131,9 +131,13 @@ public enum Server {
             Self.recordGroupMetrics(directory)
             return components.metricsText() + topologies.prometheusText()
         })
+        let httpConnections = ConnectionLimiter(
+            total: configuration.httpLimits.connectionsMax, perAddress: configuration.httpLimits.connectionsPerAddressMax)
         let application = Application(
             router: router,
-            server: .http1(configuration: .init(idleTimeout: .milliseconds(Int64(configuration.httpLimits.idleTimeoutMilliseconds)))),
+            server: .http1(configuration: .init(
+                additionalChannelHandlers: [HTTPConnectionLimitHandler(limiter: httpConnections)],
+                idleTimeout: .milliseconds(Int64(configuration.httpLimits.idleTimeoutMilliseconds)))),
             configuration: .init(
                 address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "aqueduct",
                 availableConnectionsDelegate: MaximumAvailableConnections(configuration.httpLimits.connectionsMax)),

@@ -221,6 +221,7 @@ extension ServerConfiguration {
         http.requestBytesMax = try integer("http.requestBytesMax", http.requestBytesMax, range: (64 << 10)...(1 << 30))
         http.bodyBytesInFlightMax = try integer("http.bodyBytesInFlightMax", http.bodyBytesInFlightMax, range: (1 << 20)...(1 << 40))
         http.connectionsMax = try integer("http.connectionsMax", http.connectionsMax, range: 1...1_000_000)
+        http.connectionsPerAddressMax = try integer("http.connectionsPerAddressMax", http.connectionsPerAddressMax, range: 1...1_000_000)
         http.idleTimeoutMilliseconds = try integer("http.idleTimeoutMs", http.idleTimeoutMilliseconds, range: 61_000...86_400_000)
         result.httpLimits = http
 

@@ -1,4 +1,5 @@
 import AqueductAPI
+import AqueductCommon
 import AqueductHTTP
 import AqueductServer
 import AqueductTestSupport
@@ -7,6 +8,7 @@ import Hummingbird
 import HummingbirdTesting
 import Logging
 import NIOCore
+import NIOEmbedded
 import Testing
 
 /// Tokens and roles on the HTTP API, and the server's refusal to listen beyond loopback
@@ -84,5 +86,32 @@ import Testing
         #expect(!guarded.httpAccess.isOpen)
         let local = try await ServerConfiguration.load(overrides: [:], environment: [:], file: nil)
         #expect(local.httpAccess.isOpen)
+    }
+}
+
+@Suite struct HTTPConnectionLimitTests {
+    func connected(_ limiter: ConnectionLimiter, from host: String) throws -> EmbeddedChannel {
+        let channel = EmbeddedChannel()
+        try channel.connect(to: SocketAddress(ipAddress: host, port: 40_000)).wait()
+        try channel.pipeline.syncOperations.addHandler(HTTPConnectionLimitHandler(limiter: limiter))
+        return channel
+    }
+
+    @Test func connectionsPastThePerAddressLimitAreClosed() throws {
+        let limiter = ConnectionLimiter(total: 10, perAddress: 2)
+        let first = try connected(limiter, from: "10.0.0.1")
+        let second = try connected(limiter, from: "10.0.0.1")
+        let third = try connected(limiter, from: "10.0.0.1")
+        let other = try connected(limiter, from: "10.0.0.2")
+        #expect(first.isActive && second.isActive && other.isActive)
+        #expect(!third.isActive)
+        #expect(limiter.open == 3)
+        // A closed connection makes room for the next one from that address.
+        _ = try first.finish(acceptAlreadyClosed: true)
+        #expect(limiter.open == 2)
+        let fourth = try connected(limiter, from: "10.0.0.1")
+        #expect(fourth.isActive)
+        for channel in [second, third, other, fourth] { _ = try? channel.finish(acceptAlreadyClosed: true) }
+        #expect(limiter.open == 0)
     }
 }

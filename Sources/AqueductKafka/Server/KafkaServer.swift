@@ -123,6 +123,8 @@ public final class KafkaServer: Sendable {
 
     private let connections = Gauge(label: "aqueduct_kafka_connections")
     static let stalledWrites = Counter(label: "aqueduct_kafka_connections_closed_stalled_total")
+    static let refusedTotal = Counter(label: "aqueduct_kafka_connections_refused_total", dimensions: [("reason", "total")])
+    static let refusedPerAddress = Counter(label: "aqueduct_kafka_connections_refused_total", dimensions: [("reason", "address")])
     private let stalledConnections = Atomic<Int>(0)
     /// Connections closed because their clients stopped reading, since start.
     public var stalledClosures: Int { stalledConnections.load(ordering: .relaxed) }
@@ -133,7 +135,9 @@ public final class KafkaServer: Sendable {
         let host = address?.ipAddress ?? "unknown"
         let peer = address.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "unknown"
         if let refusal = limiter.admit(host) {
-            logger.debug("Kafka connection refused", metadata: ["peer": "\(peer)", "reason": "\(refusal)"])
+            let reason = refusal == .total ? "kafka.connectionsMax" : "kafka.connectionsPerAddressMax"
+            (refusal == .total ? Self.refusedTotal : Self.refusedPerAddress).increment()
+            logger.debug("Kafka connection refused", metadata: ["peer": "\(peer)", "reason": "\(reason) reached"])
             try? await connection.executeThenClose { _, _ in }
             return
         }
@@ -343,41 +347,6 @@ final class WriteStallWatch: Sendable {
             guard since != 0 else { continue }
             let stalled = monotonicNanoseconds() - since
             if stalled >= timeoutNanoseconds || (stalled >= pressureTimeoutNanoseconds && pool.isUnderPressure) { return true }
-        }
-    }
-}
-
-/// Open connections, in all and per client address; refuses past the limits.
-final class ConnectionLimiter: Sendable {
-    let total: Int
-    let perAddress: Int
-    private let state = Mutex<(open: Int, byAddress: [String: Int])>((0, [:]))
-    private let refusedTotal = Counter(label: "aqueduct_kafka_connections_refused_total", dimensions: [("reason", "total")])
-    private let refusedPerAddress = Counter(label: "aqueduct_kafka_connections_refused_total", dimensions: [("reason", "address")])
-
-    init(total: Int, perAddress: Int) {
-        self.total = total
-        self.perAddress = perAddress
-    }
-
-    /// Nil when admitted (release it later), else why not.
-    func admit(_ address: String) -> String? {
-        let refusal = state.withLock { state -> String? in
-            if state.open >= total { return "kafka.connectionsMax (\(total)) reached" }
-            if state.byAddress[address, default: 0] >= perAddress { return "kafka.connectionsPerAddressMax (\(perAddress)) reached" }
-            state.open += 1
-            state.byAddress[address, default: 0] += 1
-            return nil
-        }
-        if let refusal { (refusal.hasPrefix("kafka.connectionsMax") ? refusedTotal : refusedPerAddress).increment() }
-        return refusal
-    }
-
-    func release(_ address: String) {
-        state.withLock { state in
-            state.open -= 1
-            state.byAddress[address, default: 1] -= 1
-            if state.byAddress[address] == 0 { state.byAddress[address] = nil }
         }
     }
 }
