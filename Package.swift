@@ -140,7 +140,7 @@ let package = Package(
         .target(
             name: "AqueductServer",
             dependencies: [
-                "AqueductAPI", "AqueductHTTP", "AqueductKafka", "AqueductGroups", "AqueductTopologyService",
+                "AqueductAPI", "AqueductHTTP", "AqueductKafka", "AqueductGroups", "AqueductTopologyService", "CAqueduct",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

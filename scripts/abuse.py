@@ -144,6 +144,18 @@ def drain(connection, count):
 # ---------------------------------------------------------------------------------------
 # Observation: the server's memory, and a well-behaved client's latency.
 
+def heap_mib(args):
+    """The server's live heap (aqueduct_heap_in_use_bytes), as opposed to its RSS."""
+    try:
+        with urllib.request.urlopen(f"http://{args.http}/metrics", timeout=30) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith("aqueduct_heap_in_use_bytes"):
+                    return float(line.split()[-1]) / (1 << 20)
+    except Exception:
+        pass
+    return float("nan")
+
+
 def rss_mib(pid):
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -206,16 +218,18 @@ class Observer:
 
     def report(self, name, detail):
         after = rss_mib(self.args.pid)
+        heap = heap_mib(self.args)
         lat = sorted(self.latencies)
         def pct(p): return lat[min(len(lat) - 1, int(len(lat) * p))] if lat else float("nan")
         row = {
             "flood": name, "detail": detail,
             "rss_before_mib": round(self.before, 1), "rss_peak_mib": round(self.peak, 1), "rss_after_mib": round(after, 1),
+            "heap_after_mib": round(heap, 1),
             "probe_ok": len(lat), "probe_failed": self.failures,
             "probe_failures": sorted(set(self.reasons))[:5],
             "probe_p50_ms": round(pct(0.50), 2), "probe_p99_ms": round(pct(0.99), 2), "probe_max_ms": round(lat[-1], 2) if lat else None,
         }
-        print(f"{name:20} rss {row['rss_before_mib']:7.1f} -> peak {row['rss_peak_mib']:7.1f} -> {row['rss_after_mib']:7.1f} MiB | "
+        print(f"{name:20} rss {row['rss_before_mib']:7.1f} -> peak {row['rss_peak_mib']:7.1f} -> {row['rss_after_mib']:7.1f} MiB (heap in use {row['heap_after_mib']:6.1f}) | "
               f"probe ok {row['probe_ok']:4} failed {row['probe_failed']:3} p50 {row['probe_p50_ms']:7.2f} p99 {row['probe_p99_ms']:8.2f} "
               f"max {row['probe_max_ms']} ms | {detail}" + (f" | probe failures: {row['probe_failures']}" if self.reasons else ""), flush=True)
         return row

@@ -333,6 +333,11 @@ public final class Broker: Sendable {
         return (topic.logs[partition], topic.writers[partition], topic.metrics)
     }
 
+    /// The largest record batch a topic takes (its max.message.bytes), cheaply.
+    public func batchBytesMax(_ name: String) -> Int? {
+        topics.withLock { $0[name]?.record.configuration.batchBytesMax }
+    }
+
     public func partitionCount(_ name: String) throws(BrokerError) -> Int {
         guard let topic = topics.withLock({ $0[name] }) else { throw Self.unknownTopic(name) }
         return topic.logs.count

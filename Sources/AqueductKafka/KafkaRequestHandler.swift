@@ -1,6 +1,7 @@
 import AqueductAPI
 import AqueductGroups
 import AqueductBroker
+import AqueductCommon
 import AqueductLog
 import AqueductRecords
 import Foundation
@@ -9,13 +10,37 @@ import Metrics
 import NIOCore
 import Synchronization
 
-/// What a request gets: nothing (acks=0), an answer now, or an answer later. An
-/// answer is a response frame, or nil when the response could not be encoded in the
-/// request's version: the connection then closes, as the client cannot be answered.
+/// An answer: a response frame, or nil when the response could not be encoded in the
+/// request's version (the connection then closes, as the client cannot be answered),
+/// and what it holds until it is written (a fetch's read budget).
+public struct KafkaAnswer: Sendable {
+    public var frame: ByteBuffer?
+    let holding: BudgetHold?
+
+    init(_ frame: ByteBuffer?, holding: BudgetHold? = nil) {
+        self.frame = frame
+        self.holding = holding
+    }
+}
+
+/// What a request gets: nothing (acks=0), an answer now, or an answer later.
 public enum KafkaReply: Sendable {
     case none
-    case ready(ByteBuffer?)
-    case deferred(@Sendable () async -> ByteBuffer?)
+    case ready(KafkaAnswer)
+    case deferred(@Sendable () async -> KafkaAnswer)
+}
+
+/// Units of a `WeightedSemaphore`, given back when the last reference goes.
+final class BudgetHold: Sendable {
+    let semaphore: WeightedSemaphore
+    let units: Int
+
+    init(_ semaphore: WeightedSemaphore, units: Int) {
+        self.semaphore = semaphore
+        self.units = units
+    }
+
+    deinit { semaphore.release(units) }
 }
 
 /// Answers Kafka requests with the broker: decodes the header and body with the
@@ -28,6 +53,8 @@ public final class KafkaRequestHandler: Sendable {
     let nodeID: Int32 = 0
     let producers: ProducerStateTable
     let groups: GroupCoordinator
+    /// Bytes fetches may be reading (and encoding) at once (`kafka.fetchBytesInFlightMax`).
+    let fetchReads: WeightedSemaphore
     /// Requests per API (made once: a metrics lookup per request would take the
     /// backend's lock), and requests refused as unsupported or malformed.
     let requestCounters: [Int16: Counter]
@@ -48,6 +75,7 @@ public final class KafkaRequestHandler: Sendable {
         self.clusterID = clusterID
         self.logger = logger
         self.producers = ProducerStateTable(limits: .init(statesMax: producerStatesMax, expirationMilliseconds: producerIDExpirationMilliseconds))
+        self.fetchReads = WeightedSemaphore(capacity: max(listener.fetchBytesInFlightMax, listener.fetchBytesMax))
         self.requestCounters = Dictionary(uniqueKeysWithValues: KafkaAPIKey.allCases.map { key in
             (key.rawValue, Counter(label: "aqueduct_kafka_requests_total", dimensions: [("api", "\(key)")]))
         })
@@ -59,8 +87,8 @@ public final class KafkaRequestHandler: Sendable {
     public func handle(frame: ByteBuffer, session: inout KafkaSession) async -> ByteBuffer? {
         switch await dispatch(frame: frame, session: &session) {
         case .none: return nil
-        case .ready(let response): return response
-        case .deferred(let later): return await later()
+        case .ready(let answer): return answer.frame
+        case .deferred(let later): return await later().frame
         }
     }
 
@@ -82,7 +110,7 @@ public final class KafkaRequestHandler: Sendable {
         guard let key = KafkaAPIKey(rawValue: rawKey), let served = KafkaAPIVersions.served[key], served.contains(version) else {
             refusedRequests.increment()
             logger.debug("unsupported Kafka request", metadata: ["apiKey": "\(rawKey)", "version": "\(version)", "peer": "\(session.peer)"])
-            return .ready(unsupportedVersion(apiKey: rawKey, correlationID: correlationID))
+            return .ready(KafkaAnswer(unsupportedVersion(apiKey: rawKey, correlationID: correlationID)))
         }
         requestCounters[rawKey]?.increment()
         let flexible = KafkaAPIVersions.isFlexible(key, version)
@@ -93,10 +121,12 @@ public final class KafkaRequestHandler: Sendable {
             // ApiVersions' response header stays v0 so any client can read it.
             let flexibleResponse = flexible && key != .apiVersions
             let logger = self.logger
-            @Sendable func later(_ message: some KafkaMessage) -> ByteBuffer? {
-                Self.frame(
-                    message, key: key, version: version, correlationID: correlationID, flexibleHeader: flexibleResponse,
-                    capacity: Self.capacity(for: message), logger: logger)
+            @Sendable func later(_ message: some KafkaMessage, holding: BudgetHold? = nil) -> KafkaAnswer {
+                KafkaAnswer(
+                    Self.frame(
+                        message, key: key, version: version, correlationID: correlationID, flexibleHeader: flexibleResponse,
+                        capacity: Self.capacity(for: message), logger: logger),
+                    holding: holding)
             }
             func respond(_ message: some KafkaMessage) -> KafkaReply { .ready(later(message)) }
             switch key {
@@ -117,9 +147,14 @@ public final class KafkaRequestHandler: Sendable {
                 let waitMilliseconds = min(max(0, Int(request.maxWaitMs)), listener.fetchWaitMillisecondsMax)
                 request.maxBytes = Int32(truncatingIfNeeded: request.maxBytes <= 0 ? listener.fetchBytesMax : min(Int(request.maxBytes), listener.fetchBytesMax))
                 let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(waitMilliseconds) * 1_000_000
-                let (response, ticket) = await fetchPass(request, deadline: deadline)
-                guard let ticket else { return .ready(later(response)) }
-                return .deferred { [self, request] in later(await fetchWaiting(request, ticket: ticket, deadline: deadline)) }
+                // The read budget an answer took stays with it until it is written:
+                // answers a client does not read hold it, and other fetches wait.
+                let (response, ticket, reserved) = await fetchPass(request, deadline: deadline)
+                guard let ticket else { return .ready(later(response, holding: BudgetHold(fetchReads, units: reserved))) }
+                return .deferred { [self, request] in
+                    let (response, reserved) = await fetchWaiting(request, ticket: ticket, deadline: deadline)
+                    return later(response, holding: BudgetHold(fetchReads, units: reserved))
+                }
             case .listOffsets:
                 return respond(await listOffsets(try ListOffsetsRequest(from: &reader, version: version), version: version))
             case .findCoordinator:
@@ -452,30 +487,54 @@ public final class KafkaRequestHandler: Sendable {
     /// Reads the requested partitions once. Returns a ticket to wait on when the answer
     /// should wait for more records (fewer than `min_bytes`, before the deadline); the
     /// ticket is registered before the read, so an append meanwhile is not missed.
-    func fetchPass(_ request: FetchRequest, deadline: UInt64) async -> (FetchResponse, AppendNotifier.Ticket?) {
+    func fetchPass(_ request: FetchRequest, deadline: UInt64) async -> (FetchResponse, AppendNotifier.Ticket?, reserved: Int) {
         let partitions = request.topics.flatMap { topic in topic.partitions.map { TopicPartition(topic.topic, Int($0.partition)) } }
         let ticket = broker.appends.register(partitions)
+        // The most this pass can read, taken from the budget of fetch reads in flight
+        // before reading: many large fetches at once wait their turn instead of all
+        // holding their answers (and the copies encoding makes) together.
+        let reserved = await fetchReads.acquire(readEstimate(request))
         let response = await fetchOnce(request)
         let bytes = response.responses.reduce(0) { $0 + $1.partitions.reduce(0) { $0 + ($1.records?.readableBytes ?? 0) } }
         let errors = response.responses.contains { $0.partitions.contains { $0.errorCode != 0 } }
         if bytes >= max(1, Int(request.minBytes)) || errors || DispatchTime.now().uptimeNanoseconds >= deadline {
             broker.appends.cancel(ticket)
-            return (response, nil)
+            return (response, nil, reserved)
         }
-        return (response, ticket)
+        fetchReads.release(reserved)
+        return (response, ticket, 0)
+    }
+
+    /// An upper bound of what a fetch pass reads: for each partition with records past
+    /// the fetch offset, its `partition_max_bytes` (at least one batch of the topic's
+    /// largest size, which Kafka lets through), over all capped by `max_bytes`.
+    /// Tailing fetches (nothing new yet) reserve nothing.
+    func readEstimate(_ request: FetchRequest) -> Int {
+        var total = 0
+        for topic in request.topics {
+            for partition in topic.partitions {
+                guard let (_, end) = try? broker.offsets(topic: topic.topic, partition: Int(partition.partition)),
+                    partition.fetchOffset < end
+                else { continue }
+                let batchMax = broker.batchBytesMax(topic.topic) ?? (1 << 20)
+                total += max(Int(partition.partitionMaxBytes), batchMax)
+                if total >= Int(request.maxBytes) { return max(Int(request.maxBytes), batchMax) }
+            }
+        }
+        return total
     }
 
     /// Waits for appends to the fetched partitions until `min_bytes` are there or the
-    /// deadline passes.
-    func fetchWaiting(_ request: FetchRequest, ticket: AppendNotifier.Ticket, deadline: UInt64) async -> FetchResponse {
+    /// deadline passes. Returns the answer and the read budget it holds.
+    func fetchWaiting(_ request: FetchRequest, ticket: AppendNotifier.Ticket, deadline: UInt64) async -> (FetchResponse, reserved: Int) {
         var ticket = ticket
         while true {
             let now = DispatchTime.now().uptimeNanoseconds
             if now < deadline { _ = await broker.appends.wait(ticket, timeoutNanoseconds: deadline - now) } else { broker.appends.cancel(ticket) }
             // The connection closed: answer with what is there (nobody reads it) and
             // let go of everything at once.
-            let (response, next) = await fetchPass(request, deadline: Task.isCancelled ? 0 : deadline)
-            guard let next else { return response }
+            let (response, next, reserved) = await fetchPass(request, deadline: Task.isCancelled ? 0 : deadline)
+            guard let next else { return (response, reserved) }
             ticket = next
         }
     }

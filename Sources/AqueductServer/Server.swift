@@ -2,6 +2,7 @@ import AqueductAPI
 import AqueductGroups
 import AqueductBroker
 import AqueductCommon
+import CAqueduct
 import AqueductHTTP
 import AqueductTopologyService
 import AqueductKafka
@@ -54,6 +55,8 @@ public enum Server {
         public let registry: PrometheusCollectorRegistry
 
         public func metricsText() -> String {
+            // Live heap (not what the allocator keeps after frees), beside the RSS.
+            Gauge(label: "aqueduct_heap_in_use_bytes").record(Int(aq_heap_in_use()))
             // End offsets are refreshed at scrape time so they are right after a restart too.
             for topic in broker.topicNames() {
                 guard let description = try? broker.describeTopic(topic) else { continue }

@@ -196,6 +196,7 @@ extension ServerConfiguration {
         result.kafka.autoCreateTopicsMax = try integer("kafka.autoCreateTopicsMax", result.kafka.autoCreateTopicsMax, range: 0...1_000_000)
         result.kafka.fetchWaitMillisecondsMax = try integer("kafka.fetchWaitMsMax", result.kafka.fetchWaitMillisecondsMax, range: 0...3_600_000)
         result.kafka.fetchBytesMax = try integer("kafka.fetchBytesMax", result.kafka.fetchBytesMax, range: 1_024...(1 << 30))
+        result.kafka.fetchBytesInFlightMax = try integer("kafka.fetchBytesInFlightMax", result.kafka.fetchBytesInFlightMax, range: (1 << 20)...(1 << 40))
         result.producerStatesMax = try integer("kafka.producerStatesMax", result.producerStatesMax, range: 1...100_000_000)
         result.producerIDExpirationMilliseconds = Int64(try integer(
             "kafka.producerIdExpirationMs", Int(result.producerIDExpirationMilliseconds), range: 1_000...(365 * 86_400_000)))

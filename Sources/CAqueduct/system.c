@@ -45,6 +45,15 @@ void aq_tune_allocator(long mmap_threshold_bytes, long trim_threshold_bytes) {
 #endif
 }
 
+long long aq_heap_in_use(void) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+    struct mallinfo2 info = mallinfo2();
+    return (long long)(info.uordblks + info.hblkhd);
+#else
+    return -1;
+#endif
+}
+
 int aq_set_thread_io_priority(int io_class, int level) {
 #if defined(__linux__) && defined(SYS_ioprio_set)
     static __thread int done;

@@ -1,4 +1,5 @@
 import AqueductGroups
+import struct AqueductAPI.TopicSettings
 import AqueductBroker
 import AqueductCommon
 import AqueductLog
@@ -228,6 +229,42 @@ func values(of records: ByteBuffer?) throws -> [String] {
         let gap = try await stack.produce("t", batch(["lost"], producerID: ids.producerId, sequence: 7))
         #expect(gap.errorCode == KafkaErrorCode.outOfOrderSequenceNumber)
         #expect(try values(of: try await stack.fetch("t", offset: 0).records) == ["one", "two", "three"])
+        try await stack.close()
+    }
+
+    @Test func fetchAnswersHoldTheirReadBudgetUntilWritten() async throws {
+        var listener = KafkaListenerConfiguration()
+        listener.fetchBytesMax = 64 << 10
+        listener.fetchBytesInFlightMax = 128 << 10
+        let stack = try await KafkaStack.open(temporaryDirectory(), listener: listener)
+        // Batches of at most 16 KiB: a fetch pass reserves max_bytes (64 KiB), not more.
+        _ = try await stack.broker.createTopic("t", partitions: 1, settings: TopicSettings(maxMessageBytes: 16 << 10))
+        var builder = RecordBatchBuilder()
+        for index in 0..<10 { builder.append(timestamp: 1, key: nil, value: Array(repeating: UInt8(index), count: 1_000)) }
+        #expect(try await stack.produce("t", builder.build()).errorCode == 0)
+        var request = FetchRequest()
+        request.replicaId = -1
+        request.maxBytes = 64 << 10
+        request.topics = [.init(topic: "t", partitions: [.init(partition: 0, fetchOffset: 0, partitionMaxBytes: 1 << 20)])]
+        let frame = KafkaStack.requestFrame(.fetch, version: 11, request)
+        // Two answers nobody has written yet take the whole budget (64 KiB each)...
+        var held: [KafkaAnswer] = []
+        for _ in 0..<2 {
+            var session = KafkaSession(peer: "test")
+            guard case .ready(let answer) = await stack.handler.dispatch(frame: frame, session: &session) else {
+                Issue.record("a fetch with records was not answered at once")
+                return
+            }
+            held.append(answer)
+        }
+        // ...so a third waits for them, and goes on once they are written.
+        let third = Task {
+            var session = KafkaSession(peer: "test")
+            return await stack.handler.handle(frame: frame, session: &session)
+        }
+        try await waitUntil { stack.handler.fetchReads.waiting == 1 }
+        held.removeAll()
+        #expect(await third.value != nil)
         try await stack.close()
     }
 

@@ -21,7 +21,7 @@ public struct KafkaListenerConfiguration: Sendable {
     public var frameReadTimeoutMilliseconds = 120_000
     /// Bytes of answers one connection may have made and not yet written; past it the
     /// connection starts on no new request until its client reads.
-    public var connectionAnswerBytesMax = 16 << 20
+    public var connectionAnswerBytesMax = 1 << 20
     /// A connection whose client reads nothing of an answer for this long is closed
     /// (its answers give their bytes back), in milliseconds.
     public var writeStallTimeoutMilliseconds = 300_000
@@ -44,6 +44,9 @@ public struct KafkaListenerConfiguration: Sendable {
     /// Most bytes of records in one fetch answer (Kafka's fetch.max.bytes); a larger
     /// `max_bytes` is clamped to it.
     public var fetchBytesMax = 57_671_680
+    /// Bytes fetches may be reading and encoding at once (each pass takes the most it
+    /// could read before reading); more wait their turn.
+    public var fetchBytesInFlightMax = 256 << 20
 
     public init() {}
 
@@ -155,9 +158,11 @@ public final class KafkaServer: Sendable {
                 // answers are written in order by a second task.
                 let (replies, queue) = AsyncStream<QueuedReply>.makeStream()
                 let gate = DispatchGate(limit: configuration.connectionAnswerBytesMax, repliesMax: Self.repliesInFlightMax, pool: pool)
+                let fetchReads = handler.fetchReads
                 let stall = WriteStallWatch(
                     timeoutMilliseconds: configuration.writeStallTimeoutMilliseconds,
-                    pressureTimeoutMilliseconds: configuration.writeStallUnderPressureMilliseconds, pool: pool)
+                    pressureTimeoutMilliseconds: configuration.writeStallUnderPressureMilliseconds,
+                    underPressure: { pool.isUnderPressure || fetchReads.waiting > 0 })
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask {
                         // Closes the connection when a write waits too long for the
@@ -202,9 +207,9 @@ public final class KafkaServer: Sendable {
                             guard await gate.waitToDispatch() else { break }
                             switch await handler.dispatch(frame: frame.bytes, session: &session) {
                             case .none: queue.yield(QueuedReply(answer: .nothing, request: frame.reservation))
-                            case .ready(let response):
-                                gate.add(response?.readableBytes ?? 0)
-                                queue.yield(QueuedReply(answer: .now(HeldAnswer(response, pool: pool)), request: frame.reservation))
+                            case .ready(let answer):
+                                gate.add(answer.frame?.readableBytes ?? 0)
+                                queue.yield(QueuedReply(answer: .now(HeldAnswer(answer, pool: pool)), request: frame.reservation))
                             case .deferred(let later):
                                 let (id, task) = inFlight.start {
                                     let answer = HeldAnswer(await later(), pool: pool)
@@ -318,20 +323,21 @@ final class DispatchGate: Sendable {
 /// Watches a connection's writes: `watch` returns true once a write has waited longer
 /// than the timeout for the client to read.
 ///
-/// While the pool is full, the timeout is `pressureTimeoutMilliseconds` instead: the
-/// connections whose clients do not read are the ones holding what everyone else waits
-/// for, and they go first.
+/// While the pool is full, or fetches wait for read budget, the timeout is
+/// `pressureTimeoutMilliseconds` instead: the connections whose clients do not read are
+/// the ones holding what everyone else waits for, and they go first.
 final class WriteStallWatch: Sendable {
     let timeoutNanoseconds: UInt64
     let pressureTimeoutNanoseconds: UInt64
-    let pool: KafkaMemoryPool
+    /// Whether others wait for what stalled connections hold.
+    let underPressure: @Sendable () -> Bool
     private let writingSince = Atomic<UInt64>(0)
     private let stopped = Atomic<Bool>(false)
 
-    init(timeoutMilliseconds: Int, pressureTimeoutMilliseconds: Int, pool: KafkaMemoryPool) {
+    init(timeoutMilliseconds: Int, pressureTimeoutMilliseconds: Int, underPressure: @escaping @Sendable () -> Bool) {
         timeoutNanoseconds = UInt64(timeoutMilliseconds) * 1_000_000
         pressureTimeoutNanoseconds = UInt64(min(pressureTimeoutMilliseconds, timeoutMilliseconds)) * 1_000_000
-        self.pool = pool
+        self.underPressure = underPressure
     }
 
     func writing() { writingSince.store(max(1, monotonicNanoseconds()), ordering: .relaxed) }
@@ -346,7 +352,7 @@ final class WriteStallWatch: Sendable {
             let since = writingSince.load(ordering: .relaxed)
             guard since != 0 else { continue }
             let stalled = monotonicNanoseconds() - since
-            if stalled >= timeoutNanoseconds || (stalled >= pressureTimeoutNanoseconds && pool.isUnderPressure) { return true }
+            if stalled >= timeoutNanoseconds || (stalled >= pressureTimeoutNanoseconds && underPressure()) { return true }
         }
     }
 }
@@ -358,10 +364,13 @@ final class WriteStallWatch: Sendable {
 struct HeldAnswer: Sendable {
     let bytes: ByteBuffer?
     let held: PoolReservation?
+    /// What the handler made the answer hold (a fetch's read budget).
+    let holding: BudgetHold?
 
-    init(_ bytes: ByteBuffer?, pool: KafkaMemoryPool) {
-        self.bytes = bytes
-        self.held = bytes.map { PoolReservation(pool: pool, forcing: $0.readableBytes) }
+    init(_ answer: KafkaAnswer, pool: KafkaMemoryPool) {
+        self.bytes = answer.frame
+        self.held = answer.frame.map { PoolReservation(pool: pool, forcing: $0.readableBytes) }
+        self.holding = answer.holding
     }
 }
 

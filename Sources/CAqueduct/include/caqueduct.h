@@ -36,6 +36,11 @@ int aq_raise_thread_priority(int amount);
 /// buffers of read chunks are reused instead of faulted in again for every read.
 void aq_tune_allocator(long mmap_threshold_bytes, long trim_threshold_bytes);
 
+/* Bytes the allocator has handed out and not had back (glibc's mallinfo2: in-use
+   heap chunks plus mmapped ones); -1 where unknown. RSS minus this is memory freed
+   but kept by the allocator. */
+long long aq_heap_in_use(void);
+
 /// Sets the calling thread's I/O priority (Linux ioprio): class 1 real time, 2 best
 /// effort, 3 idle; level 0 (highest) to 7. Done once per thread; 0 on success.
 int aq_set_thread_io_priority(int io_class, int level);
