@@ -227,6 +227,11 @@ public final class GroupCoordinator: Sendable {
             if state.groups[groupID] == nil { state.emptySince[groupID] = state.emptySince[groupID] ?? now }
             return .queued(pending)
         }
+        return await outcome(of: queued, group: groupID, what: "offset commit")
+    }
+
+    /// Waits for a queued write; Kafka's code for how it ended.
+    private func outcome(of queued: Queued, group groupID: String, what: String) async -> Int16 {
         switch queued {
         case .refused(let code): return code
         case .queued(let pending):
@@ -234,7 +239,7 @@ public final class GroupCoordinator: Sendable {
                 try await pending.completion()
                 return KafkaErrorCode.none
             } catch {
-                logger.warning("offset commit failed", metadata: ["group": "\(groupID)", "error": "\(error)"])
+                logger.warning("\(what) failed", metadata: ["group": "\(groupID)", "error": "\(error)"])
                 return KafkaErrorCode.from(error)
             }
         }
@@ -249,16 +254,7 @@ public final class GroupCoordinator: Sendable {
             state.emptySince[groupID] = nil
             return .queued(offsets.enqueue(.deleteGroup(groupID)))
         }
-        switch pending {
-        case .refused(let code): return code
-        case .queued(let pending):
-            do throws(BrokerError) {
-                try await pending.completion()
-                return KafkaErrorCode.none
-            } catch {
-                return KafkaErrorCode.from(error)
-            }
-        }
+        return await outcome(of: pending, group: groupID, what: "group deletion")
     }
 
     /// A snapshot of a group, or nil when it is unknown (no members, no offsets).
