@@ -228,22 +228,8 @@ public struct GroupStateMachine: Sendable {
     /// Kafka's form: the client id, a dash, a random UUID (a member from before a
     /// restart can never collide with a new one).
     private mutating func newMemberID(_ clientID: String) -> String {
-        let prefix = clientID.isEmpty ? "member" : Self.prefix(of: clientID, bytes: Self.memberIDClientBytesMax)
+        let prefix = clientID.isEmpty ? "member" : clientID.utf8Prefix(Self.memberIDClientBytesMax)
         return "\(prefix)-\(random.uuidString())"
-    }
-
-    /// The longest prefix of `text` of at most `bytes` UTF-8 bytes (whole characters).
-    public static func prefix(of text: String, bytes: Int) -> String {
-        guard text.utf8.count > bytes else { return text }
-        var end = text.startIndex
-        var used = 0
-        for index in text.indices {
-            let width = text[index].utf8.count
-            if used + width > bytes { break }
-            used += width
-            end = text.index(after: index)
-        }
-        return String(text[..<end])
     }
 
     /// Moves to PreparingRebalance (from any other live state); pending syncs learn

@@ -311,7 +311,7 @@ public final class KafkaRequestHandler: Sendable {
         guard broker.topicNames().count < listener.autoCreateTopicsMax else {
             Self.autoCreateRefusals.increment()
             logger.warning("topic not created automatically: the server has kafka.autoCreateTopicsMax topics", metadata: [
-                "topic": "\(GroupStateMachine.prefix(of: name, bytes: 64))", "limit": "\(listener.autoCreateTopicsMax)",
+                "topic": "\(name.utf8Prefix(64))", "limit": "\(listener.autoCreateTopicsMax)",
             ])
             return nil
         }
@@ -476,7 +476,7 @@ public final class KafkaRequestHandler: Sendable {
     /// An error message in a response: the first `errorMessageBytesMax` bytes, so that
     /// a client's long name quoted in it cannot make the response unencodable.
     static func shortened(_ message: String) -> String {
-        GroupStateMachine.prefix(of: message, bytes: errorMessageBytesMax)
+        message.utf8Prefix(errorMessageBytesMax)
     }
 
     /// Longest error message in a response, in bytes.

@@ -45,7 +45,7 @@ import Testing
         #expect(a.memberID.hasPrefix("app-") && a.memberID.utf8.count == "app-".utf8.count + 36)
         #expect(a.memberID != b.memberID)
         // UTF-8 prefixes keep whole characters.
-        #expect(GroupStateMachine.prefix(of: "ééé", bytes: 5) == "éé")
+        #expect("ééé".utf8Prefix(5) == "éé")
     }
 
     @Test func theWriterRecordsValuesTooLongForTheirEncodingInsteadOfTrapping() {

@@ -293,21 +293,28 @@ final class DispatchGate: Sendable {
         waiter?.resume()
     }
 
+    /// Counts a request pending when it may start now (true), false when closing, nil
+    /// when it has to wait.
+    private func tryDispatch() -> Bool? {
+        state.withLock { state -> Bool? in
+            if state.closed { return false }
+            guard state.unwritten < limit, state.pending < repliesMax, pool.used < pool.capacity else { return nil }
+            state.pending += 1
+            return true
+        }
+    }
+
     /// Waits until the connection may start on a request and counts it pending; false
     /// when the connection is closing. Only the connection's reading task waits here.
     func waitToDispatch() async -> Bool {
+        // The common case, every request: room everywhere, nothing to register.
+        if let outcome = tryDispatch() { return outcome }
         while true {
             // Cleared, then the waker registered, then the check: a release after the
             // check (or between registration and check) is never missed.
             state.withLock { $0.woken = false }
             pool.wakeAtNextRelease { [self] in wake() }
-            let outcome = state.withLock { state -> Bool? in
-                if state.closed { return false }
-                guard state.unwritten < limit, state.pending < repliesMax, pool.used < pool.capacity else { return nil }
-                state.pending += 1
-                return true
-            }
-            if let outcome { return outcome }
+            if let outcome = tryDispatch() { return outcome }
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 let now = state.withLock { state -> Bool in
                     if state.woken || state.closed { return true }
