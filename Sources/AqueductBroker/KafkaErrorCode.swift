@@ -38,7 +38,11 @@ public enum KafkaErrorCode {
     public static let groupIDNotFound: Int16 = 69
     public static let nonEmptyGroup: Int16 = 68
     public static let memberIDRequired: Int16 = 79
+    public static let groupSubscribedToTopic: Int16 = 86
+    public static let invalidReplicaAssignment: Int16 = 39
     public static let invalidRecord: Int16 = 87
+    public static let leaderNotAvailable: Int16 = 5
+    public static let policyViolation: Int16 = 44
     public static let groupMaxSizeReached: Int16 = 81
     public static let fencedInstanceID: Int16 = 82
     public static let unknownServerError: Int16 = -1

@@ -166,21 +166,21 @@ public final class GroupCoordinator: Sendable {
         }
     }
 
-    public func sync(groupID: String, memberID: String, generation: Int32, assignments: [(memberID: String, assignment: [UInt8])]) async
+    public func sync(groupID: String, memberID: String, instanceID: String? = nil, generation: Int32, assignments: [(memberID: String, assignment: [UInt8])]) async
         -> GroupStateMachine.SyncReply
     {
         await withUnsafeContinuation { continuation in
             let outcome = apply(groupID, register: .sync(continuation)) { machine, token, now in
-                machine.sync(token, memberID: memberID, generation: generation, assignments: assignments, now: now)
+                machine.sync(token, memberID: memberID, instanceID: instanceID, generation: generation, assignments: assignments, now: now)
             }
             if case .unknownGroup = outcome { continuation.resume(returning: GroupStateMachine.SyncReply(errorCode: KafkaErrorCode.unknownMemberID)) }
         }
     }
 
-    public func heartbeat(groupID: String, memberID: String, generation: Int32) -> Int16 {
+    public func heartbeat(groupID: String, memberID: String, instanceID: String? = nil, generation: Int32) -> Int16 {
         var code = KafkaErrorCode.unknownMemberID
         apply(groupID) { machine, _, now in
-            code = machine.heartbeat(memberID: memberID, generation: generation, now: now)
+            code = machine.heartbeat(memberID: memberID, instanceID: instanceID, generation: generation, now: now)
             return []
         }
         return code
@@ -205,7 +205,8 @@ public final class GroupCoordinator: Sendable {
     /// events (so a commit checked against a generation is stored before anything a
     /// later generation commits), then waits until they are durable. Commits are
     /// stamped with the coordinator's clock.
-    public func commit(groupID: String, memberID: String, generation: Int32, _ commits: [(TopicPartition, OffsetStore.Committed)]) async -> Int16 {
+    public func commit(
+        groupID: String, memberID: String, instanceID: String? = nil, generation: Int32, _ commits: [(TopicPartition, OffsetStore.Committed)]) async -> Int16 {
         if let code = groupIDError(groupID) { return code }
         let now = clock.nowMilliseconds()
         let stamped = commits.map { partition, committed in
@@ -216,7 +217,7 @@ public final class GroupCoordinator: Sendable {
         let queued = state.withLock { state -> Queued in
             let code: Int16
             if let machine = state.groups[groupID] {
-                code = machine.commitError(memberID: memberID, generation: generation)
+                code = machine.commitError(memberID: memberID, instanceID: instanceID, generation: generation)
             } else {
                 // No members: only a commit from outside group management (Kafka's
                 // "simple" consumers, generation -1) may store offsets.
@@ -255,6 +256,35 @@ public final class GroupCoordinator: Sendable {
             return .queued(offsets.enqueue(.deleteGroup(groupID)))
         }
         return await outcome(of: pending, group: groupID, what: "group deletion")
+    }
+
+    /// Deletes a group's committed offsets of some partitions (Kafka's OffsetDelete).
+    /// While the group has members, offsets of topics they subscribe to stay
+    /// (GROUP_SUBSCRIBED_TO_TOPIC for those partitions); `subscribedTopics` reads the
+    /// members' subscriptions, nil for a group whose protocol it cannot read (then the
+    /// whole request gets NON_EMPTY_GROUP, as in Kafka). Runs under the group's lock.
+    public func deleteOffsets(
+        groupID: String, partitions: [TopicPartition], subscribedTopics: (GroupStateMachine) -> Set<String>?
+    ) async -> (groupCode: Int16, partitions: [TopicPartition: Int16]) {
+        if let code = groupIDError(groupID) { return (code, [:]) }
+        let outcome = state.withLock { state -> (Int16, [TopicPartition: Int16], OffsetStore.PendingWrite?) in
+            var codes: [TopicPartition: Int16] = [:]
+            var deletable = partitions
+            if let machine = state.groups[groupID], !machine.members.isEmpty {
+                guard let subscribed = subscribedTopics(machine) else { return (KafkaErrorCode.nonEmptyGroup, [:], nil) }
+                deletable = partitions.filter { !subscribed.contains($0.topic) }
+                for partition in partitions where subscribed.contains(partition.topic) { codes[partition] = KafkaErrorCode.groupSubscribedToTopic }
+            } else if !offsets.hasOffsets(groupID) {
+                return (KafkaErrorCode.groupIDNotFound, [:], nil)
+            }
+            for partition in deletable { codes[partition] = KafkaErrorCode.none }
+            guard !deletable.isEmpty else { return (KafkaErrorCode.none, codes, nil) }
+            return (KafkaErrorCode.none, codes, offsets.enqueue(.deletePartitions(group: groupID, deletable)))
+        }
+        guard let pending = outcome.2 else { return (outcome.0, outcome.1) }
+        let code = await self.outcome(of: .queued(pending), group: groupID, what: "offset deletion")
+        if code != KafkaErrorCode.none { return (code, [:]) }
+        return (outcome.0, outcome.1)
     }
 
     /// A snapshot of a group, or nil when it is unknown (no members, no offsets).

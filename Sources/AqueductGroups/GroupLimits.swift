@@ -4,7 +4,11 @@
 /// `aqueduct_groups_refused_total{reason}`.
 public struct GroupLimits: Sendable, Equatable {
     /// Session timeouts a member may ask for (Kafka's group.min/max.session.timeout.ms).
-    public var sessionTimeoutMilliseconds: ClosedRange<Int64> = 1_000...1_800_000
+    /// Kafka's defaults: 6 s to 30 min; outside, INVALID_SESSION_TIMEOUT.
+    public var sessionTimeoutMilliseconds: ClosedRange<Int64> = 6_000...1_800_000
+    /// How long the first rebalance of an empty group waits for more members, again
+    /// while they keep coming (Kafka's group.initial.rebalance.delay.ms, 3 s).
+    public var initialRebalanceDelayMilliseconds: Int64 = 3_000
     /// Members of one group, counting ids handed out with MEMBER_ID_REQUIRED and not
     /// yet used (Kafka's group.max.size); past it, GROUP_MAX_SIZE_REACHED.
     public var membersMax = 1_000

@@ -96,6 +96,11 @@ public struct GroupStateMachine: Sendable {
     /// Member ids handed out with MEMBER_ID_REQUIRED, not yet used, with their deadline.
     private var pendingMemberIDs: [String: Int64] = [:]
     private var rebalanceDeadline: Int64?
+    /// The first rebalance of an empty group waits `initialRebalanceDelayMilliseconds`
+    /// for more members (Kafka's group.initial.rebalance.delay.ms), again while members
+    /// keep arriving, within the rebalance timeout: consumers started together land in
+    /// one generation instead of a rebalance each.
+    private var initialDelay: (deadline: Int64, remaining: Int64, memberAdded: Bool)?
 
     /// `random` makes member ids unguessable and unique across restarts, as Kafka's
     /// (`clientId-UUID`); tests pass a seeded one.
@@ -168,20 +173,30 @@ public struct GroupStateMachine: Sendable {
                 // A static member restarting: it takes over its old place under a new
                 // id; the old id is fenced (its pending requests fail).
                 let oldID = members[existing].id
+                let previousLeader = leaderID
                 memberID = newMemberID(request.clientID)
                 replies += failPending(of: members[existing], code: KafkaErrorCode.fencedInstanceID)
+                members[existing].pendingJoin = nil
+                members[existing].pendingSync = nil
                 members[existing].id = memberID
                 if leaderID == oldID { leaderID = memberID }
-                // KIP-345: a follower that comes back with the same subscription keeps its
-                // assignment without a rebalance (its SyncGroup returns it). A returning
-                // leader rebalances, since it has to see the group again to assign.
-                if state == .stable, leaderID != memberID, members[existing].protocols == request.protocols {
-                    members[existing].sessionTimeoutMilliseconds = request.sessionTimeoutMilliseconds
-                    members[existing].rebalanceTimeoutMilliseconds = request.rebalanceTimeoutMilliseconds
-                    members[existing].lastHeartbeatMilliseconds = now
-                    return replies + [.join(token, JoinReply(
-                        errorCode: KafkaErrorCode.none, generation: generation, protocolType: protocolType,
-                        protocolName: protocolName, leaderID: leaderID ?? "", memberID: memberID))]
+                // KIP-345 (Kafka 2.3-3.0): in a stable group a returning static member,
+                // leader or not, keeps its assignment without a rebalance (its SyncGroup
+                // returns it) unless its protocols change the group's choice. The reply
+                // names the leader by its old id, so a returning leader does not take
+                // itself for the leader and assign to a group that is not rebalancing.
+                if state == .stable {
+                    let before = members[existing].protocols
+                    members[existing].protocols = request.protocols
+                    if chooseProtocol() == protocolName {
+                        members[existing].sessionTimeoutMilliseconds = request.sessionTimeoutMilliseconds
+                        members[existing].rebalanceTimeoutMilliseconds = request.rebalanceTimeoutMilliseconds
+                        members[existing].lastHeartbeatMilliseconds = now
+                        return replies + [.join(token, JoinReply(
+                            errorCode: KafkaErrorCode.none, generation: generation, protocolType: protocolType,
+                            protocolName: protocolName, leaderID: previousLeader ?? "", memberID: memberID))]
+                    }
+                    members[existing].protocols = before
                 }
             } else {
                 guard members.count + pendingMemberIDs.count < limits.membersMax else { return fail(KafkaErrorCode.groupMaxSizeReached) }
@@ -208,6 +223,8 @@ public struct GroupStateMachine: Sendable {
             members[existing].lastHeartbeatMilliseconds = now
             members[existing].pendingJoin = token
         } else {
+            // Only a group that never had a generation waits again for more (Kafka's rule).
+            if initialDelay != nil && generation == 0 { initialDelay?.memberAdded = true }
             members.append(Member(
                 id: memberID, instanceID: request.instanceID, clientID: request.clientID, clientHost: request.clientHost,
                 sessionTimeoutMilliseconds: request.sessionTimeoutMilliseconds,
@@ -243,8 +260,13 @@ public struct GroupStateMachine: Sendable {
                     members[index].pendingSync = nil
                 }
             }
+            let rebalanceTimeout = members.map(\.rebalanceTimeoutMilliseconds).max() ?? 0
+            let delay = limits.initialRebalanceDelayMilliseconds
+            if state == .empty && delay > 0 {
+                initialDelay = (now + delay, max(rebalanceTimeout - delay, 0), false)
+            }
             state = .preparingRebalance
-            rebalanceDeadline = now + (members.map(\.rebalanceTimeoutMilliseconds).max() ?? 0)
+            rebalanceDeadline = now + rebalanceTimeout
         }
         return replies
     }
@@ -253,7 +275,8 @@ public struct GroupStateMachine: Sendable {
     /// (members that did not join are dropped).
     private mutating func completeJoinIfReady(now: Int64, deadlinePassed: Bool) -> [Reply] {
         guard state == .preparingRebalance else { return [] }
-        if !deadlinePassed && members.contains(where: { $0.pendingJoin == nil }) { return [] }
+        if !deadlinePassed && (initialDelay != nil || members.contains(where: { $0.pendingJoin == nil })) { return [] }
+        initialDelay = nil
         var replies: [Reply] = []
         let absent = members.filter { $0.pendingJoin == nil }
         members.removeAll { $0.pendingJoin == nil }
@@ -311,6 +334,7 @@ public struct GroupStateMachine: Sendable {
         protocolName = nil
         generation += 1
         rebalanceDeadline = nil
+        initialDelay = nil
     }
 
     private func failPending(of member: Member, code: Int16) -> [Reply] {
@@ -323,9 +347,11 @@ public struct GroupStateMachine: Sendable {
     // MARK: - SyncGroup
 
     public mutating func sync(
-        _ token: Token, memberID: String, generation requested: Int32, assignments: [(memberID: String, assignment: [UInt8])], now: Int64
+        _ token: Token, memberID: String, instanceID: String? = nil, generation requested: Int32,
+        assignments: [(memberID: String, assignment: [UInt8])], now: Int64
     ) -> [Reply] {
         func reply(_ code: Int16) -> [Reply] { [.sync(token, SyncReply(errorCode: code))] }
+        if isFenced(memberID, instanceID) { return reply(KafkaErrorCode.fencedInstanceID) }
         guard let index = index(of: memberID) else { return reply(KafkaErrorCode.unknownMemberID) }
         guard requested == generation else { return reply(KafkaErrorCode.illegalGeneration) }
         members[index].lastHeartbeatMilliseconds = now
@@ -363,7 +389,16 @@ public struct GroupStateMachine: Sendable {
 
     // MARK: - Heartbeat, LeaveGroup, offsets
 
-    public mutating func heartbeat(memberID: String, generation requested: Int32, now: Int64) -> Int16 {
+    /// Whether a request names a static member's instance id with another member id
+    /// than the instance's current one: an older incarnation, fenced (Kafka's
+    /// FENCED_INSTANCE_ID, which tells that client to stop).
+    public func isFenced(_ memberID: String, _ instanceID: String?) -> Bool {
+        guard let instanceID, let current = members.first(where: { $0.instanceID == instanceID }) else { return false }
+        return current.id != memberID
+    }
+
+    public mutating func heartbeat(memberID: String, instanceID: String? = nil, generation requested: Int32, now: Int64) -> Int16 {
+        if isFenced(memberID, instanceID) { return KafkaErrorCode.fencedInstanceID }
         guard let index = index(of: memberID), state != .empty, state != .dead else { return KafkaErrorCode.unknownMemberID }
         guard requested == generation else { return KafkaErrorCode.illegalGeneration }
         members[index].lastHeartbeatMilliseconds = now
@@ -410,14 +445,18 @@ public struct GroupStateMachine: Sendable {
 
     /// Whether a member may commit offsets now (OffsetCommit's checks). A commit with
     /// generation -1 and no member id is a "simple" commit from outside the group,
-    /// allowed while the group has no members.
-    public func commitError(memberID: String, generation requested: Int32) -> Int16 {
+    /// allowed while the group has no members. As in Kafka, a member of the current
+    /// generation may commit while a rebalance gathers members (cooperative consumers
+    /// commit what they give up then); only between the join and the assignment,
+    /// when its partitions are not settled, is it told REBALANCE_IN_PROGRESS.
+    public func commitError(memberID: String, instanceID: String? = nil, generation requested: Int32) -> Int16 {
+        if isFenced(memberID, instanceID) { return KafkaErrorCode.fencedInstanceID }
         if requested < 0 && memberID.isEmpty {
             return members.isEmpty ? KafkaErrorCode.none : KafkaErrorCode.unknownMemberID
         }
         guard index(of: memberID) != nil else { return KafkaErrorCode.unknownMemberID }
         guard requested == generation else { return KafkaErrorCode.illegalGeneration }
-        if state == .preparingRebalance || state == .completingRebalance { return KafkaErrorCode.rebalanceInProgress }
+        if state == .completingRebalance { return KafkaErrorCode.rebalanceInProgress }
         return KafkaErrorCode.none
     }
 
@@ -434,6 +473,16 @@ public struct GroupStateMachine: Sendable {
             for member in expired { replies += failPending(of: member, code: KafkaErrorCode.unknownMemberID) }
             members.removeAll { member in expired.contains { $0.id == member.id } }
             replies += membershipChanged(now: now)
+        }
+        if state == .preparingRebalance, let delay = initialDelay, now >= delay.deadline {
+            if delay.memberAdded && delay.remaining > 0 {
+                // Members still arriving: wait once more, within the rebalance timeout.
+                let next = min(limits.initialRebalanceDelayMilliseconds, delay.remaining)
+                initialDelay = (now + next, max(delay.remaining - next, 0), false)
+            } else {
+                initialDelay = nil
+                replies += completeJoinIfReady(now: now, deadlinePassed: false)
+            }
         }
         if state == .preparingRebalance, let deadline = rebalanceDeadline, now >= deadline {
             replies += completeJoinIfReady(now: now, deadlinePassed: true)

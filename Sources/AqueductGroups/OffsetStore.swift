@@ -48,6 +48,8 @@ public final class OffsetStore: Sendable {
         case deleteGroup(String)
         /// The group's offsets committed before `before` (retention).
         case expire(group: String, before: Int64)
+        /// The group's offsets of some partitions (OffsetDelete).
+        case deletePartitions(group: String, [TopicPartition])
     }
 
     /// A queued write; `completion()` waits until it is in the log (or failed).
@@ -261,6 +263,9 @@ public final class OffsetStore: Sendable {
                     case .expire(let group, let before):
                         return (state.offsets[group] ?? [:]).filter { $0.value.commitTimestamp < before }.keys
                             .map { Key(group: group, topic: $0.topic, partition: $0.partition) }
+                    case .deletePartitions(let group, let partitions):
+                        let known = state.offsets[group] ?? [:]
+                        return partitions.filter { known[$0] != nil }.map { Key(group: group, topic: $0.topic, partition: $0.partition) }
                     }
                 }
                 if case .expire = writes[index].0, !removals.isEmpty {

@@ -33,7 +33,7 @@ extension KafkaRequestHandler {
 
     func syncGroup(_ request: SyncGroupRequest) async -> SyncGroupResponse {
         let reply = await groups.sync(
-            groupID: request.groupId, memberID: request.memberId, generation: request.generationId,
+            groupID: request.groupId, memberID: request.memberId, instanceID: request.groupInstanceId, generation: request.generationId,
             assignments: request.assignments.map { ($0.memberId, $0.assignment) })
         var response = SyncGroupResponse()
         response.errorCode = reply.errorCode
@@ -45,7 +45,8 @@ extension KafkaRequestHandler {
 
     func heartbeat(_ request: HeartbeatRequest) -> HeartbeatResponse {
         var response = HeartbeatResponse()
-        response.errorCode = groups.heartbeat(groupID: request.groupId, memberID: request.memberId, generation: request.generationId)
+        response.errorCode = groups.heartbeat(
+            groupID: request.groupId, memberID: request.memberId, instanceID: request.groupInstanceId, generation: request.generationId)
         return response
     }
 
@@ -90,7 +91,8 @@ extension KafkaRequestHandler {
             return true
         }
         let code = known.isEmpty ? KafkaErrorCode.none : await groups.commit(
-            groupID: request.groupId, memberID: request.memberId, generation: request.generationIdOrMemberEpoch, known)
+            groupID: request.groupId, memberID: request.memberId, instanceID: request.groupInstanceId,
+            generation: request.generationIdOrMemberEpoch, known)
         for commit in known { codes[commit.0] = code }
         var response = OffsetCommitResponse()
         response.topics = request.topics.map { topic in

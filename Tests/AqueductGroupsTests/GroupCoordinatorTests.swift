@@ -19,7 +19,11 @@ struct GroupStack {
     let clock: ManualWallClock
     let coordinator: GroupCoordinator
 
+    /// Joins here are answered at once: the first rebalance's delay is scripted in
+    /// GroupStateMachineTests, and these tests' clock is manual.
     static func open(_ directory: String, limits: GroupLimits = GroupLimits(), clock: ManualWallClock = ManualWallClock()) async throws -> GroupStack {
+        var limits = limits
+        limits.initialRebalanceDelayMilliseconds = 0
         var configuration = StorageConfiguration(directory: directory + "/storage")
         configuration.flushIntervalMilliseconds = 50
         configuration.journalFileBytesMax = 4 << 20

@@ -151,7 +151,7 @@ struct SampleSource {
         var listener = KafkaListenerConfiguration()
         listener.fetchWaitMillisecondsMax = 10
         listener.autoCreateTopicsMax = 20
-        var limits = GroupLimits()
+        var limits = KafkaStack.immediateGroups
         limits.sessionTimeoutMilliseconds = 1...1_800_000
         let stack = try await KafkaStack.open(temporaryDirectory(), listener: listener, partitionsMax: 64, groupLimits: limits)
         _ = try await stack.broker.createTopic("t", partitions: 2)
