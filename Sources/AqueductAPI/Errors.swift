@@ -22,6 +22,8 @@ public enum ErrorCode: String, Sendable, CaseIterable, Codable {
     case forbidden = "FORBIDDEN"
     case programNotAllowed = "PROGRAM_NOT_ALLOWED"
     case limitReached = "LIMIT_REACHED"
+    case invalidReplicationFactor = "INVALID_REPLICATION_FACTOR"
+    case invalidReplicaAssignment = "INVALID_REPLICA_ASSIGNMENT"
 
     /// The closest Kafka protocol error code.
     public var kafkaCode: Int16 {
@@ -43,6 +45,8 @@ public enum ErrorCode: String, Sendable, CaseIterable, Codable {
         case .unauthorized: 58  // SASL_AUTHENTICATION_FAILED
         case .forbidden, .programNotAllowed: 31  // CLUSTER_AUTHORIZATION_FAILED
         case .limitReached: 44  // POLICY_VIOLATION
+        case .invalidReplicationFactor: 38
+        case .invalidReplicaAssignment: 39
         }
     }
 }

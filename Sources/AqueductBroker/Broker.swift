@@ -17,6 +17,9 @@ public struct TopicRecord: Codable, Equatable, Sendable {
     public var partitionLogIDs: [UInt64]
     public var createdAtMilliseconds: Int64
     public var configuration: LogConfiguration
+    /// Kafka topic configs set on the topic, by name (TopicConfigs), those Aqueduct
+    /// applies and those it only keeps; nil in records from before they were kept.
+    public var configs: [String: String]?
 
     static func key(_ name: String) -> String { "/topics/\(name)" }
     static let prefix = "/topics/"
@@ -192,7 +195,7 @@ public final class Broker: Sendable {
     /// Creates a topic. With `topicsMax`, only while fewer topics exist (checked under
     /// the same lock as the creation: concurrent callers cannot overshoot it).
     public func createTopic(
-        _ name: String, partitions: Int, settings: TopicSettings = TopicSettings(), topicsMax: Int? = nil
+        _ name: String, partitions: Int, settings: TopicSettings = TopicSettings(), configs: [String: String] = [:], topicsMax: Int? = nil
     ) async throws(BrokerError) -> TopicDescription {
         try Self.validateTopicName(name)
         if name.hasPrefix("__") {
@@ -217,7 +220,7 @@ public final class Broker: Sendable {
             let ids = try await logs.allocateIDs(partitions)
             let record = TopicRecord(
                 name: name, id: UUID().uuidString.lowercased(), partitionLogIDs: ids,
-                createdAtMilliseconds: clock.nowMilliseconds(), configuration: configuration)
+                createdAtMilliseconds: clock.nowMilliseconds(), configuration: configuration, configs: configs.isEmpty ? nil : configs)
             var operations: [MetadataOperation] = [
                 .put(key: TopicRecord.key(name), value: try EmbeddedMetadataStore.encodeJSON(record), expect: .absent)
             ]
@@ -275,6 +278,39 @@ public final class Broker: Sendable {
         } catch {
             throw BrokerError.from(error)
         }
+    }
+
+    /// A topic's Kafka configs as set, and the settings in effect.
+    public func topicConfigs(_ name: String) throws(BrokerError) -> (overrides: [String: String], configuration: LogConfiguration) {
+        guard let topic = topics.withLock({ $0[name] }) else { throw Self.unknownTopic(name) }
+        return (topic.record.configs ?? [:], topic.record.configuration)
+    }
+
+    /// Replaces a topic's Kafka configs (AlterConfigs; IncrementalAlterConfigs computes
+    /// the whole set first). Those Aqueduct applies take effect on every partition:
+    /// appends are checked against them at once, retention at its next pass. Each
+    /// partition's log is updated, then the topic: a crash between leaves partitions
+    /// with the new settings under the old record, which the same alter, retried,
+    /// completes.
+    public func alterTopicConfigs(_ name: String, configs: [String: String], validateOnly: Bool = false) async throws(BrokerError) {
+        let settings = try TopicConfigs.settings(from: configs)
+        let configuration = settings.applied(to: defaults)
+        if let problem = configuration.problem() { throw BrokerError(.invalidConfig, problem) }
+        await adminLock.acquire(1)
+        defer { adminLock.release(1) }
+        guard let topic = topics.withLock({ $0[name] }) else { throw Self.unknownTopic(name) }
+        if validateOnly { return }
+        var record = topic.record
+        record.configuration = configuration
+        record.configs = configs.isEmpty ? nil : configs
+        do {
+            for log in topic.logs where log.configuration != configuration { try await log.setConfiguration(configuration) }
+            try await metadata.commit([.put(key: TopicRecord.key(name), value: try EmbeddedMetadataStore.encodeJSON(record), expect: .any)])
+        } catch {
+            throw BrokerError.from(error)
+        }
+        topics.withLock { $0[name]?.record = record }
+        logger.info("topic configs altered", metadata: ["topic": "\(name)", "configs": "\(configs.keys.sorted())"])
     }
 
     public func deleteTopic(_ name: String) async throws(BrokerError) {

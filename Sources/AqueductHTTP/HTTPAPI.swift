@@ -21,7 +21,8 @@ struct APIError: HTTPResponseError {
         case .topicExists: .conflict
         case .recordTooLarge: .contentTooLarge
         case .offsetOutOfRange: .rangeNotSatisfiable
-        case .invalidTopicName, .invalidPartitions, .invalidConfig, .invalidRecord, .invalidRequest: .badRequest
+        case .invalidTopicName, .invalidPartitions, .invalidConfig, .invalidRecord, .invalidRequest, .invalidReplicationFactor,
+            .invalidReplicaAssignment: .badRequest
         case .notWritable, .unavailable: .serviceUnavailable
         case .corruptData, .storageError, .internalError: .internalServerError
         case .unauthorized: .unauthorized

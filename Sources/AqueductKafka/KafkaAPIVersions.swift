@@ -26,6 +26,10 @@ public enum KafkaAPIVersions {
         .describeGroups: 0...5,
         .listGroups: 0...4,
         .deleteGroups: 0...2,
+        .alterConfigs: 0...2,
+        .incrementalAlterConfigs: 0...1,
+        .deleteRecords: 0...2,
+        .offsetDelete: 0...0,
     ]
 
     /// What ApiVersions advertises: the served ranges, except that Produce starts at

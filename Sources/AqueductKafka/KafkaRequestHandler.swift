@@ -50,7 +50,10 @@ public final class KafkaRequestHandler: Sendable {
     let listener: KafkaListenerConfiguration
     let clusterID: String
     let logger: Logger
-    let nodeID: Int32 = 0
+    var nodeID: Int32 { listener.nodeID }
+    /// Broker configs clients set (AlterConfigs on this node): kept and reported by
+    /// DescribeConfigs, applied by none, not kept across a restart.
+    let brokerConfigs = Mutex<[String: String]>([:])
     let producers: ProducerStateTable
     let groups: GroupCoordinator
     /// Bytes fetches may be reading (and encoding) at once (`kafka.fetchBytesInFlightMax`).
@@ -190,6 +193,14 @@ public final class KafkaRequestHandler: Sendable {
                 return respond(listGroups(try ListGroupsRequest(from: &reader, version: version)))
             case .deleteGroups:
                 return respond(await deleteGroups(try DeleteGroupsRequest(from: &reader, version: version)))
+            case .alterConfigs:
+                return respond(await alterConfigs(try AlterConfigsRequest(from: &reader, version: version)))
+            case .incrementalAlterConfigs:
+                return respond(await incrementalAlterConfigs(try IncrementalAlterConfigsRequest(from: &reader, version: version)))
+            case .deleteRecords:
+                return respond(await deleteRecords(try DeleteRecordsRequest(from: &reader, version: version)))
+            case .offsetDelete:
+                return respond(await offsetDelete(try OffsetDeleteRequest(from: &reader, version: version)))
             }
         } catch {
             // The stream is still framed, but this request cannot be answered in its
@@ -283,9 +294,13 @@ public final class KafkaRequestHandler: Sendable {
         for name in requested ?? broker.topicNames() {
             var topic = MetadataResponse.MetadataResponseTopic()
             topic.name = name
-            var description = try? broker.describeTopic(name)
-            if description == nil && autoCreate && requested != nil {
-                description = await autoCreateTopic(name)
+            let description = try? broker.describeTopic(name)
+            if description == nil && autoCreate && requested != nil, await autoCreateTopic(name) != nil {
+                // As Kafka: the request that creates a topic learns LEADER_NOT_AVAILABLE
+                // and no partitions; the client asks again and finds them.
+                topic.errorCode = KafkaErrorCode.leaderNotAvailable
+                response.topics.append(topic)
+                continue
             }
             guard let description else {
                 topic.errorCode = (try? Broker.validateTopicName(name)) == nil
@@ -543,6 +558,9 @@ public final class KafkaRequestHandler: Sendable {
     func fetchOnce(_ request: FetchRequest) async -> FetchResponse {
         var response = FetchResponse()
         var budget = request.maxBytes > 0 ? Int(request.maxBytes) : Int.max
+        // Kafka's rule: until a partition has returned records, its first batch may
+        // pass the limits (so a consumer always progresses); after that, nothing may.
+        var minOneBatch = true
         for topic in request.topics {
             var topicResponse = FetchResponse.FetchableTopicResponse()
             topicResponse.topic = topic.topic
@@ -555,14 +573,16 @@ public final class KafkaRequestHandler: Sendable {
                     data.highWatermark = end
                     data.lastStableOffset = end
                     data.logStartOffset = start
-                    // At least one batch when nothing was returned yet, as Kafka does.
                     let limit = min(Int(max(partition.partitionMaxBytes, 1)), budget)
                     if limit > 0 && partition.fetchOffset < end || partition.fetchOffset > end || partition.fetchOffset < start {
                         let read = try await broker.fetch(
                             topic: topic.topic, partition: Int(partition.partition), offset: partition.fetchOffset,
                             maxBytes: max(limit, 1), maxWaitMilliseconds: 0)
-                        data.records = Self.concatenate(read.batches)
-                        budget -= read.bytes
+                        if minOneBatch || read.bytes <= limit {
+                            data.records = Self.concatenate(read.batches)
+                            budget -= read.bytes
+                            if read.bytes > 0 { minOneBatch = false }
+                        }
                         data.highWatermark = read.endOffset
                         data.lastStableOffset = read.endOffset
                         data.logStartOffset = read.startOffset
@@ -627,65 +647,6 @@ public final class KafkaRequestHandler: Sendable {
 
     // MARK: - Topics
 
-    static func settings(from configs: [(name: String, value: String?)]) throws(BrokerError) -> TopicSettings {
-        var settings = TopicSettings()
-        for (name, value) in configs {
-            guard let value else { continue }
-            func number() throws(BrokerError) -> Int64 {
-                guard let number = Int64(value) else { throw BrokerError(.invalidConfig, "\(name) must be a whole number, not '\(value)'") }
-                return number
-            }
-            switch name {
-            case "retention.ms": settings.retentionMs = try number()
-            case "retention.bytes": settings.retentionBytes = try number()
-            case "segment.bytes": settings.segmentBytes = try number()
-            case "segment.ms": settings.segmentMs = try number()
-            case "max.message.bytes": settings.maxMessageBytes = Int(try number())
-            case "cleanup.policy" where value == "delete": break
-            case "min.insync.replicas", "compression.type", "message.timestamp.type", "unclean.leader.election.enable": break
-            default:
-                throw BrokerError(.invalidConfig, "topic config '\(name)' is not supported",
-                    hint: "supported: retention.ms, retention.bytes, segment.bytes, segment.ms, max.message.bytes")
-            }
-        }
-        return settings
-    }
-
-    func createTopics(_ request: CreateTopicsRequest) async -> CreateTopicsResponse {
-        var response = CreateTopicsResponse()
-        for topic in request.topics {
-            var result = CreateTopicsResponse.CreatableTopicResult(name: topic.name)
-            do throws(BrokerError) {
-                guard topic.replicationFactor == -1 || topic.replicationFactor == 1 else {
-                    result.errorCode = KafkaErrorCode.invalidReplicationFactor
-                    result.errorMessage = "this server keeps one replica; use replication factor 1 or -1"
-                    response.topics.append(result)
-                    continue
-                }
-                guard topic.assignments.isEmpty else {
-                    throw BrokerError(.invalidRequest, "manual replica assignment is not supported")
-                }
-                let partitions = topic.numPartitions == -1 ? max(1, listener.autoCreatePartitions) : Int(topic.numPartitions)
-                let settings = try Self.settings(from: topic.configs.map { ($0.name, $0.value) })
-                if request.validateOnly {
-                    try Broker.validateTopicName(topic.name)
-                    if (try? broker.describeTopic(topic.name)) != nil { throw BrokerError(.topicExists, "topic '\(topic.name)' already exists") }
-                    result.numPartitions = Int32(partitions)
-                } else {
-                    let created = try await broker.createTopic(topic.name, partitions: partitions, settings: settings)
-                    result.topicId = KafkaUUID(uuidString: created.id) ?? .zero
-                    result.numPartitions = Int32(created.partitions.count)
-                }
-                result.replicationFactor = 1
-            } catch {
-                result.errorCode = KafkaErrorCode.from(error)
-                result.errorMessage = Self.shortened(error.message)
-            }
-            response.topics.append(result)
-        }
-        return response
-    }
-
     func deleteTopics(_ request: DeleteTopicsRequest) async -> DeleteTopicsResponse {
         var response = DeleteTopicsResponse()
         let names = request.topicNames + request.topics.compactMap(\.name)
@@ -707,49 +668,22 @@ public final class KafkaRequestHandler: Sendable {
         for topic in request.topics {
             var result = CreatePartitionsResponse.CreatePartitionsTopicResult(name: topic.name)
             do throws(BrokerError) {
-                guard topic.assignments == nil || topic.assignments?.isEmpty == true else {
-                    throw BrokerError(.invalidRequest, "manual replica assignment is not supported")
+                // A manual assignment may name this node alone, one per new partition.
+                if let assignments = topic.assignments, !assignments.isEmpty {
+                    let current = try broker.partitionCount(topic.name)
+                    guard assignments.count == Int(topic.count) - current else {
+                        throw BrokerError(.invalidReplicaAssignment,
+                            "the assignment names \(assignments.count) partitions; \(Int(topic.count) - current) are added")
+                    }
+                    for assignment in assignments where assignment.brokerIds != [nodeID] {
+                        throw BrokerError(.invalidReplicaAssignment,
+                            "a partition is assigned to nodes \(assignment.brokerIds.prefix(8)); this server is node \(nodeID) alone")
+                    }
                 }
                 _ = try await broker.addPartitions(topic.name, count: Int(topic.count), validateOnly: request.validateOnly)
             } catch {
                 result.errorCode = KafkaErrorCode.from(error)
                 result.errorMessage = Self.shortened(error.message)
-            }
-            response.results.append(result)
-        }
-        return response
-    }
-
-    func describeConfigs(_ request: DescribeConfigsRequest) -> DescribeConfigsResponse {
-        var response = DescribeConfigsResponse()
-        for resource in request.resources {
-            var result = DescribeConfigsResponse.DescribeConfigsResult(resourceType: resource.resourceType, resourceName: resource.resourceName)
-            switch resource.resourceType {
-            case 2:  // topic
-                guard let topic = try? broker.describeTopic(resource.resourceName) else {
-                    result.errorCode = KafkaErrorCode.unknownTopicOrPartition
-                    result.errorMessage = Self.shortened("topic '\(resource.resourceName)' does not exist")
-                    break
-                }
-                let configuration = topic.configuration
-                let entries: [(String, String)] = [
-                    ("cleanup.policy", "delete"),
-                    ("retention.ms", String(configuration.retentionMilliseconds ?? -1)),
-                    ("retention.bytes", String(configuration.retentionBytes ?? -1)),
-                    ("segment.bytes", String(configuration.segmentBytes)),
-                    ("segment.ms", String(configuration.segmentMilliseconds)),
-                    ("max.message.bytes", String(configuration.batchBytesMax)),
-                ]
-                result.configs = entries
-                    .filter { name, _ in resource.configurationKeys.map { $0.contains(name) } ?? true }
-                    .map { name, value in
-                        DescribeConfigsResponse.DescribeConfigsResourceResult(name: name, value: value, readOnly: false, configSource: 1)
-                    }
-            case 4:  // broker
-                result.configs = []
-            default:
-                result.errorCode = KafkaErrorCode.invalidRequest
-                result.errorMessage = "resource type \(resource.resourceType) is not supported"
             }
             response.results.append(result)
         }

@@ -388,6 +388,21 @@ public final class Log: Sendable {
         }
     }
 
+    /// Replaces the log's settings (its topic's configs were altered): appends are
+    /// checked against them from now on, retention at its next pass.
+    public func setConfiguration(_ configuration: LogConfiguration) async throws(LogError) {
+        if let problem = configuration.problem() { throw .invalidConfiguration(problem) }
+        await control.acquire(1)
+        defer { control.release(1) }
+        var (record, version) = state.withLock { ($0.record, $0.version) }
+        record.configuration = configuration
+        let newVersion = try await save(record, expecting: version)
+        state.withLock { state in
+            state.record.configuration = configuration
+            state.version = newVersion
+        }
+    }
+
     // MARK: - Truncation, retention, deletion
 
     /// Makes `offset` the first readable offset: reads below it fail, and segments

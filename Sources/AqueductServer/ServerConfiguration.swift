@@ -160,6 +160,7 @@ extension ServerConfiguration {
         storage.readThreads = try integer("storage.readThreads", storage.readThreads, range: 1...64)
         storage.readsInFlightMax = try integer("storage.readsInFlightMax", storage.readsInFlightMax, range: 1...1_024)
         storage.readAheadChunksMax = try integer("storage.readAheadChunks", storage.readAheadChunksMax, range: 0...64)
+        result.kafka.nodeID = Int32(try integer("node.id", Int(result.kafka.nodeID), range: 0...Int(Int32.max)))
         result.kafka.autoCreatePartitions = try integer("kafka.autoCreatePartitions", result.kafka.autoCreatePartitions, range: 0...Broker.partitionsPerTopicMax)
         result.kafka.frameBytesMax = try integer("kafka.frameBytesMax", result.kafka.frameBytesMax, range: (64 << 10)...(1 << 30))
         result.storage = storage
@@ -211,6 +212,8 @@ extension ServerConfiguration {
         let minSession = try integer("groups.minSessionTimeoutMs", Int(groups.sessionTimeoutMilliseconds.lowerBound), range: 1...86_400_000)
         let maxSession = try integer("groups.maxSessionTimeoutMs", Int(groups.sessionTimeoutMilliseconds.upperBound), range: minSession...86_400_000)
         groups.sessionTimeoutMilliseconds = Int64(minSession)...Int64(maxSession)
+        groups.initialRebalanceDelayMilliseconds = Int64(try integer(
+            "groups.initialRebalanceDelayMs", Int(groups.initialRebalanceDelayMilliseconds), range: 0...300_000))
         groups.offsetsRetentionMilliseconds = Int64(try integer(
             "offsets.retentionMs", Int(groups.offsetsRetentionMilliseconds), range: 60_000...(3_650 * 86_400_000)))
         groups.offsetMetadataBytesMax = try integer("offsets.metadataBytesMax", groups.offsetMetadataBytesMax, range: 0...(1 << 20))

@@ -23,6 +23,9 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Kafka listen address HOST:PORT (default 127.0.0.1:9092).")
     var kafkaListen: String?
 
+    @Option(name: .long, help: "This node's id, as Kafka clients see it (default 0).")
+    var nodeId: Int?
+
     @Option(name: .long, help: "fsync (acknowledge after fdatasync; default) or interval:<ms> (acknowledge after write, sync every <ms>).")
     var durability: String?
 
@@ -37,6 +40,7 @@ struct ServerCommand: AsyncParsableCommand {
         if let dataDir { overrides["data.directory"] = dataDir }
         if let httpListen { overrides["http.listen"] = httpListen }
         if let kafkaListen { overrides["kafka.listen"] = kafkaListen }
+        if let nodeId { overrides["node.id"] = String(nodeId) }
         if let durability { overrides["durability"] = durability }
         if let logLevel { overrides["log.level"] = logLevel }
         let configuration: ServerConfiguration

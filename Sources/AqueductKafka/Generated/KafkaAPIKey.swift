@@ -21,10 +21,14 @@ public enum KafkaAPIKey: Int16, CaseIterable, Sendable {
     case apiVersions = 18
     case createTopics = 19
     case deleteTopics = 20
+    case deleteRecords = 21
     case initProducerId = 22
     case describeConfigs = 32
+    case alterConfigs = 33
     case createPartitions = 37
     case deleteGroups = 42
+    case incrementalAlterConfigs = 44
+    case offsetDelete = 47
 
     /// The versions the message definitions describe (what this broker can decode).
     public var definedVersions: ClosedRange<Int16> {
@@ -45,10 +49,14 @@ public enum KafkaAPIKey: Int16, CaseIterable, Sendable {
         case .apiVersions: ApiVersionsRequest.validVersions
         case .createTopics: CreateTopicsRequest.validVersions
         case .deleteTopics: DeleteTopicsRequest.validVersions
+        case .deleteRecords: DeleteRecordsRequest.validVersions
         case .initProducerId: InitProducerIdRequest.validVersions
         case .describeConfigs: DescribeConfigsRequest.validVersions
+        case .alterConfigs: AlterConfigsRequest.validVersions
         case .createPartitions: CreatePartitionsRequest.validVersions
         case .deleteGroups: DeleteGroupsRequest.validVersions
+        case .incrementalAlterConfigs: IncrementalAlterConfigsRequest.validVersions
+        case .offsetDelete: OffsetDeleteRequest.validVersions
         }
     }
 
@@ -71,10 +79,14 @@ public enum KafkaAPIKey: Int16, CaseIterable, Sendable {
         case .apiVersions: ApiVersionsRequest.firstFlexibleVersion
         case .createTopics: CreateTopicsRequest.firstFlexibleVersion
         case .deleteTopics: DeleteTopicsRequest.firstFlexibleVersion
+        case .deleteRecords: DeleteRecordsRequest.firstFlexibleVersion
         case .initProducerId: InitProducerIdRequest.firstFlexibleVersion
         case .describeConfigs: DescribeConfigsRequest.firstFlexibleVersion
+        case .alterConfigs: AlterConfigsRequest.firstFlexibleVersion
         case .createPartitions: CreatePartitionsRequest.firstFlexibleVersion
         case .deleteGroups: DeleteGroupsRequest.firstFlexibleVersion
+        case .incrementalAlterConfigs: IncrementalAlterConfigsRequest.firstFlexibleVersion
+        case .offsetDelete: OffsetDeleteRequest.firstFlexibleVersion
         }
     }
 }

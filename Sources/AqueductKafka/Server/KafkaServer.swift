@@ -9,6 +9,8 @@ import Synchronization
 public struct KafkaListenerConfiguration: Sendable {
     public var host = "127.0.0.1"
     public var port = 9092
+    /// This node's id in Metadata, FindCoordinator and replica lists (`node.id`).
+    public var nodeID: Int32 = 0
     /// The address in Metadata and FindCoordinator answers; the listen address when nil.
     public var advertisedHost: String?
     public var advertisedPort: Int?

@@ -24,10 +24,14 @@ func sampleRequest(_ key: KafkaAPIKey, version: Int16, _ source: inout SampleSou
     case .apiVersions: ApiVersionsRequest.sample(&source, version: version)
     case .createTopics: CreateTopicsRequest.sample(&source, version: version)
     case .deleteTopics: DeleteTopicsRequest.sample(&source, version: version)
+    case .deleteRecords: DeleteRecordsRequest.sample(&source, version: version)
     case .initProducerId: InitProducerIdRequest.sample(&source, version: version)
     case .describeConfigs: DescribeConfigsRequest.sample(&source, version: version)
+    case .alterConfigs: AlterConfigsRequest.sample(&source, version: version)
     case .createPartitions: CreatePartitionsRequest.sample(&source, version: version)
     case .deleteGroups: DeleteGroupsRequest.sample(&source, version: version)
+    case .incrementalAlterConfigs: IncrementalAlterConfigsRequest.sample(&source, version: version)
+    case .offsetDelete: OffsetDeleteRequest.sample(&source, version: version)
     }
 }
 
@@ -50,10 +54,14 @@ func decodeResponse(_ key: KafkaAPIKey, version: Int16, _ reader: inout KafkaRea
     case .apiVersions: try ApiVersionsResponse(from: &reader, version: version)
     case .createTopics: try CreateTopicsResponse(from: &reader, version: version)
     case .deleteTopics: try DeleteTopicsResponse(from: &reader, version: version)
+    case .deleteRecords: try DeleteRecordsResponse(from: &reader, version: version)
     case .initProducerId: try InitProducerIdResponse(from: &reader, version: version)
     case .describeConfigs: try DescribeConfigsResponse(from: &reader, version: version)
+    case .alterConfigs: try AlterConfigsResponse(from: &reader, version: version)
     case .createPartitions: try CreatePartitionsResponse(from: &reader, version: version)
     case .deleteGroups: try DeleteGroupsResponse(from: &reader, version: version)
+    case .incrementalAlterConfigs: try IncrementalAlterConfigsResponse(from: &reader, version: version)
+    case .offsetDelete: try OffsetDeleteResponse(from: &reader, version: version)
     }
 }
 
@@ -488,6 +496,36 @@ extension DeleteTopicsRequest.DeleteTopicState {
     }
 }
 
+extension DeleteRecordsRequest {
+    static func sample(_ source: inout SampleSource, version: Int16) -> Self {
+        let flexible = version >= 2
+        var message = Self()
+        message.topics = source.array("DeleteRecordsRequest.Topics", compact: flexible) { source in DeleteRecordsRequest.DeleteRecordsTopic.sample(&source, version: version) }
+        message.timeoutMs = source.int32("DeleteRecordsRequest.TimeoutMs")
+        return message
+    }
+}
+
+extension DeleteRecordsRequest.DeleteRecordsPartition {
+    static func sample(_ source: inout SampleSource, version: Int16) -> Self {
+        var message = Self()
+        message.partitionIndex = source.int32("DeleteRecordsPartition.PartitionIndex")
+        message.offset = source.int64("DeleteRecordsPartition.Offset")
+        _ = version
+        return message
+    }
+}
+
+extension DeleteRecordsRequest.DeleteRecordsTopic {
+    static func sample(_ source: inout SampleSource, version: Int16) -> Self {
+        let flexible = version >= 2
+        var message = Self()
+        message.name = source.string("DeleteRecordsTopic.Name", compact: flexible)
+        message.partitions = source.array("DeleteRecordsTopic.Partitions", compact: flexible) { source in DeleteRecordsRequest.DeleteRecordsPartition.sample(&source, version: version) }
+        return message
+    }
+}
+
 extension InitProducerIdRequest {
     static func sample(_ source: inout SampleSource, version: Int16) -> Self {
         let flexible = version >= 2
@@ -520,6 +558,37 @@ extension DescribeConfigsRequest.DescribeConfigsResource {
         message.resourceType = source.int8("DescribeConfigsResource.ResourceType")
         message.resourceName = source.string("DescribeConfigsResource.ResourceName", compact: flexible)
         message.configurationKeys = source.isNull("DescribeConfigsResource.ConfigurationKeys") ? nil : source.array("DescribeConfigsResource.ConfigurationKeys", compact: flexible) { source in source.string("DescribeConfigsResource.ConfigurationKeys", compact: flexible) }
+        return message
+    }
+}
+
+extension AlterConfigsRequest {
+    static func sample(_ source: inout SampleSource, version: Int16) -> Self {
+        let flexible = version >= 2
+        var message = Self()
+        message.resources = source.array("AlterConfigsRequest.Resources", compact: flexible) { source in AlterConfigsRequest.AlterConfigsResource.sample(&source, version: version) }
+        message.validateOnly = source.bool("AlterConfigsRequest.ValidateOnly")
+        return message
+    }
+}
+
+extension AlterConfigsRequest.AlterConfigsResource {
+    static func sample(_ source: inout SampleSource, version: Int16) -> Self {
+        let flexible = version >= 2
+        var message = Self()
+        message.resourceType = source.int8("AlterConfigsResource.ResourceType")
+        message.resourceName = source.string("AlterConfigsResource.ResourceName", compact: flexible)
+        message.configs = source.array("AlterConfigsResource.Configs", compact: flexible) { source in AlterConfigsRequest.AlterableConfig.sample(&source, version: version) }
+        return message
+    }
+}
+
+extension AlterConfigsRequest.AlterableConfig {
+    static func sample(_ source: inout SampleSource, version: Int16) -> Self {
+        let flexible = version >= 2
+        var message = Self()
+        message.name = source.string("AlterableConfig.Name", compact: flexible)
+        message.value = source.isNull("AlterableConfig.Value") ? nil : source.string("AlterableConfig.Value", compact: flexible)
         return message
     }
 }
@@ -560,6 +629,65 @@ extension DeleteGroupsRequest {
         let flexible = version >= 2
         var message = Self()
         message.groupsNames = source.array("DeleteGroupsRequest.GroupsNames", compact: flexible) { source in source.string("DeleteGroupsRequest.GroupsNames", compact: flexible) }
+        return message
+    }
+}
+
+extension IncrementalAlterConfigsRequest {
+    static func sample(_ source: inout SampleSource, version: Int16) -> Self {
+        let flexible = version >= 1
+        var message = Self()
+        message.resources = source.array("IncrementalAlterConfigsRequest.Resources", compact: flexible) { source in IncrementalAlterConfigsRequest.AlterConfigsResource.sample(&source, version: version) }
+        message.validateOnly = source.bool("IncrementalAlterConfigsRequest.ValidateOnly")
+        return message
+    }
+}
+
+extension IncrementalAlterConfigsRequest.AlterConfigsResource {
+    static func sample(_ source: inout SampleSource, version: Int16) -> Self {
+        let flexible = version >= 1
+        var message = Self()
+        message.resourceType = source.int8("AlterConfigsResource.ResourceType")
+        message.resourceName = source.string("AlterConfigsResource.ResourceName", compact: flexible)
+        message.configs = source.array("AlterConfigsResource.Configs", compact: flexible) { source in IncrementalAlterConfigsRequest.AlterableConfig.sample(&source, version: version) }
+        return message
+    }
+}
+
+extension IncrementalAlterConfigsRequest.AlterableConfig {
+    static func sample(_ source: inout SampleSource, version: Int16) -> Self {
+        let flexible = version >= 1
+        var message = Self()
+        message.name = source.string("AlterableConfig.Name", compact: flexible)
+        message.configOperation = source.int8("AlterableConfig.ConfigOperation")
+        message.value = source.isNull("AlterableConfig.Value") ? nil : source.string("AlterableConfig.Value", compact: flexible)
+        return message
+    }
+}
+
+extension OffsetDeleteRequest {
+    static func sample(_ source: inout SampleSource, version: Int16) -> Self {
+        var message = Self()
+        message.groupId = source.string("OffsetDeleteRequest.GroupId", compact: false)
+        message.topics = source.array("OffsetDeleteRequest.Topics", compact: false) { source in OffsetDeleteRequest.OffsetDeleteRequestTopic.sample(&source, version: version) }
+        return message
+    }
+}
+
+extension OffsetDeleteRequest.OffsetDeleteRequestPartition {
+    static func sample(_ source: inout SampleSource, version: Int16) -> Self {
+        var message = Self()
+        message.partitionIndex = source.int32("OffsetDeleteRequestPartition.PartitionIndex")
+        _ = version
+        return message
+    }
+}
+
+extension OffsetDeleteRequest.OffsetDeleteRequestTopic {
+    static func sample(_ source: inout SampleSource, version: Int16) -> Self {
+        var message = Self()
+        message.name = source.string("OffsetDeleteRequestTopic.Name", compact: false)
+        message.partitions = source.array("OffsetDeleteRequestTopic.Partitions", compact: false) { source in OffsetDeleteRequest.OffsetDeleteRequestPartition.sample(&source, version: version) }
         return message
     }
 }
