@@ -71,6 +71,7 @@ declare -A WHY=(
   [0098_consumer_txn]="transactions: after #16 (needs Java tools too)"
   [0101_fetch_from_follower]="needs racks and three brokers"
   [0103_transactions]="transactions: after #16"
+  [0109_auto_create_topics]="ACLs set with kafka-acls.sh (Java): after #17"
   [0115_producer_auth]="ACLs: after #17"
   [0119_consumer_auth]="ACLs: after #17"
   [0126_oauthbearer_oidc]="SASL/OAUTHBEARER: after #17"

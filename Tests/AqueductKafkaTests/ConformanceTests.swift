@@ -196,3 +196,36 @@ extension KafkaStack {
         return try values(of: data.records)
     }
 }
+
+@Suite struct FetchAfterDeletionTests {
+    /// librdkafka 0113 h_delete_topic: a consumer's fetch right after one of its topics
+    /// is deleted must still be answered by its wait.
+    @Test func aFetchAfterATopicIsDeletedIsAnsweredByItsWait() async throws {
+        let stack = try await KafkaStack.open(temporaryDirectory())
+        for topic in ["kept", "deleted"] { _ = try await stack.broker.createTopic(topic, partitions: 1) }
+        var both = FetchRequest()
+        both.replicaId = -1
+        both.maxWaitMs = 500
+        both.minBytes = 1
+        both.maxBytes = 52_428_800
+        both.topics = ["kept", "deleted"].map { .init(topic: $0, partitions: [.init(partition: 0, fetchOffset: 0, partitionMaxBytes: 1 << 20)]) }
+        var session = KafkaSession(peer: "test")
+        let parked = await stack.handler.dispatch(frame: KafkaStack.requestFrame(.fetch, version: 11, both), session: &session)
+        guard case .deferred(let later) = parked else {
+            Issue.record("an empty fetch did not wait")
+            return
+        }
+        let waiting = Task { await later() }
+        try await stack.broker.deleteTopic("deleted")
+        _ = await waiting.value
+        var kept = both
+        kept.topics = [.init(topic: "kept", partitions: [.init(partition: 0, fetchOffset: 0, partitionMaxBytes: 1 << 20)])]
+        let next = await stack.handler.dispatch(frame: KafkaStack.requestFrame(.fetch, version: 11, kept), session: &session)
+        switch next {
+        case .deferred(let later): #expect(await later().frame != nil)
+        case .ready(let answer): #expect(answer.frame != nil)
+        case .none: Issue.record("no answer")
+        }
+        try await stack.close()
+    }
+}
