@@ -41,6 +41,21 @@ import Testing
         return (required.memberID, group.join(token + 1000, request(required.memberID), now: now))
     }
 
+    /// Two static members, "a" (the leader, assigned [1]) and "b" (assigned [2]), in a
+    /// stable group.
+    func stableStaticPair(_ group: inout GroupStateMachine) -> (leader: GroupStateMachine.JoinReply, follower: GroupStateMachine.JoinReply, generation: Int32) {
+        let leader = joinReply(group.join(1, request(instance: "a"), now: 0), 1)!
+        let joined = group.join(2, request(instance: "b"), now: 0)  // the leader must rejoin
+        let rejoin = group.join(3, request(leader.memberID, instance: "a"), now: 1)
+        let follower = joinReply(joined + rejoin, 2)!
+        let generation = follower.generation
+        _ = group.sync(4, memberID: follower.memberID, generation: generation, assignments: [], now: 2)
+        _ = group.sync(5, memberID: leader.memberID, generation: generation,
+                       assignments: [(leader.memberID, [1]), (follower.memberID, [2])], now: 2)
+        #expect(group.state == .stable)
+        return (leader, follower, generation)
+    }
+
     @Test func aSingleMemberJoinsSyncsAndIsStable() {
         var group = GroupStateMachine(groupID: "g", limits: Self.noInitialDelay)
         let (member, replies) = joinNew(&group, token: 1, now: 0)
@@ -138,15 +153,7 @@ import Testing
 
     @Test func aRestartedStaticFollowerKeepsItsAssignmentWithoutARebalance() {
         var group = GroupStateMachine(groupID: "g", limits: Self.noInitialDelay)
-        let leader = joinReply(group.join(1, request(instance: "a"), now: 0), 1)!
-        let joined = group.join(2, request(instance: "b"), now: 0)  // the leader must rejoin
-        let rejoin = group.join(3, request(leader.memberID, instance: "a"), now: 1)
-        let follower = joinReply(joined + rejoin, 2)!
-        let generation = follower.generation
-        _ = group.sync(4, memberID: follower.memberID, generation: generation, assignments: [], now: 2)
-        _ = group.sync(5, memberID: leader.memberID, generation: generation,
-                       assignments: [(leader.memberID, [1]), (follower.memberID, [2])], now: 2)
-        #expect(group.state == .stable)
+        let (leader, follower, generation) = stableStaticPair(&group)
 
         // b restarts: same instance id, no member id, same subscription.
         let back = joinReply(group.join(6, request(instance: "b"), now: 100), 6)!
@@ -249,15 +256,7 @@ import Testing
 
     @Test func aRestartedStaticLeaderKeepsItsAssignmentWithoutARebalance() {
         var group = GroupStateMachine(groupID: "g", limits: Self.noInitialDelay)
-        let leader = joinReply(group.join(1, request(instance: "a"), now: 0), 1)!
-        let joined = group.join(2, request(instance: "b"), now: 0)
-        let rejoin = group.join(3, request(leader.memberID, instance: "a"), now: 1)
-        let follower = joinReply(joined + rejoin, 2)!
-        let generation = follower.generation
-        _ = group.sync(4, memberID: follower.memberID, generation: generation, assignments: [], now: 2)
-        _ = group.sync(5, memberID: leader.memberID, generation: generation,
-                       assignments: [(leader.memberID, [1]), (follower.memberID, [2])], now: 2)
-        #expect(group.state == .stable)
+        let (leader, follower, generation) = stableStaticPair(&group)
 
         // The leader restarts (same instance id, no member id): no rebalance, and the
         // answer names the leader by its old id, so the restarted client does not take
