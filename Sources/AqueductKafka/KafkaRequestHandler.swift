@@ -113,7 +113,14 @@ public final class KafkaRequestHandler: Sendable {
         guard let key = KafkaAPIKey(rawValue: rawKey), let served = KafkaAPIVersions.served[key], served.contains(version) else {
             refusedRequests.increment()
             logger.debug("unsupported Kafka request", metadata: ["apiKey": "\(rawKey)", "version": "\(version)", "peer": "\(session.peer)"])
-            return .ready(KafkaAnswer(unsupportedVersion(apiKey: rawKey, correlationID: correlationID)))
+            if rawKey == KafkaAPIKey.apiVersions.rawValue {
+                return .ready(KafkaAnswer(unsupportedApiVersions(correlationID: correlationID)))
+            }
+            // As Kafka does: a request it cannot read in its version is answered by
+            // closing the connection. A bare error code is no answer either, since a
+            // client reads the body in the shape of the version it sent.
+            session.closeAfterResponse = true
+            return .none
         }
         requestCounters[rawKey]?.increment()
         let flexible = KafkaAPIVersions.isFlexible(key, version)
@@ -244,20 +251,12 @@ public final class KafkaRequestHandler: Sendable {
         return writer.buffer
     }
 
-    /// UNSUPPORTED_VERSION for a key or version not served. For ApiVersions, the body
-    /// is a v0 response with the supported ranges (KIP-511), so the client can retry
-    /// with a version it shares; for anything else, the error code alone.
-    func unsupportedVersion(apiKey: Int16, correlationID: Int32) -> ByteBuffer {
-        if apiKey == KafkaAPIKey.apiVersions.rawValue {
-            return Self.frame(
-                apiVersions(errorCode: KafkaErrorCode.unsupportedVersion), key: .apiVersions, version: 0, correlationID: correlationID,
-                flexibleHeader: false, capacity: 256, logger: logger)!
-        }
-        var writer = KafkaWriter(capacity: 16)
-        writer.writeInt32(6)
-        writer.writeInt32(correlationID)
-        writer.writeInt16(KafkaErrorCode.unsupportedVersion)
-        return writer.buffer
+    /// UNSUPPORTED_VERSION for an ApiVersions version not served: a v0 response with
+    /// the supported ranges (KIP-511), so the client can retry with a version it shares.
+    func unsupportedApiVersions(correlationID: Int32) -> ByteBuffer {
+        Self.frame(
+            apiVersions(errorCode: KafkaErrorCode.unsupportedVersion), key: .apiVersions, version: 0, correlationID: correlationID,
+            flexibleHeader: false, capacity: 256, logger: logger)!
     }
 
     // MARK: - ApiVersions and Metadata
