@@ -31,11 +31,11 @@ extension KafkaRequestHandler {
                 if request.validateOnly {
                     try Broker.validateTopicName(topic.name)
                     if (try? broker.describeTopic(topic.name)) != nil { throw BrokerError(.topicExists, "topic '\(topic.name)' already exists") }
-                    result.numPartitions = Int32(partitions)
+                    result.numPartitions = Int32(clamping: partitions)
                 } else {
                     let created = try await broker.createTopic(topic.name, partitions: partitions, settings: settings, configs: configs)
                     result.topicId = KafkaUUID(uuidString: created.id) ?? .zero
-                    result.numPartitions = Int32(created.partitions.count)
+                    result.numPartitions = Int32(clamping: created.partitions.count)
                 }
                 result.replicationFactor = 1
             } catch {
