@@ -197,21 +197,9 @@ public final class Broker: Sendable {
     public func createTopic(
         _ name: String, partitions: Int, settings: TopicSettings = TopicSettings(), configs: [String: String] = [:], topicsMax: Int? = nil
     ) async throws(BrokerError) -> TopicDescription {
-        try Self.validateTopicName(name)
-        if name.hasPrefix("__") {
-            throw BrokerError(.invalidTopicName, "names starting with '__' are reserved for internal topics", hint: "choose another name")
-        }
-        guard partitions >= 1, partitions <= Self.partitionsPerTopicMax else {
-            throw BrokerError(.invalidPartitions, "a topic needs 1 to \(Self.partitionsPerTopicMax) partitions, not \(partitions)")
-        }
-        let configuration = settings.applied(to: defaults)
-        if let problem = configuration.problem() { throw BrokerError(.invalidConfig, problem) }
         await adminLock.acquire(1)
         defer { adminLock.release(1) }
-        if topics.withLock({ $0[name] != nil }) {
-            throw BrokerError(.topicExists, "topic '\(name)' already exists", hint: "describe it, or delete it first")
-        }
-        try checkPartitionRoom(adding: partitions)
+        let configuration = try checkNewTopic(name, partitions: partitions, settings: settings)
         if let topicsMax, topics.withLock({ $0.count }) >= topicsMax {
             throw BrokerError(.limitReached, "the server has \(topicsMax) topics, the most a client may create by naming one",
                 hint: "create the topic explicitly, or raise kafka.autoCreateTopicsMax")
@@ -311,6 +299,31 @@ public final class Broker: Sendable {
         }
         topics.withLock { $0[name]?.record = record }
         logger.info("topic configs altered", metadata: ["topic": "\(name)", "configs": "\(configs.keys.sorted())"])
+    }
+
+    /// Every check `createTopic` makes, without creating it (CreateTopics' validateOnly).
+    public func validateNewTopic(_ name: String, partitions: Int, settings: TopicSettings = TopicSettings()) async throws(BrokerError) {
+        await adminLock.acquire(1)
+        defer { adminLock.release(1) }
+        _ = try checkNewTopic(name, partitions: partitions, settings: settings)
+    }
+
+    /// The checks of a topic to create; the caller holds `adminLock`.
+    private func checkNewTopic(_ name: String, partitions: Int, settings: TopicSettings) throws(BrokerError) -> LogConfiguration {
+        try Self.validateTopicName(name)
+        if name.hasPrefix("__") {
+            throw BrokerError(.invalidTopicName, "names starting with '__' are reserved for internal topics", hint: "choose another name")
+        }
+        guard partitions >= 1, partitions <= Self.partitionsPerTopicMax else {
+            throw BrokerError(.invalidPartitions, "a topic needs 1 to \(Self.partitionsPerTopicMax) partitions, not \(partitions)")
+        }
+        let configuration = settings.applied(to: defaults)
+        if let problem = configuration.problem() { throw BrokerError(.invalidConfig, problem) }
+        if topics.withLock({ $0[name] != nil }) {
+            throw BrokerError(.topicExists, "topic '\(name)' already exists", hint: "describe it, or delete it first")
+        }
+        try checkPartitionRoom(adding: partitions)
+        return configuration
     }
 
     public func deleteTopic(_ name: String) async throws(BrokerError) {

@@ -29,8 +29,7 @@ extension KafkaRequestHandler {
                 }
                 let settings = try TopicConfigs.settings(from: configs)
                 if request.validateOnly {
-                    try Broker.validateTopicName(topic.name)
-                    if (try? broker.describeTopic(topic.name)) != nil { throw BrokerError(.topicExists, "topic '\(topic.name)' already exists") }
+                    try await broker.validateNewTopic(topic.name, partitions: partitions, settings: settings)
                     result.numPartitions = Int32(clamping: partitions)
                 } else {
                     let created = try await broker.createTopic(topic.name, partitions: partitions, settings: settings, configs: configs)

@@ -69,6 +69,29 @@ import Testing
         try await stack.close()
     }
 
+    @Test func validateOnlyMakesEveryCheckOfACreationAndCreatesNothing() async throws {
+        let stack = try await KafkaStack.open(temporaryDirectory())
+        _ = try await stack.broker.createTopic("exists", partitions: 1)
+        var badConfig = CreateTopicsRequest.CreatableTopic(name: "bad-config", numPartitions: 1, replicationFactor: 1)
+        badConfig.configs = [.init(name: "compression.type", value: "brotli")]
+        let results = try await createTopics(stack, [
+            .init(name: "fine", numPartitions: 3, replicationFactor: 1),
+            .init(name: "no-partitions", numPartitions: 0, replicationFactor: 1),
+            .init(name: "too-many", numPartitions: Int32(Broker.partitionsPerTopicMax + 1), replicationFactor: 1),
+            .init(name: "exists", numPartitions: 1, replicationFactor: 1),
+            .init(name: "__internal", numPartitions: 1, replicationFactor: 1),
+            .init(name: "three-replicas", numPartitions: 1, replicationFactor: 3),
+            badConfig,
+        ], validateOnly: true)
+        #expect(results.map(\.errorCode) == [
+            0, KafkaErrorCode.invalidPartitions, KafkaErrorCode.invalidPartitions, KafkaErrorCode.topicAlreadyExists,
+            KafkaErrorCode.invalidTopicException, KafkaErrorCode.invalidReplicationFactor, KafkaErrorCode.invalidConfig,
+        ])
+        #expect(results[0].numPartitions == 3)
+        #expect(stack.broker.topicNames() == ["exists"])
+        try await stack.close()
+    }
+
     func describe(_ stack: KafkaStack, _ topic: String) async throws -> [String: (value: String?, source: Int8)] {
         var request = DescribeConfigsRequest()
         request.resources = [.init(resourceType: 2, resourceName: topic, configurationKeys: nil)]
