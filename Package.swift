@@ -91,6 +91,10 @@ let package = Package(
             ],
             swiftSettings: strict),
 
+        // Replication across nodes (BookKeeper's protocol): quorum rules, the segment
+        // writer, fencing and recovery as pure state machines; no I/O.
+        .target(name: "AqueductReplication", swiftSettings: strict),
+
         // Topics and partitions on logs: the model every front end (HTTP, Kafka) shares.
         .target(
             name: "AqueductBroker",
@@ -214,6 +218,7 @@ let package = Package(
         .testTarget(name: "AqueductMetadataTests", dependencies: ["AqueductMetadata", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(name: "AqueductStorageTests", dependencies: ["AqueductStorage", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(name: "AqueductLogTests", dependencies: ["AqueductLog", "AqueductTestSupport"], swiftSettings: strict),
+        .testTarget(name: "AqueductReplicationTests", dependencies: ["AqueductReplication", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(name: "AqueductBrokerTests", dependencies: ["AqueductBroker", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(name: "AqueductGroupsTests", dependencies: ["AqueductGroups", "AqueductAPI", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(
