@@ -92,8 +92,12 @@ let package = Package(
             swiftSettings: strict),
 
         // Replication across nodes (BookKeeper's protocol): quorum rules, the segment
-        // writer, fencing and recovery as pure state machines; no I/O.
-        .target(name: "AqueductReplication", swiftSettings: strict),
+        // writer, fencing and recovery as pure state machines, the storage nodes' wire
+        // format; no I/O.
+        .target(
+            name: "AqueductReplication",
+            dependencies: ["AqueductCommon", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: strict),
 
         // Topics and partitions on logs: the model every front end (HTTP, Kafka) shares.
         .target(
