@@ -123,26 +123,51 @@ if [ $# -gt 0 ]; then IDS=("$@"); else mapfile -t IDS < <(echo "$BROKER_TESTS" |
 # --- the server -------------------------------------------------------------------------
 SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/aqueduct-conformance.XXXXXX")
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-KAFKA_PORT=$(free_port)
-HTTP_PORT=$(free_port)
 # Topics the tests name are created on first use with 4 partitions, as on the
 # brokers librdkafka's suite is written for (num.partitions=4 in its trivup cluster).
-AQUEDUCT_KAFKA_AUTO_CREATE_PARTITIONS=4 "$BIN" server --data-dir "$SCRATCH/data" --http-listen 127.0.0.1:$HTTP_PORT \
-  --kafka-listen 127.0.0.1:$KAFKA_PORT --log-level warning >"$SCRATCH/server.log" 2>&1 &
-SERVER=$!
-cleanup() { kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null || true; rm -rf "$SCRATCH"; }
+# start_server NAME [VAR=value…]: a server with its own data directory and free ports;
+# its client configuration is $SCRATCH/NAME.conf. Stopped by stop_server or at exit.
+declare -A SERVERS=()
+start_server() {
+  local name=$1 kafka http pid
+  shift
+  kafka=$(free_port)
+  http=$(free_port)
+  env AQUEDUCT_KAFKA_AUTO_CREATE_PARTITIONS=4 "$@" "$BIN" server --data-dir "$SCRATCH/$name-data" \
+    --http-listen 127.0.0.1:$http --kafka-listen 127.0.0.1:$kafka --log-level warning >"$SCRATCH/$name.log" 2>&1 &
+  pid=$!
+  SERVERS[$name]=$pid
+  for _ in $(seq 1 200); do
+    (exec 3<>/dev/tcp/127.0.0.1/$kafka) 2>/dev/null && break
+    kill -0 "$pid" 2>/dev/null || { echo "the server exited:"; cat "$SCRATCH/$name.log"; exit 1; }
+    sleep 0.1
+  done
+  # enable.random.seed=false: the first client of a process otherwise reseeds rand()
+  # from the clock's milliseconds (1,000 seeds), and the test-runner draws its "random"
+  # topic names from rand(): runs in separate processes against one server then reuse
+  # names (0113's h_ once found the 2-partition topic of an earlier part under its own).
+  printf 'bootstrap.servers=127.0.0.1:%s\nenable.random.seed=false\n' "$kafka" >"$SCRATCH/$name.conf"
+  echo "== $BIN (pid $pid) on 127.0.0.1:$kafka${*:+ with $*}"
+}
+stop_server() { kill "${SERVERS[$1]}" 2>/dev/null && wait "${SERVERS[$1]}" 2>/dev/null || true; unset "SERVERS[$1]"; }
+cleanup() { for name in "${!SERVERS[@]}"; do stop_server "$name"; done; rm -rf "$SCRATCH"; }
 trap cleanup EXIT
-for _ in $(seq 1 200); do
-  (exec 3<>/dev/tcp/127.0.0.1/$KAFKA_PORT) 2>/dev/null && break
-  kill -0 "$SERVER" 2>/dev/null || { echo "the server exited:"; cat "$SCRATCH/server.log"; exit 1; }
-  sleep 0.1
-done
-echo "== $BIN (pid $SERVER) on 127.0.0.1:$KAFKA_PORT; librdkafka $UPSTREAM test-runner, ${TIMEOUT}s per test"
-# enable.random.seed=false: the first client of a process otherwise reseeds rand() from
-# the clock's milliseconds (1,000 seeds), and the test-runner draws its "random" topic
-# names from rand(): runs in separate processes against one server then reuse names
-# (0113's h_ once found the 2-partition topic of an earlier part under its own name).
-printf 'bootstrap.servers=127.0.0.1:%s\nenable.random.seed=false\n' "$KAFKA_PORT" >"$SCRATCH/test.conf"
+start_server main
+SERVER=${SERVERS[main]}
+echo "== librdkafka $UPSTREAM test-runner, ${TIMEOUT}s per test"
+
+# Tests run against a server of their own, configured as named here. 0018's second
+# subtest counts messages in a global the first one already filled, so every poll of
+# the first consumer returns at once: when that consumer draws the two partitions that
+# hold the messages (the assignor orders random member ids: half the runs) it drains
+# them before the second consumer is polled, and the survivor of the close then waits
+# out its full 9 s. Under Kafka's default group.initial.rebalance.delay.ms (3 s, once
+# more when a second member joins during it: a 6 s first join) that branch needs ~27 s
+# of the subtest's 23 s; with the delay at 0, as in the config/server.properties Kafka
+# ships, it fits. The rest of the suite keeps the 3 s (0113 depends on it).
+declare -A SERVER_SETTINGS=(
+  [0018]="AQUEDUCT_GROUPS_INITIAL_REBALANCE_DELAY_MS=0"
+)
 
 # --- run ---------------------------------------------------------------------------------
 passed=0 failed=0 skipped=0
@@ -158,7 +183,13 @@ for id in "${IDS[@]}"; do
     skipped=$((skipped + 1))
     continue
   fi
-  kill -0 "$SERVER" 2>/dev/null || { echo "the server died:"; tail -30 "$SCRATCH/server.log"; exit 1; }
+  kill -0 "$SERVER" 2>/dev/null || { echo "the server died:"; tail -30 "$SCRATCH/main.log"; exit 1; }
+  target=main
+  if [ -n "${SERVER_SETTINGS[$id]:-}" ]; then
+    target=t$id
+    # shellcheck disable=SC2086 # the settings are words
+    start_server "$target" ${SERVER_SETTINGS[$id]} >/dev/null
+  fi
   log=$SCRATCH/$name.log
   start=$(date +%s.%N)
   : >"$log"
@@ -169,14 +200,15 @@ for id in "${IDS[@]}"; do
     library=$SOURCE/src
     if [[ $part == fixed:* ]]; then part=${part#fixed:}; library=$(fixed_library) || exit 1; fi
     set +e
-    (cd "$SOURCE/tests" && LD_LIBRARY_PATH="$library:$SOURCE/src-cpp" RDKAFKA_TEST_CONF="$SCRATCH/test.conf" TEST_KAFKA_VERSION=3.0.0 \
+    (cd "$SOURCE/tests" && LD_LIBRARY_PATH="$library:$SOURCE/src-cpp" RDKAFKA_TEST_CONF="$SCRATCH/$target.conf" TEST_KAFKA_VERSION=3.0.0 \
       TESTS="$id" SUBTESTS="$part" timeout -k 10 "$TIMEOUT" ./test-runner -L -p1 -S ${AQUEDUCT_CONFORMANCE_QUICK:+-Q} >>"$log" 2>&1) 2>/dev/null
     part_rc=$?
     set -e
     [ $part_rc -eq 0 ] || rc=$part_rc
   done
+  [ "$target" = main ] || stop_server "$target"
   seconds=$(printf '%.0f' "$(echo "$(date +%s.%N) - $start" | bc)")
-  note=${PARTS_WHY[$id]:-}
+  note=${PARTS_WHY[$id]:-${SERVER_SETTINGS[$id]:+on a server with ${SERVER_SETTINGS[$id]} (docs/KAFKA.md)}}
   if [ $rc -eq 0 ] && grep -q "SKIPPING\|skipping" "$log" && ! grep -q "PASSED" "$log"; then
     printf '%-44s %-6s %7s  %s\n' "$name" SKIP "$seconds" "$(grep -m1 -i 'skipping' "$log" | cut -c1-90 || true)"
     skipped=$((skipped + 1))
@@ -193,6 +225,6 @@ for id in "${IDS[@]}"; do
     mkdir -p "$CACHE/failed" && cp "$log" "$CACHE/failed/$name.log"
   fi
 done
-kill -0 "$SERVER" 2>/dev/null || { echo "the server died during the run:"; tail -30 "$SCRATCH/server.log"; exit 1; }
+kill -0 "$SERVER" 2>/dev/null || { echo "the server died during the run:"; tail -30 "$SCRATCH/main.log"; exit 1; }
 echo "$passed passed, $failed failed, $skipped skipped (logs of failures in $CACHE/failed)"
 [ $failed -eq 0 ]
