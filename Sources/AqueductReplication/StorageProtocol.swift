@@ -71,14 +71,11 @@ public enum StorageProtocol {
             checksum == Self.checksum(segment: segment, entry: entry, lastAddConfirmed: lastAddConfirmed, payload: payload)
         }
 
+        /// Over the big-endian position (as on the wire), then the payload: one pass, no copy.
         static func checksum(segment: UInt64, entry: Int64, lastAddConfirmed: Int64, payload: ByteBuffer) -> UInt32 {
-            var header = ByteBuffer()
-            header.writeInteger(segment)
-            header.writeInteger(entry)
-            header.writeInteger(lastAddConfirmed)
-            let crc = CRC32C.checksum(header, readableRange: 0..<header.readableBytes)
-            let payloadCRC = CRC32C.checksum(payload, readableRange: 0..<payload.readableBytes)
-            return CRC32C.combine(crc, payloadCRC, lengthB: payload.readableBytes)
+            let position = (segment.bigEndian, UInt64(bitPattern: entry).bigEndian, UInt64(bitPattern: lastAddConfirmed).bigEndian)
+            let crc = withUnsafeBytes(of: position) { CRC32C.checksum($0) }
+            return payload.withUnsafeReadableBytes { CRC32C.extend(crc, $0) }
         }
     }
 
@@ -219,15 +216,23 @@ public enum StorageProtocol {
             let flags: UInt8 = try read(&body, "add flags")
             request = .add(try readEntry(&body), isRecovery: flags & 1 != 0)
         case .read:
-            request = .read(segment: try read(&body, "segment"), entry: try read(&body, "entry"), fence: (try read(&body, "read flags") as UInt8) & 1 != 0)
+            let segment: UInt64 = try read(&body, "segment")
+            let entry: Int64 = try read(&body, "entry")
+            let flags: UInt8 = try read(&body, "read flags")
+            guard entry >= 0 else { throw .malformed("a read of entry \(entry)") }
+            request = .read(segment: segment, entry: entry, fence: flags & 1 != 0)
         case .readLastAddConfirmed:
             let segment: UInt64 = try read(&body, "segment")
             let flags: UInt8 = try read(&body, "flags")
             let after: Int64 = try read(&body, "long-poll position")
             let wait: UInt32 = try read(&body, "long-poll wait")
+            guard after >= -1 else { throw .malformed("a long poll after entry \(after)") }
             request = .readLastAddConfirmed(segment: segment, fence: flags & 1 != 0, after: flags & 2 != 0 ? after : nil, waitMilliseconds: wait)
         case .advertise:
-            request = .advertise(segment: try read(&body, "segment"), lastAddConfirmed: try read(&body, "last-add-confirmed"))
+            let segment: UInt64 = try read(&body, "segment")
+            let lac: Int64 = try read(&body, "last-add-confirmed")
+            guard lac >= -1 else { throw .malformed("a last-add-confirmed of \(lac)") }
+            request = .advertise(segment: segment, lastAddConfirmed: lac)
         default:
             throw .malformed("an answer (kind \(kind.rawValue)) where a request was expected")
         }

@@ -70,6 +70,16 @@ import Testing
         #expect(throws: P.DecodeError.unsupportedVersion(9)) { try P.nextFrame(&other, frameBytesMax: 1_000) }
     }
 
+    @Test func positionsBeforeTheFirstEntryAreRefused() throws {
+        for request: P.Request in [.read(segment: 1, entry: -1, fence: false), .advertise(segment: 1, lastAddConfirmed: -2),
+                                   .readLastAddConfirmed(segment: 1, fence: false, after: -5, waitMilliseconds: 10)] {
+            var wire = ByteBuffer()
+            P.encode(request, id: 1, into: &wire)
+            let frame = try #require(try P.nextFrame(&wire, frameBytesMax: 1_000))
+            #expect(throws: P.DecodeError.self) { try P.decodeRequest(frame.kind, frame.body) }
+        }
+    }
+
     /// Hostile bytes: random frames and valid frames with bytes flipped, cut or grown
     /// decode to a message or a DecodeError, never a trap, and never read past their frame.
     @Test func randomAndDamagedFramesNeverTrap() throws {
