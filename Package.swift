@@ -99,6 +99,20 @@ let package = Package(
             dependencies: ["AqueductCommon", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: strict),
 
+        // Replication's shells on a node: the replica store (a write-once entry log with
+        // group commit), the storage listener and the client connection (SwiftNIO).
+        .target(
+            name: "AqueductReplicaNode",
+            dependencies: [
+                "AqueductReplication", "AqueductCommon",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ],
+            swiftSettings: strict),
+
         // Topics and partitions on logs: the model every front end (HTTP, Kafka) shares.
         .target(
             name: "AqueductBroker",
@@ -223,6 +237,7 @@ let package = Package(
         .testTarget(name: "AqueductStorageTests", dependencies: ["AqueductStorage", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(name: "AqueductLogTests", dependencies: ["AqueductLog", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(name: "AqueductReplicationTests", dependencies: ["AqueductReplication", "AqueductTestSupport"], swiftSettings: strict),
+        .testTarget(name: "AqueductReplicaNodeTests", dependencies: ["AqueductReplicaNode", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(name: "AqueductBrokerTests", dependencies: ["AqueductBroker", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(name: "AqueductGroupsTests", dependencies: ["AqueductGroups", "AqueductAPI", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(

@@ -59,7 +59,9 @@ public enum StorageProtocol {
             checksum = Self.checksum(segment: segment, entry: entry, lastAddConfirmed: lastAddConfirmed, payload: payload)
         }
 
-        init(segment: UInt64, entry: Int64, lastAddConfirmed: Int64, payload: ByteBuffer, checksum: UInt32) {
+        /// An entry as received or stored, with the checksum it came with (check it with
+        /// `isIntact`).
+        public init(segment: UInt64, entry: Int64, lastAddConfirmed: Int64, payload: ByteBuffer, checksum: UInt32) {
             self.segment = segment
             self.entry = entry
             self.lastAddConfirmed = lastAddConfirmed
