@@ -32,6 +32,8 @@ public final class StorageServer: Sendable {
     let logger: Logger
     let connections = Atomic<Int>(0)
     let channel: Mutex<(any Channel)?> = Mutex(nil)
+    /// Open connections, to close them when the node stops.
+    let children = Mutex<[ObjectIdentifier: any Channel]>([:])
     let framesRefused = Counter(label: "aqueduct_replica_frames_refused_total")
 
     public init(store: ReplicaStore, configuration: StorageListenerConfiguration, logger: Logger = Logger(label: "aqueduct.replica.listener")) {
@@ -57,13 +59,14 @@ public final class StorageServer: Sendable {
         return listening.localAddress!
     }
 
-    /// Stops accepting connections (those open are closed by their peers or the process).
+    /// Stops accepting connections and closes those open: their peers see the node go.
     public func stop() async {
         let listening = channel.withLock { channel -> (any Channel)? in
             defer { channel = nil }
             return channel
         }
         try? await listening?.close()
+        for child in children.withLock({ Array($0.values) }) { try? await child.close() }
     }
 
     public var openConnections: Int { connections.load(ordering: .relaxed) }
@@ -97,6 +100,8 @@ final class StorageConnectionHandler: ChannelDuplexHandler, @unchecked Sendable 
     func channelActive(context: ChannelHandlerContext) {
         let open = server.connections.wrappingAdd(1, ordering: .relaxed).newValue
         counted = true
+        let channel = context.channel
+        server.children.withLock { $0[ObjectIdentifier(channel)] = channel }
         if open > server.configuration.connectionsMax {
             server.logger.warning("refusing a storage connection: at the limit", metadata: ["limit": "\(server.configuration.connectionsMax)"])
             context.close(promise: nil)
@@ -108,6 +113,8 @@ final class StorageConnectionHandler: ChannelDuplexHandler, @unchecked Sendable 
     func channelInactive(context: ChannelHandlerContext) {
         closed = true
         if counted { server.connections.wrappingSubtract(1, ordering: .relaxed) }
+        let channel = context.channel
+        server.children.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(channel)) }
         for token in polls { server.store.cancelPoll(token) }
         polls.removeAll()
         context.fireChannelInactive()
