@@ -99,12 +99,27 @@ let package = Package(
             dependencies: ["AqueductCommon", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: strict),
 
-        // Replication's shells on a node: the replica store (a write-once entry log with
-        // group commit), the storage listener and the client connection (SwiftNIO).
+        // Replication's storage node: the replica store (a write-once entry log with
+        // group commit) and the storage listener (SwiftNIO).
         .target(
             name: "AqueductReplicaNode",
             dependencies: [
                 "AqueductReplication", "AqueductCommon",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ],
+            swiftSettings: strict),
+
+        // Replication's client side (BookKeeper's client): connections to storage nodes,
+        // the segment writer, recovery and replica reads driving AqueductReplication's
+        // machines, segment metadata kept with compare-and-set in a MetadataStore.
+        .target(
+            name: "AqueductReplicaClient",
+            dependencies: [
+                "AqueductReplication", "AqueductMetadata", "AqueductCommon",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -237,7 +252,11 @@ let package = Package(
         .testTarget(name: "AqueductStorageTests", dependencies: ["AqueductStorage", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(name: "AqueductLogTests", dependencies: ["AqueductLog", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(name: "AqueductReplicationTests", dependencies: ["AqueductReplication", "AqueductTestSupport"], swiftSettings: strict),
-        .testTarget(name: "AqueductReplicaNodeTests", dependencies: ["AqueductReplicaNode", "AqueductTestSupport"], swiftSettings: strict),
+        .testTarget(name: "AqueductReplicaNodeTests", dependencies: ["AqueductReplicaNode", "AqueductReplicaClient", "AqueductTestSupport"], swiftSettings: strict),
+        .testTarget(
+            name: "AqueductReplicaClientTests",
+            dependencies: ["AqueductReplicaClient", "AqueductReplicaNode", "AqueductMetadata", "AqueductTestSupport"],
+            swiftSettings: strict),
         .testTarget(name: "AqueductBrokerTests", dependencies: ["AqueductBroker", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(name: "AqueductGroupsTests", dependencies: ["AqueductGroups", "AqueductAPI", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(

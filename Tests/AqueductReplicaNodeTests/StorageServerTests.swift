@@ -1,3 +1,4 @@
+import AqueductReplicaClient
 import AqueductReplicaNode
 import AqueductReplication
 import AqueductTestSupport
