@@ -69,6 +69,19 @@ let package = Package(
             ],
             swiftSettings: strict),
 
+        // The cluster's metadata in etcd, behind MetadataStore (v3 JSON gateway: range,
+        // txn, watch, leases), over AsyncHTTPClient.
+        .target(
+            name: "AqueductEtcd",
+            dependencies: [
+                "AqueductMetadata",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+
         // The storage node (BookKeeper's bookie): journal + entry storage + recovery.
         .target(
             name: "AqueductStorage",
@@ -253,9 +266,10 @@ let package = Package(
         .testTarget(name: "AqueductLogTests", dependencies: ["AqueductLog", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(name: "AqueductReplicationTests", dependencies: ["AqueductReplication", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(name: "AqueductReplicaNodeTests", dependencies: ["AqueductReplicaNode", "AqueductReplicaClient", "AqueductTestSupport"], swiftSettings: strict),
+        .testTarget(name: "AqueductEtcdTests", dependencies: ["AqueductEtcd", "AqueductMetadata", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(
             name: "AqueductReplicaClientTests",
-            dependencies: ["AqueductReplicaClient", "AqueductReplicaNode", "AqueductMetadata", "AqueductTestSupport"],
+            dependencies: ["AqueductReplicaClient", "AqueductReplicaNode", "AqueductMetadata", "AqueductEtcd", "AqueductTestSupport"],
             swiftSettings: strict),
         .testTarget(name: "AqueductBrokerTests", dependencies: ["AqueductBroker", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(name: "AqueductGroupsTests", dependencies: ["AqueductGroups", "AqueductAPI", "AqueductTestSupport"], swiftSettings: strict),

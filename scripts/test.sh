@@ -4,7 +4,8 @@
 # 127.0.0.1), then runs unit and integration tests, then the Kafka client
 # compatibility suite (Tests/compat/run.sh), which installs its clients itself,
 # idempotently: kcat, Go and sarama via apt, confluent-kafka, kafka-python and
-# aiokafka into a venv under ~/.cache.
+# aiokafka into a venv under ~/.cache. etcd (for the cluster tests, which start their
+# own on loopback ports) is installed from Debian here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
@@ -25,6 +26,16 @@ trap stop_orphans EXIT
 
 echo "== generated Kafka codecs match their definitions"
 python3 scripts/kafka-codegen.py --check
+
+echo "== etcd for the cluster tests (Debian's etcd-server; installed once, its service not started)"
+if ! command -v etcd >/dev/null; then
+  policy_added=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; policy_added=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server >/dev/null \
+    || { DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server >/dev/null; }
+  [ -n "$policy_added" ] && rm -f /usr/sbin/policy-rc.d
+fi
+etcd --version | head -1
 
 echo "== build (debug, with tests)"
 swift build --build-tests

@@ -184,18 +184,25 @@ public final class EmbeddedMetadataStore: MetadataStore {
         }
     }
 
-    public func watch(prefix: String) -> AsyncThrowingStream<MetadataEvent, any Error> {
+    /// The store keeps no history: a watch after a revision older than the current one
+    /// ends at once with `watchLagged`.
+    public func watch(prefix: String, afterRevision: UInt64?) -> AsyncThrowingStream<MetadataEvent, any Error> {
         let (stream, continuation) = AsyncThrowingStream<MetadataEvent, any Error>.makeStream(
             bufferingPolicy: .bufferingOldest(Self.watchEventsBufferMax))
+        var lagged = false
         let id: UInt64? = guarded.withLock { guarded in
             if guarded.closed { return nil }
+            if let afterRevision, afterRevision < guarded.state.revision {
+                lagged = true
+                return nil
+            }
             let id = guarded.nextWatcherID
             guarded.nextWatcherID += 1
             guarded.watchers[id] = Watcher(prefix: prefix, continuation: continuation)
             return id
         }
         guard let id else {
-            continuation.finish(throwing: MetadataError.closed)
+            continuation.finish(throwing: lagged ? MetadataError.watchLagged(prefix: prefix) : MetadataError.closed)
             return stream
         }
         continuation.onTermination = { [weak self] _ in

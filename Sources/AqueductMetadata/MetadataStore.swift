@@ -53,6 +53,12 @@ public struct MetadataEvent: Equatable, Sendable {
     public var key: String
     public var kind: Kind
     public var revision: UInt64
+
+    public init(key: String, kind: Kind, revision: UInt64) {
+        self.key = key
+        self.kind = kind
+        self.revision = revision
+    }
 }
 
 public enum MetadataError: Error, Equatable, CustomStringConvertible, Sendable {
@@ -95,14 +101,22 @@ public protocol MetadataStore: Sendable {
     /// does not. Durable when it returns.
     @discardableResult
     func commit(_ operations: [MetadataOperation]) async throws -> UInt64
-    /// Changes to keys under `prefix` made after this call, in commit order.
-    func watch(prefix: String) -> AsyncThrowingStream<MetadataEvent, any Error>
+    /// Changes to keys under `prefix` in commit order: those after revision
+    /// `afterRevision`, or with nil those made once the watch is established. A
+    /// revision whose history the store no longer has ends the stream with
+    /// `watchLagged` (read again, then watch after the revision read).
+    func watch(prefix: String, afterRevision: UInt64?) -> AsyncThrowingStream<MetadataEvent, any Error>
     /// The revision of the last commit.
     func currentRevision() async throws -> UInt64
     func close() async throws
 }
 
 extension MetadataStore {
+    /// Changes to keys under `prefix` made after this call, in commit order.
+    public func watch(prefix: String) -> AsyncThrowingStream<MetadataEvent, any Error> {
+        watch(prefix: prefix, afterRevision: nil)
+    }
+
     @discardableResult
     public func put(_ key: String, _ value: [UInt8], expect: Expectation = .any) async throws -> UInt64 {
         try await commit([.put(key: key, value: value, expect: expect)])

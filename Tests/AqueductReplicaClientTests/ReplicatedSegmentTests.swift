@@ -1,3 +1,4 @@
+import AqueductEtcd
 import AqueductMetadata
 import AqueductReplicaClient
 import AqueductReplicaNode
@@ -18,8 +19,8 @@ import Testing
         let pool = StorageNodePool(connectTimeoutMilliseconds: 1_000)
         let metadata: SegmentMetadataStore
 
-        init(nodes ids: [NodeID]) async throws {
-            metadata = SegmentMetadataStore(try EmbeddedMetadataStore(directory: directory + "/metadata"))
+        init(nodes ids: [NodeID], metadataStore: (any MetadataStore)? = nil) async throws {
+            metadata = SegmentMetadataStore(try metadataStore ?? EmbeddedMetadataStore(directory: directory + "/metadata"))
             for id in ids { try await start(id) }
         }
 
@@ -228,5 +229,29 @@ import Testing
         let outcome = try await SegmentRecoverer.recover(segment: 12, owner: "new-owner", transport: cluster.pool, metadataStore: cluster.metadata)
         #expect(outcome.lastEntry == -1)
         await cluster.shutdown()
+    }
+
+    @Test(.enabled(if: EtcdProcess.isInstalled, "etcd is not installed: scripts/test.sh installs etcd-server"))
+    func withSegmentMetadataInEtcdAnEnsembleChangeAndATakeoverKeepEveryConfirmedEntry() async throws {
+        let etcd = EtcdProcess(dataDirectory: temporaryDirectory() + "/etcd")
+        try await etcd.start()
+        let cluster = try await Cluster(nodes: [1, 2, 3, 4], metadataStore: EtcdMetadataStore(configuration: .init(endpoint: etcd.endpoint)))
+        let writer = try await ReplicatedSegmentWriter.create(
+            segment: 13, shape: Self.shape332, ensemble: [1, 2, 3], spareNodes: [4], owner: "old-writer", transport: cluster.pool,
+            metadataStore: cluster.metadata)
+        var confirmed = try await appendAll(writer, 0..<50)
+        await cluster.stop(3)
+        confirmed.merge(try await appendAll(writer, 50..<100)) { a, _ in a }
+        let (changed, _) = try await cluster.metadata.load(13)
+        #expect(changed.fragments.last?.ensemble == [1, 2, 4], "the ensemble change is in etcd")
+        let outcome = try await SegmentRecoverer.recover(segment: 13, owner: "new-owner", transport: cluster.pool, metadataStore: cluster.metadata)
+        #expect(outcome.lastEntry == 99)
+        await #expect(throws: ReplicationError.fenced(segment: 13)) { try await writer.append(payload(999)) }
+        let reader = ReplicaReader(transport: cluster.pool)
+        for (i, id) in confirmed {
+            #expect(try await reader.read(segment: 13, entry: id, metadata: outcome.metadata).payload == payload(i))
+        }
+        await cluster.shutdown()
+        await etcd.stop()
     }
 }
