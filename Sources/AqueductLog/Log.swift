@@ -21,7 +21,7 @@ import Synchronization
 /// `control` and written to metadata with compare-and-set.
 public final class Log: Sendable {
     public let id: UInt64
-    let storage: StorageNode
+    let storage: any SegmentStorage
     let metadata: any MetadataStore
     let clock: any WallClock
     let logger: Logger
@@ -29,7 +29,7 @@ public final class Log: Sendable {
     let control = WeightedSemaphore(capacity: 1)
 
     struct Active {
-        var handle: StorageNode.SegmentHandle
+        var handle: any SegmentAppender
         var segment: SegmentID { handle.id }
         var baseOffset: Int64
         var createdAtMilliseconds: Int64
@@ -53,7 +53,7 @@ public final class Log: Sendable {
     private let appendedRecords: Counter
     private let appendedBytes: Counter
 
-    init(record: LogRecord, version: UInt64, storage: StorageNode, metadata: any MetadataStore, clock: any WallClock, logger: Logger) {
+    init(record: LogRecord, version: UInt64, storage: any SegmentStorage, metadata: any MetadataStore, clock: any WallClock, logger: Logger) {
         self.id = record.id
         self.storage = storage
         self.metadata = metadata
@@ -195,8 +195,8 @@ public final class Log: Sendable {
                 assigned.baseOffset = baseOffset
                 let pending = PendingAppend(AppendResult(baseOffset: baseOffset, lastOffset: assigned.lastOffset, segment: active.segment))
                 do throws(StorageError) {
-                    try storage.submitAppend(
-                        active.handle, epoch: epoch, batch: batch, header: assigned, reservedBytes: reserved, checksumVerified: true,
+                    try active.handle.submitAppend(
+                        epoch: epoch, batch: batch, header: assigned, reservedBytes: reserved, checksumVerified: true,
                         baseOffsetWritten: false
                     ) { outcome in pending.complete(outcome) }
                 } catch {
@@ -283,10 +283,10 @@ public final class Log: Sendable {
         _ segment: SegmentID, baseOffset: Int64, epoch: UInt64, record: LogRecord, version: UInt64, now: Int64,
         also update: (inout State) -> Void
     ) async throws(LogError) {
-        let handle: StorageNode.SegmentHandle
+        let handle: any SegmentAppender
         do throws(StorageError) {
             try await storage.createSegment(segment, baseOffset: baseOffset, epoch: epoch)
-            handle = try storage.handle(segment)
+            handle = try storage.appender(segment)
         } catch {
             throw .storage(error)
         }

@@ -8,13 +8,13 @@ import Synchronization
 /// All logs of this node: creates, opens and deletes them, and enforces retention.
 /// Their segment lists live in the metadata store; their entries on the storage node.
 public final class LogStore: Sendable {
-    public let storage: StorageNode
+    public let storage: any SegmentStorage
     public let metadata: any MetadataStore
     let clock: any WallClock
     let logger: Logger
     private let logs = Mutex<[UInt64: Log]>([:])
 
-    public init(storage: StorageNode, metadata: any MetadataStore, clock: any WallClock = SystemWallClock(), logger: Logger = Logger(label: "aqueduct.log")) {
+    public init(storage: any SegmentStorage, metadata: any MetadataStore, clock: any WallClock = SystemWallClock(), logger: Logger = Logger(label: "aqueduct.log")) {
         self.storage = storage
         self.metadata = metadata
         self.clock = clock

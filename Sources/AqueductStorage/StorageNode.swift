@@ -168,11 +168,12 @@ public final class StorageNode: Sendable {
     /// one for its active segment).
     public struct SegmentHandle: Sendable {
         let state: SegmentState
+        let node: StorageNode
         public var id: SegmentID { state.id }
     }
 
     public func handle(_ id: SegmentID) throws(StorageError) -> SegmentHandle {
-        SegmentHandle(state: try segment(id))
+        SegmentHandle(state: try segment(id), node: self)
     }
 
     /// Queues `batch` (one record batch whose base offset is the segment's next offset)
