@@ -141,6 +141,19 @@ let package = Package(
             ],
             swiftSettings: strict),
 
+        // A log's segments replicated over storage nodes (cluster mode): SegmentStorage
+        // on AqueductReplicaClient's writer, recovery and replica reads.
+        .target(
+            name: "AqueductReplicatedLog",
+            dependencies: [
+                "AqueductStorage", "AqueductReplicaClient", "AqueductReplication", "AqueductRecords", "AqueductCommon",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ],
+            swiftSettings: strict),
+
         // Topics and partitions on logs: the model every front end (HTTP, Kafka) shares.
         .target(
             name: "AqueductBroker",
@@ -267,6 +280,10 @@ let package = Package(
         .testTarget(name: "AqueductReplicationTests", dependencies: ["AqueductReplication", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(name: "AqueductReplicaNodeTests", dependencies: ["AqueductReplicaNode", "AqueductReplicaClient", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(name: "AqueductEtcdTests", dependencies: ["AqueductEtcd", "AqueductMetadata", "AqueductTestSupport"], swiftSettings: strict),
+        .testTarget(
+            name: "AqueductReplicatedLogTests",
+            dependencies: ["AqueductReplicatedLog", "AqueductLog", "AqueductReplicaClient", "AqueductReplicaNode", "AqueductMetadata", "AqueductRecords", "AqueductTestSupport"],
+            swiftSettings: strict),
         .testTarget(
             name: "AqueductReplicaClientTests",
             dependencies: ["AqueductReplicaClient", "AqueductReplicaNode", "AqueductMetadata", "AqueductEtcd", "AqueductTestSupport"],

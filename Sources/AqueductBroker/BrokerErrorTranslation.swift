@@ -40,6 +40,7 @@ extension BrokerError {
             BrokerError(.corruptData, error.description, hint: "the range is refused; truncate the partition past it or restore it")
         case .closed: BrokerError(.unavailable, "the server is shutting down", hint: "retry against a running server")
         case .ioFailure: BrokerError(.storageError, error.description, hint: "check the disk, then restart the server")
+        case .replicasUnavailable: BrokerError(.unavailable, error.description, hint: "retry; `aqueduct cluster status` shows which nodes are down")
         case .entryTooLarge(let bytes, let limit):
             BrokerError(.recordTooLarge, "record batch of \(bytes) bytes exceeds the limit of \(limit) bytes")
         default: BrokerError(.storageError, error.description)

@@ -44,7 +44,19 @@ public final class ReplicatedSegmentWriter: @unchecked Sendable {
     /// The entry id of `payloads.first`.
     private var firstKept: Int64
     private var pendingBytes = 0
-    private var waiting: Deque<(entry: Int64, continuation: CheckedContinuation<Int64, any Error>)> = []
+    /// Who waits for an entry's confirmation.
+    private enum Waiter {
+        case continuation(CheckedContinuation<Int64, any Error>)
+        case callback(@Sendable (Result<Int64, ReplicationError>) -> Void)
+
+        func resume(_ result: Result<Int64, ReplicationError>) {
+            switch self {
+            case .continuation(let continuation): continuation.resume(with: result.mapError { $0 as any Error })
+            case .callback(let callback): callback(result)
+            }
+        }
+    }
+    private var waiting: Deque<(entry: Int64, waiter: Waiter)> = []
     private var closing: [CheckedContinuation<Int64, any Error>] = []
     private var failure: ReplicationError?
     private var sealedAt: Int64?
@@ -79,10 +91,11 @@ public final class ReplicatedSegmentWriter: @unchecked Sendable {
     /// Creates the segment in metadata (it must not exist) and returns its writer.
     public static func create(
         segment: UInt64, shape: QuorumShape, ensemble: [NodeID], spareNodes: [NodeID], owner: String, transport: any StorageTransport,
-        metadataStore: SegmentMetadataStore, configuration: SegmentWriterConfiguration = .init(),
+        metadataStore: SegmentMetadataStore, properties: [String: String]? = nil, configuration: SegmentWriterConfiguration = .init(),
         loop: any EventLoop = MultiThreadedEventLoopGroup.singleton.next()
     ) async throws(ReplicationError) -> ReplicatedSegmentWriter {
-        let metadata = SegmentMetadata(shape: shape, ensemble: ensemble, owner: owner)
+        var metadata = SegmentMetadata(shape: shape, ensemble: ensemble, owner: owner)
+        metadata.properties = properties
         let version = try await metadataStore.create(segment, metadata)
         return try ReplicatedSegmentWriter(
             segment: segment, metadata: metadata, version: version, spareNodes: spareNodes, transport: transport,
@@ -94,8 +107,15 @@ public final class ReplicatedSegmentWriter: @unchecked Sendable {
     /// in the order they reach the writer's loop.
     public func append(_ payload: ByteBuffer) async throws -> Int64 {
         try await withCheckedThrowingContinuation { continuation in
-            loop.execute { self.startAppend(payload, continuation) }
+            loop.execute { self.startAppend(payload, .continuation(continuation)) }
         }
+    }
+
+    /// Appends without waiting: entries are numbered in the order of these calls made
+    /// from one thread (or under one lock), and `completion` runs on the writer's loop
+    /// with the entry id once it is confirmed, in entry order.
+    public func submit(_ payload: ByteBuffer, completion: @escaping @Sendable (Result<Int64, ReplicationError>) -> Void) {
+        loop.execute { self.startAppend(payload, .callback(completion)) }
     }
 
     /// Stops appends, waits for every entry to be confirmed, seals the segment in
@@ -127,19 +147,19 @@ public final class ReplicatedSegmentWriter: @unchecked Sendable {
 
     // MARK: - On the loop
 
-    private func startAppend(_ payload: ByteBuffer, _ continuation: CheckedContinuation<Int64, any Error>) {
-        if let failure { return continuation.resume(throwing: failure) }
+    private func startAppend(_ payload: ByteBuffer, _ waiter: Waiter) {
+        if let failure { return waiter.resume(.failure(failure)) }
         let pendingEntries = machine.pendingCount
         guard pendingEntries < configuration.pendingEntriesMax, pendingBytes + payload.readableBytes <= configuration.pendingBytesMax else {
-            return continuation.resume(throwing: ReplicationError.backlogFull(entries: pendingEntries, bytes: pendingBytes))
+            return waiter.resume(.failure(.backlogFull(entries: pendingEntries, bytes: pendingBytes)))
         }
         guard let (entry, actions) = machine.append() else {
-            return continuation.resume(throwing: ReplicationError.closed(segment: segment))
+            return waiter.resume(.failure(.closed(segment: segment)))
         }
         assert(entry == firstKept + Int64(payloads.count))
         payloads.append(payload)
         pendingBytes += payload.readableBytes
-        waiting.append((entry, continuation))
+        waiting.append((entry, waiter))
         run(actions)
     }
 
@@ -206,7 +226,7 @@ public final class ReplicatedSegmentWriter: @unchecked Sendable {
         var count = 0
         while let first = waiting.first, first.entry <= upTo {
             waiting.removeFirst()
-            first.continuation.resume(returning: first.entry)
+            first.waiter.resume(.success(first.entry))
             count += 1
         }
         confirmedEntries.increment(by: count)
@@ -311,7 +331,7 @@ public final class ReplicatedSegmentWriter: @unchecked Sendable {
         logger.notice("segment writer stopped", metadata: ["segment": "\(segment)", "reason": "\(error)"])
         let waiters = waiting
         waiting = []
-        for waiter in waiters { waiter.continuation.resume(throwing: error) }
+        for waiter in waiters { waiter.waiter.resume(.failure(error)) }
         for waiter in closing { waiter.resume(throwing: error) }
         closing = []
         payloads = []

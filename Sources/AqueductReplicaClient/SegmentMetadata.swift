@@ -25,6 +25,9 @@ public struct SegmentMetadata: Codable, Sendable, Hashable {
     public var owner: String
     /// The last entry, once sealed (-1 for an empty segment).
     public var lastEntry: Int64?
+    /// What the segment's user records with it (BookKeeper's custom metadata): the log
+    /// keeps the segment's first offset here.
+    public var properties: [String: String]?
 
     public init(shape: QuorumShape, ensemble: [NodeID], owner: String, firstEntry: Int64 = 0) {
         ensembleSize = shape.ensembleSize
@@ -60,7 +63,9 @@ public enum ReplicationError: Error, Sendable, Hashable, CustomStringConvertible
     case closed(segment: UInt64)
     /// More entries or bytes wait for acknowledgement than the writer may hold.
     case backlogFull(entries: Int, bytes: Int)
-    /// The segment's metadata is missing, unreadable, or the store refused a change.
+    /// No metadata names the segment (never created, or deleted).
+    case noSuchSegment(UInt64)
+    /// The segment's metadata is unreadable, or the store refused a change.
     case metadata(String)
     /// Recovery could not decide the segment's end now (too many nodes unreachable); retry.
     case recoveryFailed(segment: UInt64, String)
@@ -74,6 +79,7 @@ public enum ReplicationError: Error, Sendable, Hashable, CustomStringConvertible
         case .fenced(let segment): "segment \(segment) was taken over by another writer"
         case .closed(let segment): "segment \(segment) is closed for appends"
         case .backlogFull(let entries, let bytes): "the writer holds \(entries) entries (\(bytes) bytes) not yet acknowledged; retry when they are"
+        case .noSuchSegment(let segment): "segment \(segment) does not exist"
         case .metadata(let why): "segment metadata: \(why)"
         case .recoveryFailed(let segment, let why): "recovery of segment \(segment) failed (\(why)); it is retried when more nodes answer"
         case .unavailable(let why): "no replica answered: \(why)"
@@ -105,13 +111,22 @@ public struct SegmentMetadataStore: Sendable {
     public func load(_ segment: UInt64) async throws(ReplicationError) -> (metadata: SegmentMetadata, version: UInt64) {
         do {
             guard let found = try await store.getJSON(SegmentMetadata.self, Self.key(segment)) else {
-                throw ReplicationError.metadata("segment \(segment) has no metadata")
+                throw ReplicationError.noSuchSegment(segment)
             }
             return (found.value, found.version)
         } catch let error as ReplicationError {
             throw error
         } catch {
             throw .metadata("reading segment \(segment): \(error)")
+        }
+    }
+
+    /// Removes the segment's metadata (its entries are then garbage on the nodes).
+    public func delete(_ segment: UInt64) async throws(ReplicationError) {
+        do {
+            try await store.delete(Self.key(segment))
+        } catch {
+            throw .metadata("deleting segment \(segment): \(error)")
         }
     }
 

@@ -128,6 +128,8 @@ public enum StorageError: Error, Equatable, CustomStringConvertible, Sendable {
     case dataLoss(SegmentID, offsets: Range<Int64>)
     /// A disk write or sync failed; the node no longer takes writes.
     case ioFailure(String)
+    /// Replicated storage: too few storage nodes answer (or live) to write or read now.
+    case replicasUnavailable(String)
     case closed
 
     public var description: String {
@@ -149,6 +151,7 @@ public enum StorageError: Error, Equatable, CustomStringConvertible, Sendable {
         case .dataLoss(let id, let offsets):
             "offsets \(offsets.lowerBound)..<\(offsets.upperBound) of segment \(id) were lost to a damaged journal block"
         case .ioFailure(let why): "storage I/O failed: \(why); the node is read-only until restarted"
+        case .replicasUnavailable(let why): "not enough storage nodes answer: \(why); retry once they are back"
         case .closed: "storage node is closed"
         }
     }
@@ -166,6 +169,20 @@ public struct SegmentInfo: Equatable, Sendable {
     public var sealed: Bool
     public var fencedEpoch: UInt64
     public var damaged: [Range<Int64>]
+
+    public init(
+        id: SegmentID, baseOffset: Int64, endOffset: Int64, sizeBytes: Int64, maxTimestamp: Int64, sealed: Bool, fencedEpoch: UInt64,
+        damaged: [Range<Int64>] = []
+    ) {
+        self.id = id
+        self.baseOffset = baseOffset
+        self.endOffset = endOffset
+        self.sizeBytes = sizeBytes
+        self.maxTimestamp = maxTimestamp
+        self.sealed = sealed
+        self.fencedEpoch = fencedEpoch
+        self.damaged = damaged
+    }
 }
 
 /// The result of reading a segment: whole record batches, in order, as slices of
@@ -177,4 +194,10 @@ public struct SegmentRead: Sendable {
     public var nextOffset: Int64
     public var bytes: Int { batches.reduce(0) { $0 + $1.readableBytes } }
     public var fromCache: Bool
+
+    public init(batches: [ByteBuffer], nextOffset: Int64, fromCache: Bool) {
+        self.batches = batches
+        self.nextOffset = nextOffset
+        self.fromCache = fromCache
+    }
 }

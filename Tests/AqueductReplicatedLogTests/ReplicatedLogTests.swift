@@ -1,0 +1,193 @@
+import AqueductCommon
+import AqueductLog
+import AqueductMetadata
+import AqueductRecords
+import AqueductReplicaClient
+import AqueductReplicaNode
+import AqueductReplicatedLog
+import AqueductReplication
+import AqueductStorage
+import AqueductTestSupport
+import Foundation
+import NIOCore
+import Synchronization
+import Testing
+
+/// Logs (AqueductLog, unchanged) whose segments are replicated over real storage nodes
+/// on loopback: offsets, rolls, reads by offset from replicas, a second node taking a
+/// log over, a storage node lost mid-segment.
+@Suite struct ReplicatedLogTests {
+    /// Storage nodes in this process, and the metadata store every "server" shares
+    /// (etcd's role).
+    final class Nodes: Sendable {
+        let directory = temporaryDirectory()
+        let running = Mutex<[NodeID: (store: ReplicaStore, server: StorageServer, address: StorageAddress)]>([:])
+        let metadata: EmbeddedMetadataStore
+
+        init(_ ids: [NodeID]) async throws {
+            metadata = try EmbeddedMetadataStore(directory: directory + "/metadata")
+            for id in ids {
+                let store = try ReplicaStore(configuration: ReplicaStoreConfiguration(directory: "\(directory)/node-\(id)"))
+                let server = StorageServer(store: store, configuration: StorageListenerConfiguration())
+                let address = try await server.start()
+                running.withLock { $0[id] = (store, server, StorageAddress(host: "127.0.0.1", port: address.port!)) }
+            }
+        }
+
+        var live: [NodeID] { running.withLock { Array($0.keys).sorted() } }
+
+        func stop(_ id: NodeID) async {
+            guard let node = running.withLock({ $0.removeValue(forKey: id) }) else { return }
+            await node.server.stop()
+            await node.store.close()
+        }
+
+        /// A server's view: its own connections and segment storage, logs over them.
+        func server(_ name: String, shape: QuorumShape, tailCacheBytes: Int = 2_048) async throws -> (logs: LogStore, pool: StorageNodePool) {
+            let pool = StorageNodePool(addresses: running.withLock { $0.mapValues(\.address) }, connectTimeoutMilliseconds: 1_000)
+            var configuration = ReplicatedStorageConfiguration(shape: shape, owner: name)
+            configuration.tailCacheBytesPerSegment = tailCacheBytes
+            let storage = ReplicatedSegmentStorage(
+                configuration: configuration, transport: pool, metadataStore: SegmentMetadataStore(metadata),
+                liveNodes: { [self] in live })
+            let logs = LogStore(storage: storage, metadata: metadata)
+            try await logs.open()
+            return (logs, pool)
+        }
+
+        func shutdown() async {
+            for id in live { await stop(id) }
+            try? await metadata.close()
+        }
+    }
+
+    static let shape332 = try! QuorumShape(ensemble: 3, write: 3, ack: 2)
+
+    func batch(_ values: [String]) -> ByteBuffer {
+        var builder = RecordBatchBuilder()
+        for value in values { builder.append(timestamp: 1_700_000_000_000, key: nil, value: Array(value.utf8)) }
+        return builder.build()
+    }
+
+    func readValues(_ log: Log, from offset: Int64, maxBytes: Int = 300) async throws -> [(Int64, String)] {
+        var out: [(Int64, String)] = []
+        var next = offset
+        while true {
+            let read = try await log.read(from: next, maxBytes: maxBytes)
+            if read.batches.isEmpty { break }
+            for batch in read.batches {
+                for record in try RecordBatch.records(of: batch) where record.offset >= next {
+                    out.append((record.offset, String(decoding: record.value!, as: UTF8.self)))
+                }
+            }
+            next = read.nextOffset
+        }
+        return out
+    }
+
+    @Test func offsetsAreDenseAcrossRolledReplicatedSegmentsAndReadableFromAnyOffset() async throws {
+        let nodes = try await Nodes([1, 2, 3])
+        // No tail cache: every read goes to the replicas.
+        let (logs, pool) = try await nodes.server("node-a", shape: Self.shape332, tailCacheBytes: 0)
+        var configuration = LogConfiguration()
+        configuration.segmentBytes = 1_024
+        let log = try await logs.createLog(name: "t-0", configuration: configuration)
+        let writer = try await log.openWriter()
+        var expected: [(Int64, String)] = []
+        for index in 0..<60 {
+            let values = (0..<(index % 3 + 1)).map { "v\(index)-\($0)" }
+            let appended = try await writer.append(batch(values))
+            #expect(appended.baseOffset == Int64(expected.count))
+            for value in values { expected.append((Int64(expected.count), value)) }
+        }
+        let info = log.info()
+        #expect(info.segments.count >= 4, "segments roll at 1 KiB")
+        #expect(info.endOffset == Int64(expected.count))
+        let all = try await readValues(log, from: 0)
+        #expect(all.map(\.0) == expected.map(\.0) && all.map(\.1) == expected.map(\.1))
+        // From every offset: the batch holding it is found (searching replicas where
+        // the tail cache does not reach), and nothing before the offset is returned.
+        for start in stride(from: 0, to: expected.count, by: 7) {
+            let read = try await readValues(log, from: Int64(start))
+            #expect(read.first?.0 == Int64(start) && read.count == expected.count - start)
+        }
+        await pool.close()
+        await nodes.shutdown()
+    }
+
+    @Test func aNewOwnerFencesTheOldWriterAndKeepsEveryAcknowledgedBatch() async throws {
+        let nodes = try await Nodes([1, 2, 3])
+        let (logsA, poolA) = try await nodes.server("node-a", shape: Self.shape332)
+        let logA = try await logsA.createLog(name: "t-1", configuration: LogConfiguration())
+        let writerA = try await logA.openWriter()
+        var acknowledged: [Int64: String] = [:]
+        for index in 0..<50 {
+            let appended = try await writerA.append(batch(["a\(index)"]))
+            acknowledged[appended.baseOffset] = "a\(index)"
+        }
+        let (logsB, poolB) = try await nodes.server("node-b", shape: Self.shape332)
+        let logB = try #require(logsB.log(logA.id))
+        // Four appenders keep writing through A until A is fenced, while B takes over.
+        let late = Task {
+            await withTaskGroup(of: [(Int64, String)].self) { group in
+                for appender in 0..<4 {
+                    group.addTask {
+                        var done: [(Int64, String)] = []
+                        for index in 0... {
+                            guard let appended = try? await writerA.append(batch(["late\(appender)-\(index)"])) else { break }
+                            done.append((appended.baseOffset, "late\(appender)-\(index)"))
+                        }
+                        return done
+                    }
+                }
+                var done: [(Int64, String)] = []
+                for await results in group { done += results }
+                return done
+            }
+        }
+        try await waitUntil { logA.endOffset >= 60 }
+        let writerB = try await logB.openWriter()
+        let lateAcknowledged = await late.value
+        for (offset, value) in lateAcknowledged { acknowledged[offset] = value }
+        // The old writer never gets another batch acknowledged.
+        await #expect(throws: LogError.self) { try await writerA.append(batch(["too late"])) }
+        var newOffsets: [Int64] = []
+        for index in 0..<10 {
+            let appended = try await writerB.append(batch(["b\(index)"]))
+            acknowledged[appended.baseOffset] = "b\(index)"
+            newOffsets.append(appended.baseOffset)
+        }
+        let read = try await readValues(logB, from: 0)
+        let offsets = read.map(\.0)
+        #expect(offsets == Array(0..<Int64(read.count)), "offsets stay dense through the takeover")
+        let stored = Dictionary(uniqueKeysWithValues: read)
+        for (offset, value) in acknowledged {
+            #expect(stored[offset] == value, "acknowledged batch at \(offset) is kept, at its offset")
+        }
+        #expect(newOffsets.first! >= 50)
+        print("takeover: \(lateAcknowledged.count) appends acknowledged to the old writer while the new one took over; the new writer started at offset \(newOffsets.first!)")
+        await poolA.close()
+        await poolB.close()
+        await nodes.shutdown()
+    }
+
+    @Test func aStorageNodeLostMidSegmentDoesNotStopTheLog() async throws {
+        let nodes = try await Nodes([1, 2, 3, 4])
+        let (logs, pool) = try await nodes.server("node-a", shape: Self.shape332)
+        let log = try await logs.createLog(name: "t-2", configuration: LogConfiguration())
+        let writer = try await log.openWriter()
+        for index in 0..<40 { _ = try await writer.append(batch(["v\(index)"])) }
+        // Stop one of the active segment's ensemble.
+        let segment = try #require(log.info().segments.last)
+        let replicaID = ReplicatedSegmentStorage.replicaID(SegmentID(logID: log.id, number: segment.number))
+        let ensemble = try await SegmentMetadataStore(nodes.metadata).load(replicaID).metadata.fragments[0].ensemble
+        await nodes.stop(ensemble[1])
+        for index in 40..<80 { _ = try await writer.append(batch(["v\(index)"])) }
+        let fragments = try await SegmentMetadataStore(nodes.metadata).load(replicaID).metadata.fragments
+        #expect(fragments.count == 2 && !fragments[1].ensemble.contains(ensemble[1]), "an ensemble change replaced the node")
+        let read = try await readValues(log, from: 0)
+        #expect(read.map(\.1) == (0..<80).map { "v\($0)" })
+        await pool.close()
+        await nodes.shutdown()
+    }
+}
