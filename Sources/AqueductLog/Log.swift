@@ -88,8 +88,19 @@ public final class Log: Sendable {
         await control.acquire(1)
         defer { control.release(1) }
         var (record, version) = state.withLock { ($0.record, $0.version) }
+        if storage.isShared {
+            // Another server may have written the log since this one read it.
+            (record, version) = try await reload()
+        }
         let epoch = record.writerEpoch + 1
         let now = clock.nowMilliseconds()
+        if storage.isShared {
+            // Claim the epoch before fencing (the order): from here on a writer
+            // of an older epoch fails its next metadata change, and two servers taking
+            // the log at once cannot both get past this compare-and-set.
+            record.writerEpoch = epoch
+            version = try await save(record, expecting: version)
+        }
         var retired: [SegmentID] = []
         // Numbers only grow: an empty last segment is retired below, and its number must
         // not be taken again (it still exists in storage until it is deleted).
@@ -295,6 +306,17 @@ public final class Log: Sendable {
             state.version = version
             state.active = Active(handle: handle, baseOffset: baseOffset, createdAtMilliseconds: now, bytes: 0)
             update(&state)
+        }
+    }
+
+    private func reload() async throws(LogError) -> (LogRecord, UInt64) {
+        do {
+            guard let stored = try await metadata.getJSON(LogRecord.self, LogRecord.key(id)) else { throw LogError.logNotFound(id) }
+            return stored
+        } catch let error as LogError {
+            throw error
+        } catch {
+            throw .metadata("\(error)")
         }
     }
 

@@ -71,6 +71,9 @@ public final class ReplicatedSegmentStorage: SegmentStorage {
         self.logger = logger
     }
 
+    /// Every server of the cluster reaches these segments.
+    public var isShared: Bool { true }
+
     /// The replicated segment holding a log's segment: the log id in the high 32 bits,
     /// the segment number in the low (a log rolls far fewer than 2^32 segments).
     public static func replicaID(_ id: SegmentID) -> UInt64 {

@@ -6,6 +6,9 @@ import NIOCore
 /// The log sequences appends and keeps the segment list in metadata; this keeps the
 /// entries, fences and seals them, and serves reads.
 public protocol SegmentStorage: AnyObject, Sendable {
+    /// Whether other processes reach the same segments (replicated storage): a log then
+    /// reads its record again and claims its writer epoch in metadata before fencing.
+    var isShared: Bool { get }
     /// Creates an empty segment whose first batch will have `baseOffset`.
     func createSegment(_ id: SegmentID, baseOffset: Int64, epoch: UInt64) async throws(StorageError)
     /// The append path of a segment, looked up once (the log keeps it for its active segment).
@@ -52,6 +55,9 @@ public protocol SegmentAppender: Sendable {
 }
 
 extension StorageNode: SegmentStorage {
+    /// One process owns the node's segments.
+    public var isShared: Bool { false }
+
     public func appender(_ id: SegmentID) throws(StorageError) -> any SegmentAppender {
         try handle(id)
     }

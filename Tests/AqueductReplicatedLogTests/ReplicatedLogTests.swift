@@ -190,4 +190,30 @@ import Testing
         await pool.close()
         await nodes.shutdown()
     }
+
+    @Test func twoServersTakingALogAtOnceEndWithOneWriter() async throws {
+        let nodes = try await Nodes([1, 2, 3])
+        let (logsA, poolA) = try await nodes.server("node-a", shape: Self.shape332)
+        let log = try await logsA.createLog(name: "t-3", configuration: LogConfiguration())
+        let first = try await log.openWriter()
+        for index in 0..<20 { _ = try await first.append(batch(["a\(index)"])) }
+        let (logsB, poolB) = try await nodes.server("node-b", shape: Self.shape332)
+        let (logsC, poolC) = try await nodes.server("node-c", shape: Self.shape332)
+        async let b = try? logsB.log(log.id)!.openWriter()
+        async let c = try? logsC.log(log.id)!.openWriter()
+        let writers = [await b, await c].compactMap { $0 }
+        #expect(!writers.isEmpty, "at least one takeover succeeds")
+        // Of every writer ever opened, only one can still append.
+        var working = 0
+        for writer in writers + [first] {
+            if (try? await writer.append(batch(["probe"]))) != nil { working += 1 }
+        }
+        #expect(working == 1)
+        // A server that starts now sees the first writer's batches, sealed.
+        let (logsD, poolD) = try await nodes.server("node-d", shape: Self.shape332)
+        let read = try await readValues(logsD.log(log.id)!, from: 0)
+        #expect(Array(read.map(\.1).prefix(20)) == (0..<20).map { "a\($0)" })
+        for pool in [poolA, poolB, poolC, poolD] { await pool.close() }
+        await nodes.shutdown()
+    }
 }
