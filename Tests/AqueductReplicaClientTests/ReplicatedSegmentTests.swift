@@ -254,4 +254,35 @@ import Testing
         await cluster.shutdown()
         await etcd.stop()
     }
+
+    @Test func aLostNodesCopiesAreReplacedAfterTheGracePeriod() async throws {
+        let cluster = try await Cluster(nodes: [1, 2, 3, 4])
+        var confirmed: [UInt64: [Int: Int64]] = [:]
+        for segment in 20..<23 as Range<UInt64> {
+            let writer = try await ReplicatedSegmentWriter.create(
+                segment: segment, shape: Self.shape332, ensemble: [1, 2, 3], spareNodes: [4], owner: "writer", transport: cluster.pool,
+                metadataStore: cluster.metadata)
+            confirmed[segment] = try await appendAll(writer, 0..<60)
+            _ = try await writer.close()
+        }
+        await cluster.stop(2)
+        let auditor = ReplicationAuditor(transport: cluster.pool, metadataStore: cluster.metadata)
+        let early = try await auditor.audit(liveNodes: [1, 3, 4], nowMilliseconds: 1_000)
+        #expect(early.underReplicated == 0 && early.lostNodes.isEmpty, "a node missing for less than the grace period may be restarting")
+        let late = try await auditor.audit(liveNodes: [1, 3, 4], nowMilliseconds: 61_000)
+        #expect(late == ReplicationAuditor.Report(underReplicated: 3, repaired: 3, failed: 0, lostNodes: [2]))
+        let after = try await auditor.audit(liveNodes: [1, 3, 4], nowMilliseconds: 62_000)
+        #expect(after.underReplicated == 0, "the count returns to zero")
+        // Every entry is on node 4 now: readable with node 2 gone and node 1 stopped too.
+        await cluster.stop(1)
+        let reader = ReplicaReader(transport: cluster.pool)
+        for segment in 20..<23 as Range<UInt64> {
+            let (metadata, _) = try await cluster.metadata.load(segment)
+            #expect(metadata.fragments == [Fragment(firstEntry: 0, ensemble: [1, 4, 3])])
+            for (i, id) in confirmed[segment]! {
+                #expect(try await reader.read(segment: segment, entry: id, metadata: metadata).payload == payload(i))
+            }
+        }
+        await cluster.shutdown()
+    }
 }
