@@ -202,3 +202,25 @@ public final class ReplicationAuditor: Sendable {
         return report
     }
 }
+
+/// A storage node's garbage: segments it holds that no metadata names any more (their
+/// log deleted them: retention, truncation, a deleted topic). BookKeeper's bookies
+/// collect the same way, comparing their ledgers with the metadata's list.
+public enum ReplicaGarbage {
+    /// Deletes, through `delete`, the segments of `nodeSegments` that have no metadata;
+    /// returns them. The node's list is taken **before** the metadata is read: a
+    /// segment created meanwhile is then never taken for garbage, since its metadata is
+    /// written before its first entry.
+    public static func collect(
+        nodeSegments: () -> [UInt64], metadataStore: SegmentMetadataStore, delete: ([UInt64]) throws -> Void
+    ) async throws -> [UInt64] {
+        let held = nodeSegments()
+        guard !held.isEmpty else { return [] }
+        let named = Set(try await metadataStore.store.list(prefix: SegmentMetadataStore.prefix).compactMap {
+            UInt64($0.key.dropFirst(SegmentMetadataStore.prefix.count))
+        })
+        let garbage = held.filter { !named.contains($0) }
+        if !garbage.isEmpty { try delete(garbage) }
+        return garbage
+    }
+}

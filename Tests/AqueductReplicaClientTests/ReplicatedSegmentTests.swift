@@ -285,4 +285,26 @@ import Testing
         }
         await cluster.shutdown()
     }
+
+    @Test func nodesDropSegmentsWhoseMetadataIsGone() async throws {
+        let cluster = try await Cluster(nodes: [1, 2, 3])
+        for segment in [30, 31] as [UInt64] {
+            let writer = try await ReplicatedSegmentWriter.create(
+                segment: segment, shape: Self.shape332, ensemble: [1, 2, 3], spareNodes: [], owner: "writer", transport: cluster.pool,
+                metadataStore: cluster.metadata)
+            _ = try await appendAll(writer, 0..<10)
+            _ = try await writer.close()
+        }
+        try await waitUntil { [1, 2, 3].allSatisfy { cluster.store($0)?.segmentIDs == [30, 31] } }
+        try await cluster.metadata.delete(30)
+        for node in [1, 2, 3] {
+            let store = try #require(cluster.store(node))
+            let collected = try await ReplicaGarbage.collect(nodeSegments: { store.segmentIDs }, metadataStore: cluster.metadata) {
+                try store.deleteSegments($0)
+            }
+            #expect(collected == [30])
+            #expect(store.segmentIDs == [31])
+        }
+        await cluster.shutdown()
+    }
 }
