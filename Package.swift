@@ -277,7 +277,10 @@ let package = Package(
         .testTarget(name: "AqueductMetadataTests", dependencies: ["AqueductMetadata", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(name: "AqueductStorageTests", dependencies: ["AqueductStorage", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(name: "AqueductLogTests", dependencies: ["AqueductLog", "AqueductTestSupport"], swiftSettings: strict),
-        .testTarget(name: "AqueductReplicationTests", dependencies: ["AqueductReplication", "AqueductTestSupport"], swiftSettings: strict),
+        .testTarget(
+            name: "AqueductReplicationTests",
+            dependencies: ["AqueductReplication", "AqueductTestSupport", .product(name: "HeapModule", package: "swift-collections")],
+            swiftSettings: strict),
         .testTarget(name: "AqueductReplicaNodeTests", dependencies: ["AqueductReplicaNode", "AqueductReplicaClient", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(name: "AqueductEtcdTests", dependencies: ["AqueductEtcd", "AqueductMetadata", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(
