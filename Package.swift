@@ -154,6 +154,16 @@ let package = Package(
             ],
             swiftSettings: strict),
 
+        // Cluster mode's coordination on etcd: membership under leases, who owns (writes)
+        // each log (OwnershipPlan, pure; OwnershipAgent, its shell), draining.
+        .target(
+            name: "AqueductCluster",
+            dependencies: [
+                "AqueductEtcd", "AqueductMetadata", "AqueductReplication",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+
         // Topics and partitions on logs: the model every front end (HTTP, Kafka) shares.
         .target(
             name: "AqueductBroker",
@@ -282,6 +292,7 @@ let package = Package(
             dependencies: ["AqueductReplication", "AqueductTestSupport", .product(name: "HeapModule", package: "swift-collections")],
             swiftSettings: strict),
         .testTarget(name: "AqueductReplicaNodeTests", dependencies: ["AqueductReplicaNode", "AqueductReplicaClient", "AqueductTestSupport"], swiftSettings: strict),
+        .testTarget(name: "AqueductClusterTests", dependencies: ["AqueductCluster", "AqueductEtcd", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(name: "AqueductEtcdTests", dependencies: ["AqueductEtcd", "AqueductMetadata", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(
             name: "AqueductReplicatedLogTests",
