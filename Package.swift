@@ -296,7 +296,10 @@ let package = Package(
         .testTarget(name: "AqueductEtcdTests", dependencies: ["AqueductEtcd", "AqueductMetadata", "AqueductTestSupport"], swiftSettings: strict),
         .testTarget(
             name: "AqueductReplicatedLogTests",
-            dependencies: ["AqueductReplicatedLog", "AqueductLog", "AqueductReplicaClient", "AqueductReplicaNode", "AqueductMetadata", "AqueductRecords", "AqueductTestSupport"],
+            dependencies: [
+                "AqueductReplicatedLog", "AqueductLog", "AqueductBroker", "AqueductAPI", "AqueductReplicaClient", "AqueductReplicaNode", "AqueductMetadata",
+                "AqueductRecords", "AqueductTestSupport",
+            ],
             swiftSettings: strict),
         .testTarget(
             name: "AqueductReplicaClientTests",

@@ -80,12 +80,14 @@ public final class Broker: Sendable {
     struct Topic {
         var record: TopicRecord
         var logs: [Log]
-        var writers: [LogWriter]
+        /// nil where this node does not write the partition (cluster mode: another node
+        /// owns it, or its ownership is moving).
+        var writers: [LogWriter?]
         /// Metric handles, made once: looking them up in the metrics backend on every
         /// produce and fetch would take its lock each time.
         var metrics: TopicMetrics
 
-        init(record: TopicRecord, logs: [Log], writers: [LogWriter]) {
+        init(record: TopicRecord, logs: [Log], writers: [LogWriter?]) {
             self.record = record
             self.logs = logs
             self.writers = writers
@@ -123,10 +125,26 @@ public final class Broker: Sendable {
     /// files and memory, and a client that may create topics must not exhaust them.
     public let partitionsMax: Int
 
+    /// Which partitions this broker writes.
+    public enum Writers: Sendable {
+        /// Every partition (one node: today's path).
+        case all
+        /// Only those it is given with `acquire` (cluster mode: the ownership agent
+        /// decides); the others answer "not the owner", which Kafka clients take as
+        /// NOT_LEADER_OR_FOLLOWER and follow after a metadata refresh.
+        case owned
+    }
+
+    public let writerPolicy: Writers
+    /// Called when partitions appear or go (topics created, deleted, grown), so the
+    /// ownership agent looks again.
+    private let partitionsChanged = Mutex<(@Sendable () -> Void)?>(nil)
+
     public init(
         logs: LogStore, defaults: LogConfiguration, partitionsMax: Int = 20_000, clock: any WallClock = SystemWallClock(),
-        logger: Logger = Logger(label: "aqueduct.broker")
+        writers: Writers = .all, logger: Logger = Logger(label: "aqueduct.broker")
     ) {
+        self.writerPolicy = writers
         self.logs = logs
         self.metadata = logs.metadata
         self.defaults = defaults
@@ -135,7 +153,8 @@ public final class Broker: Sendable {
         self.logger = logger
     }
 
-    /// Loads topics and opens a writer on each partition (fencing any earlier one).
+    /// Loads topics and opens a writer on each partition (fencing any earlier one); with
+    /// `.owned` writers, none is opened here.
     public func start() async throws {
         for (key, value) in try await metadata.list(prefix: TopicRecord.prefix) {
             let record: TopicRecord
@@ -143,13 +162,13 @@ public final class Broker: Sendable {
                 throw BrokerError(.storageError, "topic record \(key) is undecodable: \(error)")
             }
             var partitionLogs: [Log] = []
-            var writers: [LogWriter] = []
+            var writers: [LogWriter?] = []
             for logID in record.partitionLogIDs {
                 guard let log = logs.log(logID) else {
                     throw BrokerError(.storageError, "topic \(record.name) lists log \(logID), which does not exist")
                 }
                 partitionLogs.append(log)
-                writers.append(try await log.openWriter())
+                writers.append(writerPolicy == .all ? try await log.openWriter() : nil)
             }
             topics.withLock { $0[record.name] = Topic(record: record, logs: partitionLogs, writers: writers) }
         }
@@ -217,9 +236,10 @@ public final class Broker: Sendable {
             }
             try await metadata.commit(operations)
             let partitionLogs = try await logs.adopt(ids: ids)
-            var writers: [LogWriter] = []
-            for log in partitionLogs { writers.append(try await log.openWriter()) }
+            var writers: [LogWriter?] = []
+            for log in partitionLogs { writers.append(writerPolicy == .all ? try await log.openWriter() : nil) }
             topics.withLock { $0[name] = Topic(record: record, logs: partitionLogs, writers: writers) }
+            notifyPartitionsChanged()
             logger.info("topic created", metadata: ["topic": "\(name)", "partitions": "\(partitions)"])
             return try describeTopic(name)
         } catch MetadataError.conflict {
@@ -258,9 +278,10 @@ public final class Broker: Sendable {
             }
             try await metadata.commit(operations)
             let added = try await logs.adopt(ids: ids)
-            var writers: [LogWriter] = []
-            for log in added { writers.append(try await log.openWriter()) }
+            var writers: [LogWriter?] = []
+            for log in added { writers.append(writerPolicy == .all ? try await log.openWriter() : nil) }
             topics.withLock { $0[name] = Topic(record: record, logs: topic.logs + added, writers: topic.writers + writers) }
+            notifyPartitionsChanged()
             logger.info("partitions added", metadata: ["topic": "\(name)", "partitions": "\(count)"])
             return try describeTopic(name)
         } catch {
@@ -336,6 +357,7 @@ public final class Broker: Sendable {
             try await metadata.commit(operations)
             topics.withLock { $0[name] = nil }
             for log in topic.logs { try await logs.forget(log.id) }
+            notifyPartitionsChanged()
             logger.info("topic deleted", metadata: ["topic": "\(name)"])
         } catch {
             throw BrokerError.from(error)
@@ -379,7 +401,98 @@ public final class Broker: Sendable {
         guard partition >= 0, partition < topic.logs.count else {
             throw BrokerError(.partitionNotFound, "topic '\(name)' has partitions 0 to \(topic.logs.count - 1), not \(partition)")
         }
-        return (topic.logs[partition], topic.writers[partition], topic.metrics)
+        guard let writer = topic.writers[partition] else {
+            throw BrokerError(.unavailable, "this node does not own partition \(partition) of topic '\(name)' now",
+                hint: "send it to the partition's owner (Kafka clients do after a metadata refresh); `aqueduct cluster status` shows owners")
+        }
+        return (topic.logs[partition], writer, topic.metrics)
+    }
+
+    // MARK: - Cluster mode
+
+    /// Called when partitions appear or go.
+    public func onPartitionsChanged(_ callback: @escaping @Sendable () -> Void) {
+        partitionsChanged.withLock { $0 = callback }
+    }
+
+    private func notifyPartitionsChanged() {
+        partitionsChanged.withLock { $0 }?()
+    }
+
+    /// Every partition's log id (what the ownership agent assigns).
+    public func partitionLogIDs() -> [UInt64] {
+        topics.withLock { $0.values.flatMap { $0.record.partitionLogIDs } }.sorted()
+    }
+
+    /// The topic and partition a log holds.
+    public func partition(ofLog logID: UInt64) -> TopicPartition? {
+        topics.withLock { topics in
+            for (name, topic) in topics {
+                if let index = topic.record.partitionLogIDs.firstIndex(of: logID) { return TopicPartition(name, index) }
+            }
+            return nil
+        }
+    }
+
+    /// This node now owns the log: opens its writer (a takeover: the previous owner's
+    /// writer is fenced). Topics created on other nodes are loaded first.
+    public func acquire(logID: UInt64) async throws {
+        if partition(ofLog: logID) == nil { try await refreshTopics() }
+        guard let target = partition(ofLog: logID), let log = logs.log(logID) else { return }
+        let writer = try await log.openWriter()
+        topics.withLock { topics in
+            guard topics[target.topic]?.record.partitionLogIDs[target.partition] == logID else { return }
+            topics[target.topic]!.writers[target.partition] = writer
+        }
+        logger.info("now writing a partition", metadata: ["topic": "\(target.topic)", "partition": "\(target.partition)"])
+    }
+
+    /// This node no longer owns the log: appends to it are refused from now on.
+    public func release(logID: UInt64) {
+        guard let target = partition(ofLog: logID) else { return }
+        topics.withLock { $0[target.topic]?.writers[target.partition] = nil }
+        logger.info("no longer writing a partition", metadata: ["topic": "\(target.topic)", "partition": "\(target.partition)"])
+    }
+
+    /// Whether this node writes a partition now.
+    public func owns(topic: String, partition: Int) -> Bool {
+        topics.withLock { topics in
+            guard let writers = topics[topic]?.writers, partition >= 0, partition < writers.count else { return false }
+            return writers[partition] != nil
+        }
+    }
+
+    /// Loads topics other nodes created or grew, and drops those they deleted
+    /// (cluster mode: the metadata is shared).
+    public func refreshTopics() async throws {
+        await adminLock.acquire(1)
+        defer { adminLock.release(1) }
+        var stored: [String: TopicRecord] = [:]
+        for (key, value) in try await metadata.list(prefix: TopicRecord.prefix) {
+            guard let record = try? JSONDecoder().decode(TopicRecord.self, from: Data(value.value)) else {
+                logger.warning("skipping an undecodable topic record", metadata: ["key": "\(key)"])
+                continue
+            }
+            stored[record.name] = record
+        }
+        let known = topics.withLock { $0 }
+        var changed = false
+        for (name, record) in stored where known[name]?.record.partitionLogIDs != record.partitionLogIDs || known[name]?.record.id != record.id {
+            let existing = known[name].flatMap { $0.record.id == record.id ? $0 : nil }
+            let have = existing?.logs.count ?? 0
+            let added = try await logs.adopt(ids: Array(record.partitionLogIDs.dropFirst(have)))
+            let topic = Topic(
+                record: record, logs: (existing?.logs ?? []) + added,
+                writers: (existing?.writers ?? []) + Array(repeating: nil, count: added.count))
+            topics.withLock { $0[name] = topic }
+            changed = true
+        }
+        for (name, topic) in known where stored[name] == nil || stored[name]?.id != topic.record.id {
+            if stored[name] == nil { topics.withLock { $0[name] = nil } }
+            for log in topic.logs { try? await logs.forget(log.id) }
+            changed = true
+        }
+        if changed { notifyPartitionsChanged() }
     }
 
     /// The largest record batch a topic takes (its max.message.bytes), cheaply.
@@ -625,6 +738,18 @@ public final class Broker: Sendable {
     /// Applies retention to every partition; returns the number of segments deleted.
     @discardableResult
     public func enforceRetention() async -> Int {
-        await logs.enforceRetention()
+        guard writerPolicy == .owned else { return await logs.enforceRetention() }
+        // Cluster mode: a log's owner enforces its retention (it alone changes the
+        // log's record; the others would only conflict with it).
+        let owned = topics.withLock { topics in
+            topics.values.flatMap { topic in zip(topic.logs, topic.writers).compactMap { $1 == nil ? nil : $0 } }
+        }
+        var deleted = 0
+        for log in owned {
+            do { deleted += try await log.enforceRetention() } catch {
+                logger.error("retention failed", metadata: ["log": "\(log.name)", "error": "\(error)"])
+            }
+        }
+        return deleted
     }
 }

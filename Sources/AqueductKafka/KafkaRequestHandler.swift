@@ -51,6 +51,8 @@ public final class KafkaRequestHandler: Sendable {
     let clusterID: String
     let logger: Logger
     var nodeID: Int32 { listener.nodeID }
+    /// The cluster as Kafka clients see it (cluster mode); nil on one node.
+    let cluster: (any KafkaClusterView)?
     /// Broker configs clients set (AlterConfigs on this node): kept and reported by
     /// DescribeConfigs, applied by none, not kept across a restart.
     let brokerConfigs = Mutex<[String: String]>([:])
@@ -70,8 +72,10 @@ public final class KafkaRequestHandler: Sendable {
 
     public init(
         broker: Broker, groups: GroupCoordinator, listener: KafkaListenerConfiguration, clusterID: String,
-        producerStatesMax: Int = 200_000, producerIDExpirationMilliseconds: Int64 = 86_400_000, logger: Logger
+        producerStatesMax: Int = 200_000, producerIDExpirationMilliseconds: Int64 = 86_400_000, cluster: (any KafkaClusterView)? = nil,
+        logger: Logger
     ) {
+        self.cluster = cluster
         self.broker = broker
         self.groups = groups
         self.listener = listener
@@ -279,7 +283,13 @@ public final class KafkaRequestHandler: Sendable {
 
     func metadata(_ request: MetadataRequest, version: Int16) async -> MetadataResponse {
         var response = MetadataResponse()
-        response.brokers = [advertisedBroker]
+        if let cluster {
+            response.brokers = cluster.brokers().map {
+                MetadataResponse.MetadataResponseBroker(nodeId: $0.id, host: $0.host, port: $0.port, rack: nil)
+            }
+        } else {
+            response.brokers = [advertisedBroker]
+        }
         response.clusterId = clusterID
         response.controllerId = nodeID
         // v0: an empty list means every topic; v1+: null means every topic.
@@ -309,9 +319,13 @@ public final class KafkaRequestHandler: Sendable {
             }
             topic.topicId = KafkaUUID(uuidString: description.id) ?? .zero
             topic.partitions = description.partitions.map { partition in
-                MetadataResponse.MetadataResponsePartition(
-                    errorCode: 0, partitionIndex: Int32(partition.partition), leaderId: nodeID, leaderEpoch: 0,
-                    replicaNodes: [nodeID], isrNodes: [nodeID], offlineReplicas: [])
+                // Cluster mode: the partition's owner leads it; while it moves, Kafka's
+                // LEADER_NOT_AVAILABLE makes clients ask again.
+                let leader = cluster.map { $0.leader(topic: name, partition: partition.partition) } ?? nodeID
+                return MetadataResponse.MetadataResponsePartition(
+                    errorCode: leader == nil ? KafkaErrorCode.leaderNotAvailable : 0, partitionIndex: Int32(partition.partition),
+                    leaderId: leader ?? -1, leaderEpoch: 0, replicaNodes: leader.map { [$0] } ?? [], isrNodes: leader.map { [$0] } ?? [],
+                    offlineReplicas: [])
             }
             response.topics.append(topic)
         }
@@ -341,6 +355,16 @@ public final class KafkaRequestHandler: Sendable {
 
     func findCoordinator(_ request: FindCoordinatorRequest) -> FindCoordinatorResponse {
         var response = FindCoordinatorResponse()
+        if let cluster {
+            guard let coordinator = cluster.coordinator(), let node = cluster.brokers().first(where: { $0.id == coordinator }) else {
+                response.errorCode = KafkaErrorCode.coordinatorNotAvailable
+                return response
+            }
+            response.nodeId = node.id
+            response.host = node.host
+            response.port = node.port
+            return response
+        }
         let (host, port) = listener.advertised
         response.nodeId = nodeID
         response.host = host

@@ -210,6 +210,34 @@ import Testing
         #expect(try await stack.call(.findCoordinator, version: 2, find, as: FindCoordinatorResponse.self).nodeId == 7)
         try await stack.close()
     }
+
+    /// Cluster mode: every live node is a broker, each partition's owner its leader, a
+    /// partition that is moving is LEADER_NOT_AVAILABLE, the coordinator is wherever
+    /// the cluster says.
+    struct FixedCluster: KafkaClusterView {
+        func brokers() -> [(id: Int32, host: String, port: Int32)] { [(1, "127.0.0.1", 19092), (2, "127.0.0.1", 29092), (3, "127.0.0.1", 39092)] }
+        func leader(topic: String, partition: Int) -> Int32? { partition == 2 ? nil : Int32(partition + 1) }
+        func coordinator() -> Int32? { 3 }
+    }
+
+    @Test func inClusterModeMetadataNamesEveryNodeAndEachPartitionsOwner() async throws {
+        var listener = KafkaListenerConfiguration()
+        listener.nodeID = 1
+        let stack = try await KafkaStack.open(temporaryDirectory(), listener: listener, cluster: FixedCluster())
+        _ = try await stack.broker.createTopic("t", partitions: 3)
+        var request = MetadataRequest()
+        request.topics = [.init(name: "t")]
+        let metadata = try await stack.call(.metadata, version: 9, request, as: MetadataResponse.self)
+        #expect(metadata.brokers.map(\.nodeId) == [1, 2, 3] && metadata.brokers.map(\.port) == [19092, 29092, 39092])
+        let partitions = metadata.topics[0].partitions
+        #expect(partitions.map(\.leaderId) == [1, 2, -1])
+        #expect(partitions.map(\.errorCode) == [0, 0, KafkaErrorCode.leaderNotAvailable])
+        var find = FindCoordinatorRequest()
+        find.key = "g"
+        let coordinator = try await stack.call(.findCoordinator, version: 2, find, as: FindCoordinatorResponse.self)
+        #expect(coordinator.nodeId == 3 && coordinator.port == 39092)
+        try await stack.close()
+    }
 }
 
 extension KafkaStack {

@@ -34,7 +34,7 @@ struct KafkaStack {
 
     static func open(
         _ directory: String, listener: KafkaListenerConfiguration = KafkaListenerConfiguration(), partitionsMax: Int = 20_000,
-        groupLimits: GroupLimits = KafkaStack.immediateGroups
+        groupLimits: GroupLimits = KafkaStack.immediateGroups, cluster: (any KafkaClusterView)? = nil
     ) async throws -> KafkaStack {
         var configuration = StorageConfiguration(directory: directory + "/storage")
         configuration.flushIntervalMilliseconds = 50
@@ -49,7 +49,7 @@ struct KafkaStack {
         logger.logLevel = .warning
         let offsets = try await OffsetStore.open(logs: logs, offsetsMax: groupLimits.offsetsMax, logger: logger)
         let groups = GroupCoordinator(offsets: offsets, limits: groupLimits, logger: logger)
-        let handler = KafkaRequestHandler(broker: broker, groups: groups, listener: listener, clusterID: broker.clusterID, logger: logger)
+        let handler = KafkaRequestHandler(broker: broker, groups: groups, listener: listener, clusterID: broker.clusterID, cluster: cluster, logger: logger)
         return KafkaStack(directory: directory, storage: storage, metadata: metadata, broker: broker, handler: handler)
     }
 

@@ -1,3 +1,5 @@
+import AqueductAPI
+import AqueductBroker
 import AqueductCommon
 import AqueductLog
 import AqueductMetadata
@@ -214,6 +216,51 @@ import Testing
         let read = try await readValues(logsD.log(log.id)!, from: 0)
         #expect(Array(read.map(\.1).prefix(20)) == (0..<20).map { "a\($0)" })
         for pool in [poolA, poolB, poolC, poolD] { await pool.close() }
+        await nodes.shutdown()
+    }
+
+    @Test func brokersWriteOnlyThePartitionsTheyOwnAndAMovedPartitionKeepsItsOffsets() async throws {
+        let nodes = try await Nodes([1, 2, 3])
+        let (logsA, poolA) = try await nodes.server("node-a", shape: Self.shape332)
+        let (logsB, poolB) = try await nodes.server("node-b", shape: Self.shape332)
+        let brokerA = Broker(logs: logsA, defaults: LogConfiguration(), writers: .owned)
+        let brokerB = Broker(logs: logsB, defaults: LogConfiguration(), writers: .owned)
+        try await brokerA.start()
+        try await brokerB.start()
+        let changes = Mutex(0)
+        brokerB.onPartitionsChanged { changes.withLock { $0 += 1 } }
+        _ = try await brokerA.createTopic("orders", partitions: 2)
+        // B learns of the topic from the shared metadata.
+        try await brokerB.refreshTopics()
+        #expect(brokerB.topicNames() == ["orders"] && changes.withLock { $0 } == 1)
+        let ids = brokerA.partitionLogIDs()
+        #expect(ids == brokerB.partitionLogIDs() && ids.count == 2)
+        // Nobody owns anything yet: appends are refused with "not the owner".
+        await #expect(throws: BrokerError.self) { try await brokerA.appendBatch(topic: "orders", partition: 0, batch: batch(["x"])) }
+        try await brokerA.acquire(logID: ids[0])
+        try await brokerB.acquire(logID: ids[1])
+        for index in 0..<5 { _ = try await brokerA.appendBatch(topic: "orders", partition: 0, batch: batch(["a\(index)"])) }
+        _ = try await brokerB.appendBatch(topic: "orders", partition: 1, batch: batch(["b0"]))
+        let refused = await #expect(throws: BrokerError.self) { try await brokerA.appendBatch(topic: "orders", partition: 1, batch: batch(["y"])) }
+        #expect(refused?.code == .unavailable, "Kafka clients get NOT_LEADER_OR_FOLLOWER and refresh")
+        #expect(brokerA.owns(topic: "orders", partition: 0) && !brokerA.owns(topic: "orders", partition: 1))
+        // Partition 0 moves to B (A drains): its offsets continue where A left them.
+        brokerA.release(logID: ids[0])
+        try await brokerB.acquire(logID: ids[0])
+        let moved = try await brokerB.appendBatch(topic: "orders", partition: 0, batch: batch(["b-after-move"]))
+        #expect(moved.baseOffset == 5)
+        await #expect(throws: BrokerError.self) { try await brokerA.appendBatch(topic: "orders", partition: 0, batch: batch(["z"])) }
+        var values: [String] = []
+        var next: Int64 = 0
+        while true {  // a read stops at a segment's end (the move sealed one)
+            let read = try await brokerB.fetch(topic: "orders", partition: 0, offset: next, maxBytes: 1 << 20, maxWaitMilliseconds: 0)
+            if read.batches.isEmpty { break }
+            values += try read.batches.flatMap { try RecordBatch.records(of: $0) }.map { String(decoding: $0.value ?? [], as: UTF8.self) }
+            next = read.nextOffset
+        }
+        #expect(values == ["a0", "a1", "a2", "a3", "a4", "b-after-move"])
+        await poolA.close()
+        await poolB.close()
         await nodes.shutdown()
     }
 }
