@@ -147,6 +147,7 @@ let package = Package(
             name: "AqueductReplicatedLog",
             dependencies: [
                 "AqueductStorage", "AqueductReplicaClient", "AqueductReplication", "AqueductRecords", "AqueductCommon",
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -214,6 +215,8 @@ let package = Package(
             name: "AqueductServer",
             dependencies: [
                 "AqueductAPI", "AqueductHTTP", "AqueductKafka", "AqueductGroups", "AqueductTopologyService", "CAqueduct",
+                "AqueductCluster", "AqueductEtcd", "AqueductReplicatedLog", "AqueductReplicaNode", "AqueductReplicaClient",
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

@@ -47,4 +47,8 @@ swift test --skip-build "$@"
 echo "== Kafka client compatibility"
 Tests/compat/run.sh .build/debug/aqueduct
 
+echo "== cluster mode: three nodes and etcd, a node SIGKILLed, then one SIGSTOPped past its lease"
+Tests/compat/cluster.sh .build/debug/aqueduct kill
+Tests/compat/cluster.sh .build/debug/aqueduct pause
+
 echo "== all tests passed in $(( $(date +%s) - started )) s"

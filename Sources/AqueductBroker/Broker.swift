@@ -172,7 +172,7 @@ public final class Broker: Sendable {
             }
             topics.withLock { $0[record.name] = Topic(record: record, logs: partitionLogs, writers: writers) }
         }
-        let id: String
+        var id: String
         if let stored = try await metadata.get(Self.clusterIDKey) {
             id = String(decoding: stored.value, as: UTF8.self)
         } else {
@@ -181,7 +181,13 @@ public final class Broker: Sendable {
             let bytes = withUnsafeBytes(of: uuid) { Data($0) }
             id = bytes.base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
                 .replacingOccurrences(of: "=", with: "")
-            _ = try await metadata.put(Self.clusterIDKey, Array(id.utf8), expect: .absent)
+            do {
+                _ = try await metadata.put(Self.clusterIDKey, Array(id.utf8), expect: .absent)
+            } catch MetadataError.conflict {
+                // Cluster mode: another node made it first.
+                guard let stored = try await metadata.get(Self.clusterIDKey) else { throw BrokerError(.storageError, "the cluster id vanished") }
+                id = String(decoding: stored.value, as: UTF8.self)
+            }
         }
         clusterIDValue.withLock { $0 = id }
     }
@@ -452,6 +458,14 @@ public final class Broker: Sendable {
         guard let target = partition(ofLog: logID) else { return }
         topics.withLock { $0[target.topic]?.writers[target.partition] = nil }
         logger.info("no longer writing a partition", metadata: ["topic": "\(target.topic)", "partition": "\(target.partition)"])
+    }
+
+    /// The log holding a partition.
+    public func logID(topic: String, partition: Int) -> UInt64? {
+        topics.withLock { topics in
+            guard let ids = topics[topic]?.record.partitionLogIDs, partition >= 0, partition < ids.count else { return nil }
+            return ids[partition]
+        }
     }
 
     /// Whether this node writes a partition now.

@@ -61,7 +61,8 @@ public final class ClusterMembership: Sendable {
         var onLeaseLost: [@Sendable () -> Void] = []
     }
 
-    public let me: ClusterMember
+    public var me: ClusterMember { current.withLock { $0 } }
+    let current: Mutex<ClusterMember>
     public let configuration: Configuration
     let etcd: EtcdMetadataStore
     let logger: Logger
@@ -70,7 +71,7 @@ public final class ClusterMembership: Sendable {
     static let prefix = "cluster/nodes/"
 
     public init(me: ClusterMember, etcd: EtcdMetadataStore, configuration: Configuration = .init(), logger: Logger = Logger(label: "aqueduct.cluster")) {
-        self.me = me
+        current = Mutex(me)
         self.etcd = etcd
         self.configuration = configuration
         self.logger = logger
@@ -106,6 +107,18 @@ public final class ClusterMembership: Sendable {
         let keepAlive = Task { await self.keepLeaseAlive() }
         let follow = Task { await self.followMembers(afterRevision: revision) }
         tasks.withLock { $0 += [keepAlive, follow] }
+    }
+
+    /// Publishes this node's listeners once they are bound (a node joins before its
+    /// Kafka listener exists: its storage is needed to open the logs).
+    public func update(kafka: String?, http: String?) async throws {
+        let updated = current.withLock { member -> ClusterMember in
+            member.kafka = kafka
+            member.http = http
+            return member
+        }
+        guard let lease = lease else { throw ClusterError.notRegistered }
+        try await etcd.commit([.put(key: Self.key(updated.id), value: EmbeddedMetadataStore.encodeJSON(updated), expect: .any)], lease: lease)
     }
 
     /// Leaves at once: the lease is revoked, so the node's keys (and its logs) go now.

@@ -21,6 +21,9 @@ public final class OwnershipAgent: Sendable {
         public init() {}
     }
 
+    /// Told a log is ours: true once its writer is open; false to give the claim back
+    /// (the claim is retried at a later pass).
+    public typealias AcquireHandler = @Sendable (UInt64) async -> Bool
     public typealias Handler = @Sendable (UInt64) async -> Void
 
     public static let ownersPrefix = "cluster/owners/"
@@ -29,8 +32,10 @@ public final class OwnershipAgent: Sendable {
     let membership: ClusterMembership
     let etcd: EtcdMetadataStore
     let logs: @Sendable () async throws -> [UInt64]
-    let acquired: Handler
+    let acquired: AcquireHandler
     let released: Handler
+    /// Who owned what at the last pass (for clients: partition leaders).
+    let lastOwners = Mutex<[UInt64: NodeID]>([:])
     let configuration: Configuration
     let logger: Logger
     let owned = Mutex<Set<UInt64>>([])
@@ -41,7 +46,7 @@ public final class OwnershipAgent: Sendable {
     public init(
         membership: ClusterMembership, etcd: EtcdMetadataStore, logs: @escaping @Sendable () async throws -> [UInt64],
         configuration: Configuration = .init(), logger: Logger = Logger(label: "aqueduct.ownership"),
-        acquired: @escaping Handler, released: @escaping Handler
+        acquired: @escaping AcquireHandler, released: @escaping Handler
     ) {
         self.membership = membership
         self.etcd = etcd
@@ -56,6 +61,9 @@ public final class OwnershipAgent: Sendable {
 
     /// The logs this node owns now.
     public var ownedLogs: Set<UInt64> { owned.withLock { $0 } }
+
+    /// Every log's owner as of the last pass (this node's own claims included).
+    public var owners: [UInt64: NodeID] { lastOwners.withLock { $0 } }
 
     public func start() {
         membership.onChange { [weak self] _ in self?.poke() }
@@ -132,6 +140,7 @@ public final class OwnershipAgent: Sendable {
             owned.withLock { _ = $0.remove(log) }
             await released(log)
             try? await etcd.delete(Self.ownerKey(log), expect: .version(owner.version))
+            owners[log] = nil
             logger.info("handed a log over", metadata: ["log": "\(log)"])
         }
         for log in steps.claim {
@@ -140,10 +149,18 @@ public final class OwnershipAgent: Sendable {
             } catch MetadataError.conflict {
                 continue  // another node claimed it first
             }
+            guard await acquired(log) else {
+                logger.warning("could not start writing a claimed log; giving the claim back", metadata: ["log": "\(log)"])
+                if let claimed = try? await etcd.get(Self.ownerKey(log)) {
+                    try? await etcd.delete(Self.ownerKey(log), expect: .version(claimed.version))
+                }
+                continue
+            }
             owned.withLock { _ = $0.insert(log) }
+            owners[log] = (me, 0)
             logger.info("took a log", metadata: ["log": "\(log)"])
-            await acquired(log)
         }
+        lastOwners.withLock { $0 = owners.mapValues(\.node) }
     }
 
     private func waitForPoke(milliseconds: Int64) async {

@@ -90,7 +90,7 @@ public final class OffsetStore: Sendable {
         }
     }
 
-    static let logName = "__consumer_offsets"
+    public static let logName = "__consumer_offsets"
     /// Live offsets are rewritten (and older records dropped) past this many records
     /// per live offset, and at least this many records in all.
     static let recordsPerLiveOffsetMax = 4
@@ -130,8 +130,11 @@ public final class OffsetStore: Sendable {
     }
 
     /// Opens (or creates) the offsets log and replays it.
+    /// `logName`: the internal log's name (cluster mode gives each node its own until
+    /// groups are coordinated cluster-wide).
     public static func open(
-        logs: LogStore, clock: any WallClock = SystemWallClock(), offsetsMax: Int = GroupLimits().offsetsMax, logger: Logger
+        logs: LogStore, clock: any WallClock = SystemWallClock(), offsetsMax: Int = GroupLimits().offsetsMax, logName: String = OffsetStore.logName,
+        logger: Logger
     ) async throws -> OffsetStore {
         let log: Log
         if let existing = logs.allLogs.first(where: { $0.name == logName }) {

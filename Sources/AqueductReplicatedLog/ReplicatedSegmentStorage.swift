@@ -5,6 +5,7 @@ import AqueductReplication
 import AqueductStorage
 import DequeModule
 import Logging
+import Metrics
 import NIOCore
 import NIOPosix
 import Synchronization
@@ -56,6 +57,7 @@ public final class ReplicatedSegmentStorage: SegmentStorage {
     let budget: WeightedSemaphore
     let logger: Logger
     let segments = Mutex<[SegmentID: ReplicatedSegment]>([:])
+    let degradedSegments = Counter(label: "aqueduct_replica_segments_created_degraded_total")
 
     /// `liveNodes`: the storage nodes new ensembles and replacements are chosen from.
     public init(
@@ -84,10 +86,22 @@ public final class ReplicatedSegmentStorage: SegmentStorage {
     // MARK: - Writing
 
     public func createSegment(_ id: SegmentID, baseOffset: Int64, epoch: UInt64) async throws(StorageError) {
-        let shape = configuration.shape
+        var shape = configuration.shape
         let members = Array(Set(liveNodes())).sorted()
-        guard members.count >= shape.ensembleSize else {
-            throw .replicasUnavailable("\(members.count) storage nodes are live; segments of \(shape) need \(shape.ensembleSize)")
+        guard members.count >= shape.ackQuorumSize else {
+            throw .replicasUnavailable("\(members.count) storage nodes are live; segments of \(shape) need at least \(shape.ackQuorumSize)")
+        }
+        if members.count < shape.ensembleSize {
+            // A node is down and no spare is left (three nodes, 3/3/2): a smaller
+            // ensemble with the same ack quorum keeps the log writable with the same
+            // guarantee per acknowledged entry (Kafka keeps a partition writable while
+            // min.insync.replicas are in sync); the next roll gets a full ensemble.
+            let ensemble = members.count
+            shape = (try? QuorumShape(ensemble: ensemble, write: min(shape.writeQuorumSize, ensemble), ack: shape.ackQuorumSize)) ?? shape
+            degradedSegments.increment()
+            logger.warning("creating a segment on fewer storage nodes than configured", metadata: [
+                "segment": "\(id)", "shape": "\(shape)", "configured": "\(configuration.shape)",
+            ])
         }
         let replicaID = Self.replicaID(id)
         // Rotate by segment so the ensembles (and the disk load) spread over the nodes.

@@ -6,6 +6,7 @@ import CAqueduct
 import AqueductHTTP
 import AqueductTopologyService
 import AqueductKafka
+import AqueductReplication
 import AqueductLog
 import AqueductMetadata
 import AqueductStorage
@@ -48,11 +49,17 @@ public enum Server {
 
     /// The running pieces, for tests that drive a server in-process.
     public struct Components: Sendable {
-        public let storage: StorageNode
-        public let metadata: EmbeddedMetadataStore
+        /// The local storage node (one node); nil in cluster mode.
+        public let storage: StorageNode?
+        /// Topics, logs and segments: the embedded store, or etcd in cluster mode.
+        public let metadata: any MetadataStore
+        /// This node's own metadata (topologies run where they were submitted); the
+        /// embedded store itself on one node.
+        public let localMetadata: EmbeddedMetadataStore
         public let logs: LogStore
         public let broker: Broker
         public let registry: PrometheusCollectorRegistry
+        let cluster: ClusterNode?
 
         public func metricsText() -> String {
             // Live heap (not what the allocator keeps after frees), beside the RSS.
@@ -69,8 +76,14 @@ public enum Server {
         }
 
         public func close() async {
-            await storage.close()
-            try? await metadata.close()
+            await storage?.close()
+            await cluster?.stop()
+            try? await localMetadata.close()
+        }
+
+        /// Ends long-polling reads at once (shutdown).
+        func interruptWaits() {
+            storage?.interruptWaits()
         }
     }
 
@@ -78,6 +91,20 @@ public enum Server {
     public static func open(_ configuration: ServerConfiguration, logger: Logger) async throws -> Components {
         let registry = bootstrapMetrics()
         try FileSystem.createDirectory(configuration.dataDirectory)
+        if let settings = configuration.cluster {
+            let node = try await ClusterNode.open(settings, nodeID: NodeID(configuration.kafka.nodeID), dataDirectory: configuration.dataDirectory, logger: logger)
+            let local = try EmbeddedMetadataStore(directory: configuration.metadataDirectory, logger: logger)
+            let logs = LogStore(storage: node.segments, metadata: node.etcd, logger: logger)
+            try await logs.open()
+            let broker = Broker(
+                logs: logs, defaults: configuration.topicDefaults, partitionsMax: configuration.partitionsMax, writers: .owned, logger: logger)
+            try await broker.start()
+            logger.info("cluster mode", metadata: [
+                "etcd": "\(settings.etcdEndpoint)", "node": "\(configuration.kafka.nodeID)", "storage": "\(node.storageAddress)",
+                "replication": "\(settings.shape)",
+            ])
+            return Components(storage: nil, metadata: node.etcd, localMetadata: local, logs: logs, broker: broker, registry: registry, cluster: node)
+        }
         let storage = try StorageNode(configuration: configuration.storageConfiguration, logger: logger)
         let report = storage.recoveryReport
         if report.corruptJournalBlocks > 0 || !report.damagedSegments.isEmpty {
@@ -90,7 +117,7 @@ public enum Server {
         try await logs.open()
         let broker = Broker(logs: logs, defaults: configuration.topicDefaults, partitionsMax: configuration.partitionsMax, logger: logger)
         try await broker.start()
-        return Components(storage: storage, metadata: metadata, logs: logs, broker: broker, registry: registry)
+        return Components(storage: storage, metadata: metadata, localMetadata: metadata, logs: logs, broker: broker, registry: registry, cluster: nil)
     }
 
     /// Runs until SIGINT or SIGTERM. `onListening` gets the bound HTTP port.
@@ -98,14 +125,19 @@ public enum Server {
         let components = try await open(configuration, logger: logger)
         // Groups belong to the broker: HTTP clients and topology spouts commit offsets
         // whether or not the Kafka listener is on.
-        let offsets = try await OffsetStore.open(logs: components.logs, offsetsMax: configuration.groups.offsetsMax, logger: logger)
+        if let cluster = components.cluster {
+            try await cluster.join(broker: components.broker)
+            await cluster.waitForStorageNodes()
+        }
+        let offsetsLog = components.cluster.map { "\(OffsetStore.logName)-node-\($0.nodeID)" } ?? OffsetStore.logName
+        let offsets = try await OffsetStore.open(logs: components.logs, offsetsMax: configuration.groups.offsetsMax, logName: offsetsLog, logger: logger)
         let groupCoordinator = GroupCoordinator(offsets: offsets, limits: configuration.groups, logger: logger)
         var kafkaServer: KafkaServer?
         if configuration.kafkaEnabled {
             let handler = KafkaRequestHandler(
                 broker: components.broker, groups: groupCoordinator, listener: configuration.kafka, clusterID: components.broker.clusterID,
                 producerStatesMax: configuration.producerStatesMax, producerIDExpirationMilliseconds: configuration.producerIDExpirationMilliseconds,
-                logger: logger)
+                cluster: components.cluster.map { ClusterKafkaView(node: $0, broker: components.broker) }, logger: logger)
             do {
                 kafkaServer = try await KafkaServer.bind(configuration: configuration.kafka, handler: handler, logger: logger)
             } catch {
@@ -129,7 +161,7 @@ public enum Server {
         let topologies = TopologyMaster(
             runDirectory: configuration.dataDirectory + "/topologies", programsDirectory: configuration.programsDirectory,
             programBytesMax: configuration.programBytesMax, containerToken: containerToken,
-            store: MetadataTopologyRegistry(metadata: components.metadata, logger: logger), logger: logger)
+            store: MetadataTopologyRegistry(metadata: components.localMetadata, logger: logger), logger: logger)
         let router = HTTPAPI.router(broker: components.broker, groups: directory, topologies: topologies, access: access, limits: configuration.httpLimits, metricsText: {
             Self.recordGroupMetrics(directory)
             return components.metricsText() + topologies.prometheusText()
@@ -146,6 +178,15 @@ public enum Server {
                 availableConnectionsDelegate: MaximumAvailableConnections(configuration.httpLimits.connectionsMax)),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? configuration.httpPort
+                if let cluster = components.cluster {
+                    let advertised = configuration.kafka.advertised
+                    let kafka = kafkaPort.map { "\(advertised.host):\(configuration.kafka.advertisedPort ?? $0)" }
+                    do {
+                        try await cluster.publish(kafka: kafka, http: "\(configuration.httpHost):\(port)")
+                    } catch {
+                        logger.error("cannot publish this node's listeners to the cluster", metadata: ["error": "\(error)"])
+                    }
+                }
                 topologies.setServerURL("http://\(configuration.httpHost == "0.0.0.0" ? "127.0.0.1" : configuration.httpHost):\(port)")
                 Task { await topologies.resume() }
                 logger.info("aqueduct is serving", metadata: [
@@ -165,7 +206,7 @@ public enum Server {
                 ] + (kafkaServer.map { [ServiceGroupConfiguration.ServiceConfiguration(service: KafkaService(server: $0))] } ?? []) + [
                     .init(service: retention),
                     .init(service: TopologyService(master: topologies)),
-                    .init(service: DrainOnShutdown(storage: components.storage), successTerminationBehavior: .ignore),
+                    .init(service: DrainOnShutdown(components: components), successTerminationBehavior: .ignore),
                 ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
@@ -200,11 +241,11 @@ extension Server {
 /// When shutdown begins, ends long-polling fetches at once (they answer with what they
 /// have), so the HTTP server can finish its requests without waiting out their timeouts.
 struct DrainOnShutdown: Service {
-    let storage: StorageNode
+    let components: Server.Components
 
     func run() async throws {
         try? await gracefulShutdown()
-        storage.interruptWaits()
+        components.interruptWaits()
     }
 }
 

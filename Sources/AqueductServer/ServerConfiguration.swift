@@ -6,6 +6,8 @@ import AqueductKafka
 import AqueductLog
 import AqueductStorage
 import Configuration
+import AqueductEtcd
+import AqueductReplication
 import Foundation
 import Logging
 import SystemPackage
@@ -45,6 +47,9 @@ public struct ServerConfiguration: Sendable {
     /// `<data>/topologies/programs`), and the largest upload (`topologies.programBytesMax`).
     public var programsDirectory: String?
     public var programBytesMax = 512 << 20
+    /// Cluster mode (`cluster.etcd`, the --cluster flag: etcd://HOST:PORT); nil runs one
+    /// node with embedded metadata.
+    public var cluster: ClusterSettings?
 
     public init() {}
 
@@ -182,6 +187,32 @@ extension ServerConfiguration {
 
         result.partitionsMax = try integer("topics.partitionsMax", result.partitionsMax, range: 1...10_000_000)
 
+        if let url = config.string(forKey: "cluster.etcd") {
+            guard let endpoint = EtcdMetadataStore.endpoint(fromClusterURL: url) else {
+                throw ConfigurationError(message: "cluster.etcd (--cluster) must be etcd://HOST:PORT (an etcd client URL), not '\(url)'")
+            }
+            var cluster = ClusterSettings(etcdEndpoint: endpoint)
+            (cluster.storageHost, cluster.storagePort) = try hostAndPort(
+                "storage.listen", config.string(forKey: "storage.listen", default: "\(result.kafka.host):0"), example: "127.0.0.1:7092")
+            cluster.namespace = config.string(forKey: "cluster.namespace", default: cluster.namespace)
+            guard cluster.namespace.hasPrefix("/"), cluster.namespace.hasSuffix("/") else {
+                throw ConfigurationError(message: "cluster.namespace must start and end with '/', not '\(cluster.namespace)'")
+            }
+            cluster.leaseSeconds = try integer("cluster.leaseSeconds", cluster.leaseSeconds, range: 2...300)
+            let ensemble = try integer("replication.ensemble", 3, range: 1...16)
+            let write = try integer("replication.write", min(3, ensemble), range: 1...16)
+            let ack = try integer("replication.ack", min(2, write), range: 1...16)
+            do {
+                cluster.shape = try QuorumShape(ensemble: ensemble, write: write, ack: ack)
+            } catch {
+                throw ConfigurationError(message: "replication.ensemble/write/ack: \(error)")
+            }
+            guard result.kafka.nodeID > 0 else {
+                throw ConfigurationError(message: "cluster mode needs a node id of 1 or more, unique in the cluster: set --node-id")
+            }
+            result.cluster = cluster
+        }
+
         // Kafka listener bounds.
         result.kafka.queuedBytesMax = try integer("kafka.queuedBytesMax", result.kafka.queuedBytesMax, range: (1 << 20)...(1 << 40))
         if result.kafka.queuedBytesMax < result.kafka.frameBytesMax + 4 {
@@ -241,5 +272,25 @@ extension ServerConfiguration {
         result.programsDirectory = config.string(forKey: "topologies.programsDirectory")
         result.programBytesMax = try integer("topologies.programBytesMax", result.programBytesMax, range: (1 << 20)...(1 << 34))
         return result
+    }
+}
+
+/// Cluster mode's settings (docs/CONFIGURATION.md, "Cluster").
+public struct ClusterSettings: Sendable {
+    /// etcd's client URL, `http://host:port`.
+    public var etcdEndpoint: String
+    /// Where this node's storage listener (replication) listens; port 0 picks one, which
+    /// the node registers for the others.
+    public var storageHost = "127.0.0.1"
+    public var storagePort = 0
+    /// Keys in etcd live under this prefix (several clusters can share an etcd).
+    public var namespace = "/aqueduct/"
+    /// A node that stops renewing its lease this long is gone for the others.
+    public var leaseSeconds = 10
+    /// Quorums of new segments: ensemble, write, ack (3/3/2 by default).
+    public var shape = try! QuorumShape(ensemble: 3, write: 3, ack: 2)
+
+    public init(etcdEndpoint: String) {
+        self.etcdEndpoint = etcdEndpoint
     }
 }

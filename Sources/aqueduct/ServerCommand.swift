@@ -23,8 +23,14 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Kafka listen address HOST:PORT (default 127.0.0.1:9092).")
     var kafkaListen: String?
 
-    @Option(name: .long, help: "This node's id, as Kafka clients see it (default 0).")
+    @Option(name: .long, help: "This node's id, as Kafka clients see it (default 0; 1 or more in a cluster, unique).")
     var nodeId: Int?
+
+    @Option(name: .long, help: "Join a cluster coordinated by etcd: etcd://HOST:PORT (without it: one node, embedded metadata).")
+    var cluster: String?
+
+    @Option(name: .long, help: "Cluster mode: the storage (replication) listener HOST:PORT (default: the Kafka host, a free port).")
+    var storageListen: String?
 
     @Option(name: .long, help: "fsync (acknowledge after fdatasync; default) or interval:<ms> (acknowledge after write, sync every <ms>).")
     var durability: String?
@@ -41,6 +47,8 @@ struct ServerCommand: AsyncParsableCommand {
         if let httpListen { overrides["http.listen"] = httpListen }
         if let kafkaListen { overrides["kafka.listen"] = kafkaListen }
         if let nodeId { overrides["node.id"] = String(nodeId) }
+        if let cluster { overrides["cluster.etcd"] = cluster }
+        if let storageListen { overrides["storage.listen"] = storageListen }
         if let durability { overrides["durability"] = durability }
         if let logLevel { overrides["log.level"] = logLevel }
         let configuration: ServerConfiguration

@@ -64,7 +64,7 @@ struct ClusterCoordinationTests {
             let events = events
             agent = OwnershipAgent(
                 membership: membership, etcd: etcd, logs: { logs }, configuration: agentConfiguration,
-                acquired: { log in events.withLock { $0.append("+\(log)") } },
+                acquired: { log in events.withLock { $0.append("+\(log)") }; return true },
                 released: { log in events.withLock { $0.append("-\(log)") } })
         }
 

@@ -115,7 +115,7 @@ func errorCode(_ response: TestResponse) throws -> String {
             // Produced once the fetch waits; had it not woken the fetch, the fetch would
             // answer at its 60 s maximum with no records.
             async let produced: Void = {
-                try await waitUntil { components.storage.waitingReaders == 1 }
+                try await waitUntil { components.storage!.waitingReaders == 1 }
                 _ = try await components.broker.produce(topic: "tail", records: [ProduceRecord(value: Array("late".utf8))])
             }()
             try await client.execute(uri: "/v1/topics/tail/partitions/0/records?offset=0&maxWaitMs=60000", method: .get) { response throws in

@@ -1,0 +1,224 @@
+import AqueductBroker
+import AqueductCluster
+import AqueductEtcd
+import AqueductKafka
+import AqueductLog
+import AqueductMetadata
+import AqueductReplicaClient
+import AqueductReplicaNode
+import AqueductReplicatedLog
+import AqueductReplication
+import Foundation
+import Logging
+import NIOCore
+import Synchronization
+
+/// Cluster mode's pieces on one node: etcd as the metadata store, this node's storage
+/// node (replica store + listener), connections to the others, the replicated segment
+/// storage under the logs, membership, log ownership (which drives the broker's
+/// writers), re-replication (run by the lowest live node) and garbage collection.
+final class ClusterNode: Sendable {
+    let settings: ClusterSettings
+    let nodeID: NodeID
+    let etcd: EtcdMetadataStore
+    let replicaStore: ReplicaStore
+    let storageServer: StorageServer
+    let storageAddress: String
+    let pool: StorageNodePool
+    let segments: ReplicatedSegmentStorage
+    let live: LiveNodes
+    let logger: Logger
+    let running = Mutex<(membership: ClusterMembership, agent: OwnershipAgent, tasks: [Task<Void, Never>])?>(nil)
+
+    /// The live storage nodes, as membership last saw them.
+    final class LiveNodes: Sendable {
+        let nodes = Mutex<Set<NodeID>>([])
+        var current: Set<NodeID> { nodes.withLock { $0 } }
+    }
+
+    private init(
+        settings: ClusterSettings, nodeID: NodeID, etcd: EtcdMetadataStore, replicaStore: ReplicaStore, storageServer: StorageServer,
+        storageAddress: String, pool: StorageNodePool, segments: ReplicatedSegmentStorage, live: LiveNodes, logger: Logger
+    ) {
+        self.settings = settings
+        self.nodeID = nodeID
+        self.etcd = etcd
+        self.replicaStore = replicaStore
+        self.storageServer = storageServer
+        self.storageAddress = storageAddress
+        self.pool = pool
+        self.segments = segments
+        self.live = live
+        self.logger = logger
+    }
+
+    /// Reaches etcd, opens the replica store and starts the storage listener.
+    static func open(_ settings: ClusterSettings, nodeID: NodeID, dataDirectory: String, logger: Logger) async throws -> ClusterNode {
+        var etcdConfiguration = EtcdMetadataStore.Configuration(endpoint: settings.etcdEndpoint)
+        etcdConfiguration.namespace = settings.namespace
+        let etcd = EtcdMetadataStore(configuration: etcdConfiguration, logger: logger)
+        do {
+            _ = try await etcd.currentRevision()
+        } catch {
+            throw ConfigurationError(message: "cannot reach etcd at \(settings.etcdEndpoint): \(error); start etcd (scripts/cluster.sh does) or fix --cluster")
+        }
+        let replicaStore = try ReplicaStore(configuration: ReplicaStoreConfiguration(directory: dataDirectory + "/replica"), logger: logger)
+        var listener = StorageListenerConfiguration()
+        listener.host = settings.storageHost
+        listener.port = settings.storagePort
+        let storageServer = StorageServer(store: replicaStore, configuration: listener, logger: logger)
+        let bound: Int
+        do {
+            bound = try await storageServer.start().port ?? settings.storagePort
+        } catch {
+            await replicaStore.close()
+            throw ConfigurationError(message: "cannot listen for storage traffic on \(settings.storageHost):\(settings.storagePort): \(error); free the port or set --storage-listen")
+        }
+        let pool = StorageNodePool(logger: logger)
+        let live = LiveNodes()
+        let segments = ReplicatedSegmentStorage(
+            configuration: ReplicatedStorageConfiguration(shape: settings.shape, owner: "node-\(nodeID)"), transport: pool,
+            metadataStore: SegmentMetadataStore(etcd), liveNodes: { Array(live.current) }, logger: logger)
+        return ClusterNode(
+            settings: settings, nodeID: nodeID, etcd: etcd, replicaStore: replicaStore, storageServer: storageServer,
+            storageAddress: "\(settings.storageHost):\(bound)", pool: pool, segments: segments, live: live, logger: logger)
+    }
+
+    /// Joins: registers (storage address first; `publish` adds the Kafka and HTTP
+    /// listeners once bound), follows members (their storage addresses feed the
+    /// connection pool), and starts owning logs.
+    func join(broker: Broker) async throws {
+        let kafka: String? = nil
+        let http: String? = nil
+        var membershipConfiguration = ClusterMembership.Configuration()
+        membershipConfiguration.leaseSeconds = settings.leaseSeconds
+        let membership = ClusterMembership(
+            me: ClusterMember(id: nodeID, storage: storageAddress, kafka: kafka, http: http), etcd: etcd,
+            configuration: membershipConfiguration, logger: logger)
+        let pool = pool
+        let live = live
+        membership.onChange { members in
+            live.nodes.withLock { $0 = Set(members.keys) }
+            for (id, member) in members {
+                guard let colon = member.storage.lastIndex(of: ":"), let port = Int(member.storage[member.storage.index(after: colon)...]) else { continue }
+                pool.setAddress(StorageAddress(host: String(member.storage[..<colon]), port: port), of: id)
+            }
+        }
+        let logger = logger
+        let agent = OwnershipAgent(
+            membership: membership, etcd: etcd, logs: { broker.partitionLogIDs() }, logger: logger,
+            acquired: { log in
+                do {
+                    try await broker.acquire(logID: log)
+                    return true
+                } catch {
+                    logger.warning("cannot open the writer of an owned log", metadata: ["log": "\(log)", "error": "\(error)"])
+                    return false
+                }
+            },
+            released: { log in broker.release(logID: log) })
+        broker.onPartitionsChanged { agent.poke() }
+        try await membership.join()
+        agent.start()
+        let tasks = [
+            Task { await self.followTopics(broker: broker, agent: agent) },
+            Task { await self.auditAndCollect(membership: membership) },
+        ]
+        running.withLock { $0 = (membership, agent, tasks) }
+    }
+
+    func publish(kafka: String?, http: String?) async throws {
+        try await running.withLock { $0?.membership }?.update(kafka: kafka, http: http)
+    }
+
+    /// Waits until the cluster has the storage nodes a segment needs (3 for 3/3/2):
+    /// nodes of a new cluster start one by one.
+    func waitForStorageNodes() async {
+        var waited = 0
+        while live.current.count < settings.shape.ensembleSize {
+            if waited % 10 == 0 {
+                logger.notice("waiting for storage nodes to join", metadata: ["live": "\(live.current.count)", "needed": "\(settings.shape.ensembleSize)"])
+            }
+            waited += 1
+            try? await Task.sleep(for: .milliseconds(500))
+            if Task.isCancelled { return }
+        }
+    }
+
+    /// Topics created, grown or deleted on other nodes.
+    private func followTopics(broker: Broker, agent: OwnershipAgent) async {
+        while !Task.isCancelled {
+            do {
+                let revision = try await etcd.currentRevision()
+                try await broker.refreshTopics()
+                agent.poke()
+                for try await _ in etcd.watch(prefix: "/topics/", afterRevision: revision) {
+                    try await broker.refreshTopics()
+                    agent.poke()
+                }
+            } catch {
+                logger.debug("following topics: retrying", metadata: ["error": "\(error)"])
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
+    }
+
+    /// Every 30 s: the lowest live node re-replicates what lost nodes held; every node
+    /// drops the segments no metadata names any more.
+    private func auditAndCollect(membership: ClusterMembership) async {
+        let auditor = ReplicationAuditor(transport: pool, metadataStore: SegmentMetadataStore(etcd), logger: logger)
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(30))
+            let liveNodes = membership.liveNodes
+            if liveNodes.min() == nodeID {
+                let now = Int64(Date().timeIntervalSince1970 * 1_000)
+                if let report = try? await auditor.audit(liveNodes: liveNodes.sorted(), nowMilliseconds: now), report.underReplicated > 0 {
+                    logger.info("re-replication pass", metadata: [
+                        "underReplicated": "\(report.underReplicated)", "repaired": "\(report.repaired)", "failed": "\(report.failed)",
+                    ])
+                }
+            }
+            let store = replicaStore
+            _ = try? await ReplicaGarbage.collect(nodeSegments: { store.segmentIDs }, metadataStore: SegmentMetadataStore(etcd)) {
+                try store.deleteSegments($0)
+            }
+        }
+    }
+
+    func stop() async {
+        if let running = running.withLock({ $0 }) {
+            for task in running.tasks { task.cancel() }
+            running.agent.stop()
+            await running.membership.leave()
+        }
+        await pool.close()
+        await storageServer.stop()
+        await replicaStore.close()
+    }
+}
+
+/// What Kafka clients learn of the cluster: live members' Kafka listeners and each
+/// partition's owner as its leader. Consumer groups in cluster mode are not served
+/// yet (FindCoordinator answers COORDINATOR_NOT_AVAILABLE).
+struct ClusterKafkaView: KafkaClusterView {
+    let node: ClusterNode
+    let broker: Broker
+
+    func brokers() -> [(id: Int32, host: String, port: Int32)] {
+        guard let membership = node.running.withLock({ $0?.membership }) else { return [] }
+        return membership.members.values.sorted { $0.id < $1.id }.compactMap { member in
+            guard let kafka = member.kafka, let colon = kafka.lastIndex(of: ":"), let port = Int32(kafka[kafka.index(after: colon)...]) else { return nil }
+            return (Int32(member.id), String(kafka[..<colon]), port)
+        }
+    }
+
+    func leader(topic: String, partition: Int) -> Int32? {
+        if broker.owns(topic: topic, partition: partition) { return Int32(node.nodeID) }
+        guard let agent = node.running.withLock({ $0?.agent }), let log = broker.logID(topic: topic, partition: partition),
+              let owner = agent.owners[log]
+        else { return nil }
+        return Int32(owner)
+    }
+
+    func coordinator() -> Int32? { nil }
+}

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Cluster mode with real processes on 127.0.0.1: etcd and three `aqueduct server
+# --cluster` nodes on free ports in a scratch directory, a real Kafka client
+# (confluent-kafka, idempotent, acks=all) producing to a 3-partition topic while one
+# node is SIGKILLed (mode kill) or SIGSTOPped past its lease and resumed (mode pause);
+# then every acknowledged record must be read back exactly once, at its offset, in
+# order. Everything is stopped by PID.
+#
+#   Tests/compat/cluster.sh [path/to/aqueduct] [kill|pause]
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+BIN=${1:-${AQUEDUCT_BINARY:-$ROOT/.build/debug/aqueduct}}
+MODE=${2:-kill}
+VENV=${AQUEDUCT_TEST_VENV:-$HOME/.cache/aqueduct-test-venv}
+SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/aqueduct-cluster.XXXXXX")
+command -v etcd >/dev/null || { echo "etcd is not installed (scripts/test.sh installs etcd-server)"; exit 1; }
+"$VENV/bin/python" -c "import confluent_kafka" 2>/dev/null || { python3 -m venv "$VENV"; "$VENV/bin/pip" install -q confluent-kafka; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill -CONT "$pid" 2>/dev/null; kill -9 "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$SCRATCH"
+}
+trap cleanup EXIT
+ETCD_PORT=$(free_port); ETCD_PEER=$(free_port)
+etcd --name test --data-dir "$SCRATCH/etcd" --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+  --listen-peer-urls "http://127.0.0.1:$ETCD_PEER" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" \
+  --initial-cluster "test=http://127.0.0.1:$ETCD_PEER" >"$SCRATCH/etcd.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 200); do grep -q "ready to serve client requests" "$SCRATCH/etcd.log" && break; sleep 0.1; done
+declare -A NODE_PID KAFKA
+for node in 1 2 3; do
+  KAFKA[$node]=127.0.0.1:$(free_port)
+  # A short lease, so the killed node's partitions move within seconds.
+  AQUEDUCT_CLUSTER_LEASE_SECONDS=3 "$BIN" server --cluster "etcd://127.0.0.1:$ETCD_PORT" --node-id "$node" --data-dir "$SCRATCH/node-$node" \
+    --kafka-listen "${KAFKA[$node]}" --http-listen "127.0.0.1:$(free_port)" --log-level info >"$SCRATCH/node-$node.log" 2>&1 &
+  NODE_PID[$node]=$!
+  PIDS+=($!)
+done
+for node in 1 2 3; do
+  for _ in $(seq 600); do grep -q "aqueduct is serving" "$SCRATCH/node-$node.log" 2>/dev/null && break; sleep 0.1; done
+  grep -q "aqueduct is serving" "$SCRATCH/node-$node.log" || { echo "node $node did not start:"; tail -20 "$SCRATCH/node-$node.log"; exit 1; }
+done
+echo "== etcd on 127.0.0.1:$ETCD_PORT; nodes 1-3 on ${KAFKA[1]} ${KAFKA[2]} ${KAFKA[3]}"
+status=0
+"$VENV/bin/python" "$HERE/cluster_failover.py" "${KAFKA[1]},${KAFKA[3]}" "${NODE_PID[2]}" "failover-$MODE" "$MODE" 2>&1 | grep -v '^%' || status=$?
+if [ $status -ne 0 ]; then
+  for node in 1 2 3; do echo "--- node $node"; grep -vE "^\s*$" "$SCRATCH/node-$node.log" | tail -15; done
+fi
+[ "$MODE" = pause ] && grep -h "lease is lost" "$SCRATCH/node-2.log" | head -1 | cut -c1-160
+exit $status

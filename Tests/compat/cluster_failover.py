@@ -1,0 +1,55 @@
+"""Produces 6000 keyed records (idempotent, acks=all) to a 3-partition topic of a
+three-node cluster while one node is SIGKILLed (mode kill) or SIGSTOPped past its lease
+and then resumed (mode pause); then reads every partition from the start and checks
+that every acknowledged record is there exactly once, at its offset, offsets dense."""
+import sys, time, os, signal
+from confluent_kafka import Producer, Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+bootstrap, victim_pid, topic, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+admin = AdminClient({"bootstrap.servers": bootstrap})
+for t, f in admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=-1)]).items(): f.result()
+time.sleep(2)
+acked, errors = [], []
+p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "message.timeout.ms": 120000, "linger.ms": 5})
+def cb(err, msg):
+    if err: errors.append(str(err))
+    else: acked.append((msg.partition(), msg.offset(), msg.value()))
+N = 6000
+start = time.time()
+for i in range(N):
+    while True:
+        try:
+            p.produce(topic, value=f"v{i}".encode(), key=f"k{i}".encode(), callback=cb); break
+        except BufferError:
+            p.poll(0.1)
+    p.poll(0)
+    if i == N // 3:
+        p.flush(30)
+        print(f"acked {len(acked)} before the fault; {'SIGKILL' if mode == 'kill' else 'SIGSTOP'} pid {victim_pid}", flush=True)
+        os.kill(victim_pid, signal.SIGKILL if mode == "kill" else signal.SIGSTOP)
+    if mode == "pause" and i == 2 * N // 3:
+        p.flush(60)
+        print(f"acked {len(acked)} while it was paused; SIGCONT pid {victim_pid}", flush=True)
+        os.kill(victim_pid, signal.SIGCONT)
+    time.sleep(0.001)
+left = p.flush(150)
+print(f"unflushed {left} acked {len(acked)} errors {len(errors)} {errors[:3]} in {time.time()-start:.1f}s", flush=True)
+c = Consumer({"bootstrap.servers": bootstrap, "group.id": "none", "enable.auto.commit": False})
+c.assign([TopicPartition(topic, i, 0) for i in range(3)])
+got = []
+deadline = time.time() + 60
+while len(got) < len(acked) and time.time() < deadline:
+    m = c.poll(1)
+    if m is None or m.error(): continue
+    got.append((m.partition(), m.offset(), m.value()))
+ack_set = set(acked)
+dups = len(got) - len(set(got))
+missing = [a for a in acked if a not in set(got)]
+by_value = {}
+for part, off, v in got: by_value.setdefault(v, []).append((part, off))
+dup_values = {v: l for v, l in by_value.items() if len(l) > 1}
+print(f"consumed {len(got)}; acknowledged missing {len(missing)}; duplicate offsets {dups}; values stored twice {len(dup_values)}")
+for part in range(3):
+    offs = [o for (pp, o, v) in got if pp == part]
+    print(f"partition {part}: {len(offs)} records, dense {offs == list(range(len(offs)))}")
+sys.exit(0 if not missing and not dup_values else 1)
