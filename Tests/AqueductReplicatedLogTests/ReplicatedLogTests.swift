@@ -184,7 +184,12 @@ import Testing
         let replicaID = ReplicatedSegmentStorage.replicaID(SegmentID(logID: log.id, number: segment.number))
         let ensemble = try await SegmentMetadataStore(nodes.metadata).load(replicaID).metadata.fragments[0].ensemble
         await nodes.stop(ensemble[1])
-        for index in 40..<80 { _ = try await writer.append(batch(["v\(index)"])) }
+        // The writer notices on its next add to that node; the change follows.
+        _ = try await writer.append(batch(["v40"]))
+        try await waitUntil("the ensemble change is in metadata") {
+            (try? await SegmentMetadataStore(nodes.metadata).load(replicaID).metadata.fragments.count) == 2
+        }
+        for index in 41..<80 { _ = try await writer.append(batch(["v\(index)"])) }
         let fragments = try await SegmentMetadataStore(nodes.metadata).load(replicaID).metadata.fragments
         #expect(fragments.count == 2 && !fragments[1].ensemble.contains(ensemble[1]), "an ensemble change replaced the node")
         let read = try await readValues(log, from: 0)

@@ -21,6 +21,17 @@ public func waitUntil(
     }
 }
 
+/// `waitUntil` for a condition that must be awaited (a metadata read, a request).
+public func waitUntil(
+    timeoutSeconds: Double = 60, _ what: String = "condition", file: String = #fileID, line: Int = #line, _ condition: () async -> Bool
+) async throws {
+    let deadline = ContinuousClock.now + .seconds(timeoutSeconds)
+    while await !condition() {
+        guard ContinuousClock.now < deadline else { throw WaitTimeout(what: what, location: "\(file):\(line)", seconds: timeoutSeconds) }
+        try await Task.sleep(for: .milliseconds(5))
+    }
+}
+
 public struct WaitTimeout: Error, CustomStringConvertible {
     public var what: String
     public var location: String
