@@ -77,6 +77,10 @@ public struct AqueductClient: Sendable {
         try await call(.GET, "/v1/topics/\(escape(name))")
     }
 
+    public func clusterStatus() async throws -> ClusterStatusJSON {
+        try await call(.GET, "/v1/cluster")
+    }
+
     public func listGroups() async throws -> GroupList {
         try await call(.GET, "/v1/groups")
     }

@@ -81,7 +81,8 @@ public enum HTTPAPI {
     public static let fetchRecordsMax = 10_000
 
     public static func router(
-        broker: Broker, groups: (any GroupDirectory)? = nil, topologies: (any TopologyDirectory)? = nil, access: HTTPAccess = HTTPAccess(),
+        broker: Broker, groups: (any GroupDirectory)? = nil, topologies: (any TopologyDirectory)? = nil, cluster: (any ClusterDirectory)? = nil,
+        access: HTTPAccess = HTTPAccess(),
         limits: HTTPLimits = HTTPLimits(), metricsText: @escaping @Sendable () -> String
     ) -> Router<BasicRequestContext> {
         let bodies = BodyBudget(limits)
@@ -134,6 +135,15 @@ public enum HTTPAPI {
             return try json(OffsetsResponse(partition: partition, startOffset: offsets.start, endOffset: offsets.end))
         }
 
+        router.get("/v1/cluster") { _, _ in
+            if let cluster { return try json(try await cluster.status()) }
+            let partitions = broker.topicNames().flatMap { topic in
+                (0..<((try? broker.partitionCount(topic)) ?? 0)).map { ClusterStatusJSON.Partition(topic: topic, partition: $0, owner: 0) }
+            }
+            return try json(ClusterStatusJSON(
+                mode: "single", nodeID: 0, nodes: [.init(id: 0, storage: nil, kafka: nil, http: nil, live: true)], partitions: partitions,
+                underReplicatedSegments: 0))
+        }
         router.get("/v1/groups") { _, _ in
             try json(GroupList(groups: groups?.groupSummaries() ?? []))
         }

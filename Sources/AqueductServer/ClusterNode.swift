@@ -1,3 +1,4 @@
+import AqueductAPI
 import AqueductBroker
 import AqueductCluster
 import AqueductEtcd
@@ -221,4 +222,46 @@ struct ClusterKafkaView: KafkaClusterView {
     }
 
     func coordinator() -> Int32? { nil }
+}
+
+/// `GET /v1/cluster` in cluster mode.
+struct ClusterStatusSource: ClusterDirectory {
+    let node: ClusterNode
+    let broker: Broker
+
+    func status() async throws(BrokerError) -> ClusterStatusJSON {
+        guard let (membership, agent, _) = node.running.withLock({ $0 }) else {
+            throw BrokerError(.unavailable, "this node has not joined the cluster yet", hint: "retry in a moment")
+        }
+        let members = membership.members
+        let owners = agent.owners
+        let live = Set(members.keys)
+        var partitions: [ClusterStatusJSON.Partition] = []
+        for topic in broker.topicNames() {
+            for partition in 0..<((try? broker.partitionCount(topic)) ?? 0) {
+                let owner = broker.owns(topic: topic, partition: partition)
+                    ? node.nodeID : broker.logID(topic: topic, partition: partition).flatMap { owners[$0] }
+                partitions.append(.init(topic: topic, partition: partition, owner: owner))
+            }
+        }
+        // Segments naming a node that is not live now (re-replicated once it has been
+        // gone past the grace period).
+        var underReplicated = 0
+        var referenced: Set<NodeID> = []
+        if let stored = try? await node.etcd.list(prefix: SegmentMetadataStore.prefix) {
+            let segments = stored.compactMap { try? JSONDecoder().decode(SegmentMetadata.self, from: Data($0.value.value)) }
+            referenced = Set(segments.flatMap { $0.fragments.flatMap(\.ensemble) })
+            let gone = referenced.subtracting(live)
+            underReplicated = segments.filter {
+                ReplicaRepair.isUnderReplicated(fragments: $0.fragments, sealed: $0.state == .sealed, lastEntry: $0.lastEntry ?? -1, lostNodes: gone)
+            }.count
+        }
+        var nodes = members.values.sorted { $0.id < $1.id }.map {
+            ClusterStatusJSON.Node(id: $0.id, storage: $0.storage, kafka: $0.kafka, http: $0.http, live: true)
+        }
+        for gone in referenced.subtracting(live).sorted() {
+            nodes.append(.init(id: gone, storage: nil, kafka: nil, http: nil, live: false))
+        }
+        return ClusterStatusJSON(mode: "cluster", nodeID: node.nodeID, nodes: nodes, partitions: partitions, underReplicatedSegments: underReplicated)
+    }
 }

@@ -162,7 +162,10 @@ public enum Server {
             runDirectory: configuration.dataDirectory + "/topologies", programsDirectory: configuration.programsDirectory,
             programBytesMax: configuration.programBytesMax, containerToken: containerToken,
             store: MetadataTopologyRegistry(metadata: components.localMetadata, logger: logger), logger: logger)
-        let router = HTTPAPI.router(broker: components.broker, groups: directory, topologies: topologies, access: access, limits: configuration.httpLimits, metricsText: {
+        let router = HTTPAPI.router(
+            broker: components.broker, groups: directory, topologies: topologies,
+            cluster: components.cluster.map { ClusterStatusSource(node: $0, broker: components.broker) }, access: access,
+            limits: configuration.httpLimits, metricsText: {
             Self.recordGroupMetrics(directory)
             return components.metricsText() + topologies.prometheusText()
         })

@@ -13,7 +13,7 @@ struct Aqueduct: AsyncParsableCommand {
             other commands against it. They reach the server at --server, or at
             $AQUEDUCT_SERVER, or at http://127.0.0.1:8092.
             """,
-        subcommands: [ServerCommand.self, TopicCommand.self, ProduceCommand.self, ConsumeCommand.self, GroupCommand.self, TopologyCommand.self])
+        subcommands: [ServerCommand.self, TopicCommand.self, ProduceCommand.self, ConsumeCommand.self, GroupCommand.self, TopologyCommand.self, ClusterCommand.self])
 }
 
 /// Where the client commands find the server.

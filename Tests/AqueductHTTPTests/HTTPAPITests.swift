@@ -45,6 +45,19 @@ func errorCode(_ response: TestResponse) throws -> String {
 }
 
 @Suite struct HTTPAPITests {
+    @Test func oneNodeDescribesItselfAsTheWholeCluster() async throws {
+        try await withAPI { client, _ in
+            try await client.execute(uri: "/v1/topics", method: .post, body: jsonBody(#"{"name":"solo","partitions":2}"#)) { response throws in
+                #expect(response.status == .created)
+            }
+            try await client.execute(uri: "/v1/cluster", method: .get) { response throws in
+                let status = try decode(ClusterStatusJSON.self, response)
+                #expect(status.mode == "single" && status.nodes.map(\.live) == [true] && status.underReplicatedSegments == 0)
+                #expect(status.partitions == [.init(topic: "solo", partition: 0, owner: 0), .init(topic: "solo", partition: 1, owner: 0)])
+            }
+        }
+    }
+
     @Test func topicsCanBeCreatedListedDescribedAndDeleted() async throws {
         try await withAPI { client, _ in
             try await client.execute(uri: "/v1/topics", method: .post, body: jsonBody(#"{"name":"orders","partitions":3,"config":{"retentionMs":60000}}"#)) { response throws in

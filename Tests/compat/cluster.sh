@@ -20,7 +20,7 @@ command -v etcd >/dev/null || { echo "etcd is not installed (scripts/test.sh ins
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PIDS=()
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill -CONT "$pid" 2>/dev/null; kill -9 "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do kill -CONT "$pid" 2>/dev/null || true; kill -9 "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$SCRATCH"
 }
@@ -50,5 +50,5 @@ status=0
 if [ $status -ne 0 ]; then
   for node in 1 2 3; do echo "--- node $node"; grep -vE "^\s*$" "$SCRATCH/node-$node.log" | tail -15; done
 fi
-[ "$MODE" = pause ] && grep -h "lease is lost" "$SCRATCH/node-2.log" | head -1 | cut -c1-160
+if [ "$MODE" = pause ]; then grep -h "lease is lost" "$SCRATCH/node-2.log" | head -1 | cut -c1-160 || true; fi
 exit $status
