@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Replication's cost, in one run on this machine: the same sarama load (the shared
+# kafka-go-bench: acks=all, 1 KiB, 3 partitions) against one node (1/1/1, today's
+# path) and against three nodes with etcd (3/3/2), all on 127.0.0.1; prints throughput,
+# ack latency and the brokers' CPU per million messages summed over nodes, and the
+# ratios. Release build; everything stopped by PID.
+# Usage: scripts/bench-cluster.sh [MESSAGES=200000] [SIZE=1024]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-200000}
+SIZE=${2:-1024}
+BIN=${AQUEDUCT_BINARY:-.build/release/aqueduct}
+[ -x "$BIN" ] || swift build -c release --product aqueduct
+SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/aqueduct-bench-cluster.XXXXXX")
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$SCRATCH"; }
+trap cleanup EXIT
+if ! command -v go >/dev/null || [ ! -d /usr/share/gocode/src/github.com/Shopify/sarama ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go golang-github-shopify-sarama-dev >/dev/null
+fi
+command -v etcd >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
+(cd ../shared/bench/kafka-go-bench && GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="$SCRATCH/gocache" go build -o "$SCRATCH/gobench" .)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+cpu_seconds() {  # utime + stime of the given PIDs, in seconds
+  local total=0 pid
+  for pid in "$@"; do total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
+  echo "scale=2; $total / $(getconf CLK_TCK)" | bc
+}
+wait_serving() { for _ in $(seq 600); do grep -q "aqueduct is serving" "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "not serving: $1"; tail -5 "$1"; exit 1; }
+run_load() {  # brokers, label, pids...
+  local brokers=$1 label=$2; shift 2
+  local before after out
+  before=$(cpu_seconds "$@")
+  out=$(timeout 600 "$SCRATCH/gobench" -brokers "$brokers" -n "$N" -size "$SIZE" -acks all -partitions 3 -consume=false 2>&1 | grep "GO PUB")
+  after=$(cpu_seconds "$@")
+  echo "$label: $out"
+  echo "$label: broker CPU $(echo "$after - $before" | bc) s for $N messages"
+  RATE=$(echo "$out" | sed -E 's/.*= ([0-9]+) msg\/s.*/\1/')
+  P99=$(echo "$out" | grep -oE 'p99=[0-9.]+[a-zµ]+' | head -1 | cut -d= -f2)
+  CPU=$(echo "scale=2; ($after - $before) * 1000000 / $N" | bc)
+}
+
+echo "== one node (1/1/1)"
+K=$(free_port)
+"$BIN" server --data-dir "$SCRATCH/single" --kafka-listen "127.0.0.1:$K" --http-listen "127.0.0.1:$(free_port)" >"$SCRATCH/single.log" 2>&1 &
+SINGLE=$!; PIDS+=($SINGLE)
+wait_serving "$SCRATCH/single.log"
+run_load "127.0.0.1:$K" "single" "$SINGLE"
+SINGLE_RATE=$RATE; SINGLE_P99=$P99; SINGLE_CPU=$CPU
+kill "$SINGLE"; wait "$SINGLE" 2>/dev/null || true
+
+echo "== three nodes (3/3/2) and etcd"
+EP=$(free_port); PEER=$(free_port)
+etcd --name bench --data-dir "$SCRATCH/etcd" --listen-client-urls "http://127.0.0.1:$EP" --advertise-client-urls "http://127.0.0.1:$EP" \
+  --listen-peer-urls "http://127.0.0.1:$PEER" --initial-advertise-peer-urls "http://127.0.0.1:$PEER" --initial-cluster "bench=http://127.0.0.1:$PEER" \
+  >"$SCRATCH/etcd.log" 2>&1 &
+ETCD=$!; PIDS+=($ETCD)
+for _ in $(seq 100); do grep -q "ready to serve client requests" "$SCRATCH/etcd.log" && break; sleep 0.1; done
+NODES=(); BOOT=""
+for node in 1 2 3; do
+  K=$(free_port)
+  "$BIN" server --cluster "etcd://127.0.0.1:$EP" --node-id $node --data-dir "$SCRATCH/node-$node" --kafka-listen "127.0.0.1:$K" \
+    --http-listen "127.0.0.1:$(free_port)" >"$SCRATCH/node-$node.log" 2>&1 &
+  NODES+=($!); PIDS+=($!); BOOT="$BOOT${BOOT:+,}127.0.0.1:$K"
+done
+for node in 1 2 3; do wait_serving "$SCRATCH/node-$node.log"; done
+run_load "$BOOT" "cluster" "${NODES[@]}"
+echo "   etcd CPU (not counted above): $(cpu_seconds "$ETCD") s"
+
+echo "== ratios (cluster / single)"
+echo "throughput: $RATE / $SINGLE_RATE msg/s = $(echo "scale=2; $RATE / $SINGLE_RATE" | bc)x (target >= 0.4x)"
+echo "ack p99: $P99 vs $SINGLE_P99 (target <= 2x)"
+echo "broker CPU per million messages: $CPU s (three nodes) vs $SINGLE_CPU s (one) = $(echo "scale=2; $CPU / $SINGLE_CPU" | bc)x"
