@@ -47,8 +47,9 @@ swift test --skip-build "$@"
 echo "== Kafka client compatibility"
 Tests/compat/run.sh .build/debug/aqueduct
 
-echo "== cluster mode: three nodes and etcd, a node SIGKILLed, then one SIGSTOPped past its lease"
+echo "== cluster mode: three nodes and etcd; a node SIGKILLed, one SIGSTOPped past its lease, etcd killed and restarted"
 Tests/compat/cluster.sh .build/debug/aqueduct kill
 Tests/compat/cluster.sh .build/debug/aqueduct pause
+Tests/compat/cluster.sh .build/debug/aqueduct etcd
 
 echo "== all tests passed in $(( $(date +%s) - started )) s"

@@ -6,7 +6,10 @@
 # then every acknowledged record must be read back exactly once, at its offset, in
 # order. Everything is stopped by PID.
 #
-#   Tests/compat/cluster.sh [path/to/aqueduct] [kill|pause]
+# Mode etcd: etcd is killed and restarted on its data while records flow: metadata
+# changes stall, nothing acknowledged is lost.
+#
+#   Tests/compat/cluster.sh [path/to/aqueduct] [kill|pause|etcd]
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -20,17 +23,22 @@ command -v etcd >/dev/null || { echo "etcd is not installed (scripts/test.sh ins
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PIDS=()
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill -CONT "$pid" 2>/dev/null || true; kill -9 "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}" $(cat "$SCRATCH/etcd.pids" 2>/dev/null); do kill -CONT "$pid" 2>/dev/null || true; kill -9 "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$SCRATCH"
 }
 trap cleanup EXIT
 ETCD_PORT=$(free_port); ETCD_PEER=$(free_port)
-etcd --name test --data-dir "$SCRATCH/etcd" --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
-  --listen-peer-urls "http://127.0.0.1:$ETCD_PEER" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" \
-  --initial-cluster "test=http://127.0.0.1:$ETCD_PEER" >"$SCRATCH/etcd.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 200); do grep -q "ready to serve client requests" "$SCRATCH/etcd.log" && break; sleep 0.1; done
+start_etcd() {
+  etcd --name test --data-dir "$SCRATCH/etcd" --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" \
+    --initial-cluster "test=http://127.0.0.1:$ETCD_PEER" >>"$SCRATCH/etcd.log" 2>&1 &
+  ETCD_PID=$!
+  PIDS+=($ETCD_PID)
+  echo $ETCD_PID >> "$SCRATCH/etcd.pids"
+  for _ in $(seq 200); do [ "$(grep -c "ready to serve client requests" "$SCRATCH/etcd.log")" -ge "$1" ] && break; sleep 0.1; done
+}
+start_etcd 1
 declare -A NODE_PID KAFKA
 for node in 1 2 3; do
   KAFKA[$node]=127.0.0.1:$(free_port)
@@ -46,9 +54,19 @@ for node in 1 2 3; do
 done
 echo "== etcd on 127.0.0.1:$ETCD_PORT; nodes 1-3 on ${KAFKA[1]} ${KAFKA[2]} ${KAFKA[3]}"
 status=0
-"$VENV/bin/python" "$HERE/cluster_failover.py" "${KAFKA[1]},${KAFKA[3]}" "${NODE_PID[2]}" "failover-$MODE" "$MODE" 2>&1 | grep -v '^%' || status=$?
+VICTIM=${NODE_PID[2]}
+if [ "$MODE" = etcd ]; then
+  # On SIGUSR1 from the client: kill etcd, keep it down 5 s, start it again on its data.
+  ( trap 'kill -9 $ETCD_PID; sleep 5; start_etcd 2; echo "etcd restarted" >&2' USR1; while true; do sleep 0.2; done ) &
+  VICTIM=$!
+  PIDS+=($VICTIM)
+fi
+"$VENV/bin/python" "$HERE/cluster_failover.py" "${KAFKA[1]},${KAFKA[3]}" "$VICTIM" "failover-$MODE" "$MODE" 2>&1 | grep -v '^%' || status=$?
 if [ $status -ne 0 ]; then
   for node in 1 2 3; do echo "--- node $node"; grep -vE "^\s*$" "$SCRATCH/node-$node.log" | tail -15; done
 fi
 if [ "$MODE" = pause ]; then grep -h "lease is lost" "$SCRATCH/node-2.log" | head -1 | cut -c1-160 || true; fi
+if [ "$MODE" = etcd ]; then
+  echo "etcd started $(grep -c "ready to serve client requests" "$SCRATCH/etcd.log") times; nodes that lost their lease meanwhile: $(grep -l "lease is lost" "$SCRATCH"/node-*.log | wc -l)"
+fi
 exit $status

@@ -1,7 +1,9 @@
 """Produces 6000 keyed records (idempotent, acks=all) to a 3-partition topic of a
 three-node cluster while one node is SIGKILLed (mode kill) or SIGSTOPped past its lease
 and then resumed (mode pause); then reads every partition from the start and checks
-that every acknowledged record is there exactly once, at its offset, offsets dense."""
+that every acknowledged record is there exactly once, at its offset, offsets dense.
+Mode etcd: the victim is etcd, killed and restarted (by cluster.sh, on the signal file
+given as the victim) while records flow."""
 import sys, time, os, signal
 from confluent_kafka import Producer, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -25,8 +27,12 @@ for i in range(N):
     p.poll(0)
     if i == N // 3:
         p.flush(30)
-        print(f"acked {len(acked)} before the fault; {'SIGKILL' if mode == 'kill' else 'SIGSTOP'} pid {victim_pid}", flush=True)
-        os.kill(victim_pid, signal.SIGKILL if mode == "kill" else signal.SIGSTOP)
+        if mode == "etcd":
+            print(f"acked {len(acked)} before the fault; etcd is killed and restarted", flush=True)
+            os.kill(victim_pid, signal.SIGUSR1)  # cluster.sh's fault injector
+        else:
+            print(f"acked {len(acked)} before the fault; {'SIGKILL' if mode == 'kill' else 'SIGSTOP'} pid {victim_pid}", flush=True)
+            os.kill(victim_pid, signal.SIGKILL if mode == "kill" else signal.SIGSTOP)
     if mode == "pause" and i == 2 * N // 3:
         p.flush(60)
         print(f"acked {len(acked)} while it was paused; SIGCONT pid {victim_pid}", flush=True)
