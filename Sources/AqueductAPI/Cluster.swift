@@ -51,4 +51,8 @@ public struct ClusterStatusJSON: Codable, Sendable, Equatable {
 /// What the HTTP API asks of cluster mode (in the server).
 public protocol ClusterDirectory: Sendable {
     func status() async throws(BrokerError) -> ClusterStatusJSON
+    /// Moves every partition off `node` (or lets it take partitions again).
+    func setDraining(_ node: Int, _ draining: Bool) async throws(BrokerError)
+    /// `node` is gone for good: its copies are re-replicated now, without the grace period.
+    func remove(_ node: Int) async throws(BrokerError)
 }

@@ -81,6 +81,14 @@ public struct AqueductClient: Sendable {
         try await call(.GET, "/v1/cluster")
     }
 
+    public func drainNode(_ node: Int, undo: Bool = false) async throws -> ClusterStatusJSON {
+        try await call(.POST, "/v1/cluster/nodes/\(node)/drain\(undo ? "?undo=true" : "")")
+    }
+
+    public func removeNode(_ node: Int) async throws -> ClusterStatusJSON {
+        try await call(.POST, "/v1/cluster/nodes/\(node)/remove")
+    }
+
     public func listGroups() async throws -> GroupList {
         try await call(.GET, "/v1/groups")
     }

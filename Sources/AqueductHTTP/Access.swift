@@ -95,7 +95,7 @@ public struct HTTPAccess: Sendable {
         if method == .get || method == .head {
             return path == "/health" ? nil : .read
         }
-        if path.hasPrefix("/v1/topologies") || path.hasPrefix("/v1/programs") { return .admin }
+        if path.hasPrefix("/v1/topologies") || path.hasPrefix("/v1/programs") || path.hasPrefix("/v1/cluster") { return .admin }
         if method == .delete { return .admin }
         return .write
     }

@@ -144,6 +144,19 @@ public enum HTTPAPI {
                 mode: "single", nodeID: 0, nodes: [.init(id: 0, storage: nil, kafka: nil, http: nil, live: true)], partitions: partitions,
                 underReplicatedSegments: 0))
         }
+        router.post("/v1/cluster/nodes/:node/drain") { request, context in
+            guard let cluster else { throw BrokerError(.invalidRequest, "this server is one node, not a cluster", hint: "start nodes with --cluster") }
+            guard let node = context.parameters.get("node").flatMap(Int.init) else { throw BrokerError(.invalidRequest, "a node id is a number") }
+            let undo = request.uri.queryParameters.get("undo") == "true"
+            try await cluster.setDraining(node, !undo)
+            return try json(try await cluster.status())
+        }
+        router.post("/v1/cluster/nodes/:node/remove") { _, context in
+            guard let cluster else { throw BrokerError(.invalidRequest, "this server is one node, not a cluster", hint: "start nodes with --cluster") }
+            guard let node = context.parameters.get("node").flatMap(Int.init) else { throw BrokerError(.invalidRequest, "a node id is a number") }
+            try await cluster.remove(node)
+            return try json(try await cluster.status())
+        }
         router.get("/v1/groups") { _, _ in
             try json(GroupList(groups: groups?.groupSummaries() ?? []))
         }

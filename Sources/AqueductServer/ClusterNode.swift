@@ -164,12 +164,32 @@ final class ClusterNode: Sendable {
         }
     }
 
-    /// Every 30 s: the lowest live node re-replicates what lost nodes held; every node
-    /// drops the segments no metadata names any more.
+    static let removedPrefix = "cluster/removed/"
+    let auditWake = Mutex<CheckedContinuation<Void, Never>?>(nil)
+
+    /// Runs the next audit pass now (a node was removed).
+    func auditNow() {
+        auditWake.withLock { waiting in
+            waiting?.resume()
+            waiting = nil
+        }
+    }
+
+    /// Every 30 s (or when a node is removed): the lowest live node re-replicates what
+    /// lost nodes held; every node drops the segments no metadata names any more.
     private func auditAndCollect(membership: ClusterMembership) async {
         let auditor = ReplicationAuditor(transport: pool, metadataStore: SegmentMetadataStore(etcd), logger: logger)
         while !Task.isCancelled {
-            try? await Task.sleep(for: .seconds(30))
+            let timer = Task {
+                try? await Task.sleep(for: .seconds(30))
+                self.auditNow()
+            }
+            await withCheckedContinuation { continuation in auditWake.withLock { $0 = continuation } }
+            timer.cancel()
+            if Task.isCancelled { return }
+            for removed in (try? await etcd.list(prefix: Self.removedPrefix)) ?? [] {
+                if let id = NodeID(removed.key.dropFirst(Self.removedPrefix.count)) { auditor.nodeRemoved(id) }
+            }
             let liveNodes = membership.liveNodes
             if liveNodes.min() == nodeID {
                 let now = Int64(Date().timeIntervalSince1970 * 1_000)
@@ -189,6 +209,7 @@ final class ClusterNode: Sendable {
     func stop() async {
         if let running = running.withLock({ $0 }) {
             for task in running.tasks { task.cancel() }
+            auditNow()
             running.agent.stop()
             await running.membership.leave()
         }
@@ -228,6 +249,27 @@ struct ClusterKafkaView: KafkaClusterView {
 struct ClusterStatusSource: ClusterDirectory {
     let node: ClusterNode
     let broker: Broker
+
+    func setDraining(_ id: Int, _ draining: Bool) async throws(BrokerError) {
+        do {
+            try await OwnershipAgent.setDraining(id, draining, etcd: node.etcd)
+        } catch {
+            throw BrokerError(.unavailable, "cannot record the drain in etcd: \(error)", hint: "check that etcd is running, then retry")
+        }
+        node.running.withLock { $0?.agent }?.poke()
+    }
+
+    func remove(_ id: Int) async throws(BrokerError) {
+        guard !node.live.current.contains(id) else {
+            throw BrokerError(.invalidRequest, "node \(id) is live; stop it before removing it", hint: "drain it first: aqueduct cluster drain \(id)")
+        }
+        do {
+            try await node.etcd.put(ClusterNode.removedPrefix + String(id), Array("removed".utf8))
+        } catch {
+            throw BrokerError(.unavailable, "cannot record the removal in etcd: \(error)", hint: "check that etcd is running, then retry")
+        }
+        node.auditNow()
+    }
 
     func status() async throws(BrokerError) -> ClusterStatusJSON {
         guard let (membership, agent, _) = node.running.withLock({ $0 }) else {

@@ -9,7 +9,10 @@
 # Mode etcd: etcd is killed and restarted on its data while records flow: metadata
 # changes stall, nothing acknowledged is lost.
 #
-#   Tests/compat/cluster.sh [path/to/aqueduct] [kill|pause|etcd]
+# Mode drain: node 2 is drained over the HTTP API while records flow: its partitions
+# move to the others, nothing acknowledged is lost.
+#
+#   Tests/compat/cluster.sh [path/to/aqueduct] [kill|pause|etcd|drain]
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -39,12 +42,13 @@ start_etcd() {
   for _ in $(seq 200); do [ "$(grep -c "ready to serve client requests" "$SCRATCH/etcd.log")" -ge "$1" ] && break; sleep 0.1; done
 }
 start_etcd 1
-declare -A NODE_PID KAFKA
+declare -A NODE_PID KAFKA HTTP
 for node in 1 2 3; do
   KAFKA[$node]=127.0.0.1:$(free_port)
+  HTTP[$node]=127.0.0.1:$(free_port)
   # A short lease, so the killed node's partitions move within seconds.
   AQUEDUCT_CLUSTER_LEASE_SECONDS=3 "$BIN" server --cluster "etcd://127.0.0.1:$ETCD_PORT" --node-id "$node" --data-dir "$SCRATCH/node-$node" \
-    --kafka-listen "${KAFKA[$node]}" --http-listen "127.0.0.1:$(free_port)" --log-level info >"$SCRATCH/node-$node.log" 2>&1 &
+    --kafka-listen "${KAFKA[$node]}" --http-listen "${HTTP[$node]}" --log-level info >"$SCRATCH/node-$node.log" 2>&1 &
   NODE_PID[$node]=$!
   PIDS+=($!)
 done
@@ -55,6 +59,7 @@ done
 echo "== etcd on 127.0.0.1:$ETCD_PORT; nodes 1-3 on ${KAFKA[1]} ${KAFKA[2]} ${KAFKA[3]}"
 status=0
 VICTIM=${NODE_PID[2]}
+[ "$MODE" = drain ] && VICTIM=http://${HTTP[1]}
 if [ "$MODE" = etcd ]; then
   # On SIGUSR1 from the client: kill etcd, keep it down 5 s, start it again on its data.
   ( trap 'kill -9 $ETCD_PID; sleep 5; start_etcd 2; echo "etcd restarted" >&2' USR1; while true; do sleep 0.2; done ) &

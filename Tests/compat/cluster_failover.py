@@ -4,10 +4,11 @@ and then resumed (mode pause); then reads every partition from the start and che
 that every acknowledged record is there exactly once, at its offset, offsets dense.
 Mode etcd: the victim is etcd, killed and restarted (by cluster.sh, on the signal file
 given as the victim) while records flow."""
-import sys, time, os, signal
+import sys, time, os, signal, json, urllib.request
 from confluent_kafka import Producer, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-bootstrap, victim_pid, topic, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+bootstrap, victim, topic, mode = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+victim_pid = int(victim) if victim.isdigit() else 0
 admin = AdminClient({"bootstrap.servers": bootstrap})
 for t, f in admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=-1)]).items(): f.result()
 time.sleep(2)
@@ -27,7 +28,12 @@ for i in range(N):
     p.poll(0)
     if i == N // 3:
         p.flush(30)
-        if mode == "etcd":
+        if mode == "drain":
+            # victim: the HTTP API of node 1; node 2 is drained.
+            request = urllib.request.Request(victim + "/v1/cluster/nodes/2/drain", method="POST")
+            urllib.request.urlopen(request, timeout=30).read()
+            print(f"acked {len(acked)} before the fault; node 2 is draining", flush=True)
+        elif mode == "etcd":
             print(f"acked {len(acked)} before the fault; etcd is killed and restarted", flush=True)
             os.kill(victim_pid, signal.SIGUSR1)  # cluster.sh's fault injector
         else:
@@ -58,4 +64,10 @@ print(f"consumed {len(got)}; acknowledged missing {len(missing)}; duplicate offs
 for part in range(3):
     offs = [o for (pp, o, v) in got if pp == part]
     print(f"partition {part}: {len(offs)} records, dense {offs == list(range(len(offs)))}")
-sys.exit(0 if not missing and not dup_values else 1)
+ok = not missing and not dup_values
+if mode == "drain":
+    status = json.load(urllib.request.urlopen(victim + "/v1/cluster", timeout=30))
+    owners = sorted({p["owner"] for p in status["partitions"]})
+    print(f"owners after the drain: {owners}")
+    ok = ok and 2 not in owners
+sys.exit(0 if ok else 1)
