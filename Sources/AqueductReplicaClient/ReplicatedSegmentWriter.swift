@@ -250,7 +250,9 @@ public final class ReplicatedSegmentWriter: @unchecked Sendable {
         commitEnsembleChange(proposed)
     }
 
-    private func commitEnsembleChange(_ proposed: SegmentMetadata) {
+    /// Compare-and-sets `proposed` on the version this writer last wrote; `then` runs on
+    /// the loop with the new version or the error.
+    private func replaceMetadata(_ proposed: SegmentMetadata, then: @escaping @Sendable (Result<UInt64, ReplicationError>) -> Void) {
         let version = metadataVersion
         let store = metadataStore
         let segment = segment
@@ -261,8 +263,12 @@ public final class ReplicatedSegmentWriter: @unchecked Sendable {
             } catch {
                 result = .failure(error)
             }
-            self.loop.execute { self.ensembleChangeFinished(proposed, result) }
+            self.loop.execute { then(result) }
         }
+    }
+
+    private func commitEnsembleChange(_ proposed: SegmentMetadata) {
+        replaceMetadata(proposed) { result in self.ensembleChangeFinished(proposed, result) }
     }
 
     private func ensembleChangeFinished(_ proposed: SegmentMetadata, _ result: Result<UInt64, ReplicationError>) {
@@ -295,31 +301,21 @@ public final class ReplicatedSegmentWriter: @unchecked Sendable {
     }
 
     private func commitSeal(_ sealed: SegmentMetadata) {
-        let version = metadataVersion
-        let store = metadataStore
         let segment = segment
-        Task {
-            let result: Result<UInt64, ReplicationError>
-            do throws(ReplicationError) {
-                result = .success(try await store.replace(segment, sealed, version: version))
-            } catch {
-                result = .failure(error)
-            }
-            self.loop.execute {
-                switch result {
-                case .success(let version):
-                    self.metadata = sealed
-                    self.metadataVersion = version
-                    self.sealedAt = sealed.lastEntry
-                    self.idleTimer?.cancel()
-                    for waiter in self.closing { waiter.resume(returning: sealed.lastEntry ?? -1) }
-                    self.closing = []
-                case .failure(.fenced(let segment)):
-                    self.fail(.fenced(segment: segment))
-                case .failure(let error):
-                    self.logger.warning("cannot seal the segment yet; retrying", metadata: ["segment": "\(segment)", "error": "\(error)"])
-                    _ = self.loop.scheduleTask(in: .milliseconds(self.configuration.metadataRetryMilliseconds)) { self.commitSeal(sealed) }
-                }
+        replaceMetadata(sealed) { result in
+            switch result {
+            case .success(let version):
+                self.metadata = sealed
+                self.metadataVersion = version
+                self.sealedAt = sealed.lastEntry
+                self.idleTimer?.cancel()
+                for waiter in self.closing { waiter.resume(returning: sealed.lastEntry ?? -1) }
+                self.closing = []
+            case .failure(.fenced(let segment)):
+                self.fail(.fenced(segment: segment))
+            case .failure(let error):
+                self.logger.warning("cannot seal the segment yet; retrying", metadata: ["segment": "\(segment)", "error": "\(error)"])
+                _ = self.loop.scheduleTask(in: .milliseconds(self.configuration.metadataRetryMilliseconds)) { self.commitSeal(sealed) }
             }
         }
     }
