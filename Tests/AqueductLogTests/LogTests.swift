@@ -128,7 +128,7 @@ func readValues(_ log: Log, from offset: Int64, maxBytes: Int = 300) async throw
         #expect(fromMemory.map(\.0) == Array(0..<9) && fromMemory.map(\.1) == expected)
         // A crash now: the journal (and whatever the flusher wrote) is all there is.
         let crashed = directory + "-crash"
-        try FileManager.default.copyItem(atPath: directory, toPath: crashed)
+        try copyLiveDirectory(directory, to: crashed)
         try await stack.close()
         let recovered = try await Stack.open(crashed)
         let reopened = try #require(recovered.logs.allLogs.first { $0.name == "t-0" })

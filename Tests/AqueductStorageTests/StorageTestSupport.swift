@@ -48,7 +48,7 @@ func readAll(_ node: StorageNode, _ id: SegmentID, from offset: Int64, maxBytes:
 /// process died at this moment (every write so far reached the page cache).
 func crashCopy(of directory: String) throws -> String {
     let copy = directory + "-crash-" + UUID().uuidString.prefix(8)
-    try FileManager.default.copyItem(atPath: directory, toPath: copy)
+    try copyLiveDirectory(directory, to: copy)
     return copy
 }
 

@@ -46,3 +46,19 @@ public func testSeed(_ name: String = #function) -> UInt64 {
     print("\(name): seed \(seed) (AQUEDUCT_TEST_SEED=\(seed) replays it)")
     return seed
 }
+
+/// Copies a directory a running storage node writes to (a crash image): a file the
+/// node renames away mid-copy (a checkpoint's temporary) makes the copy fail, so it is
+/// taken again.
+public func copyLiveDirectory(_ directory: String, to copy: String) throws {
+    for attempt in 1...20 {
+        do {
+            try FileManager.default.copyItem(atPath: directory, toPath: copy)
+            return
+        } catch {
+            try? FileManager.default.removeItem(atPath: copy)
+            if attempt == 20 { throw error }
+        }
+    }
+}
+
