@@ -134,4 +134,26 @@ struct ClusterCoordinationTests {
         await node.membership.leave()
         await etcdProcess.stop()
     }
+
+    @Test func aSecondProcessWithTheSameNodeIDIsRefused() async throws {
+        let etcdProcess = EtcdProcess(dataDirectory: temporaryDirectory() + "/etcd")
+        try await etcdProcess.start()
+        let etcd = store(etcdProcess, namespace: "/test-\(UUID().uuidString)/")
+        var configuration = ClusterMembership.Configuration()
+        configuration.previousIncarnationWaitSeconds = 1
+        let first = ClusterMembership(me: ClusterMember(id: 5, storage: "127.0.0.1:9005"), etcd: etcd, configuration: configuration)
+        try await first.join()
+        let second = ClusterMembership(me: ClusterMember(id: 5, storage: "127.0.0.1:9105"), etcd: etcd, configuration: configuration)
+        let error = await #expect(throws: ClusterError.self) { try await second.join() }
+        guard case .nodeIDInUse(5, _)? = error else {
+            Issue.record("expected nodeIDInUse, got \(String(describing: error))")
+            return
+        }
+        // Once the first leaves (its lease revoked), the id is free again.
+        await first.leave()
+        try await second.join()
+        #expect(second.members[5]?.storage == "127.0.0.1:9105")
+        await second.leave()
+        await etcdProcess.stop()
+    }
 }
