@@ -47,10 +47,11 @@ swift test --skip-build "$@"
 echo "== Kafka client compatibility"
 Tests/compat/run.sh .build/debug/aqueduct
 
-echo "== cluster mode: three nodes and etcd; a node SIGKILLed, one SIGSTOPped past its lease, etcd killed and restarted, a node drained"
+echo "== cluster mode: three nodes and etcd; a node SIGKILLed, one SIGSTOPped past its lease, etcd killed and restarted, a node drained, a consumer group's coordinator SIGKILLed"
 Tests/compat/cluster.sh .build/debug/aqueduct kill
 Tests/compat/cluster.sh .build/debug/aqueduct pause
 Tests/compat/cluster.sh .build/debug/aqueduct etcd
 Tests/compat/cluster.sh .build/debug/aqueduct drain
+Tests/compat/cluster.sh .build/debug/aqueduct group
 
 echo "== all tests passed in $(( $(date +%s) - started )) s"

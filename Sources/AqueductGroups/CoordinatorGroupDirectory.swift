@@ -3,28 +3,33 @@ import AqueductBroker
 
 /// Groups as the HTTP API, the CLI and the metrics see them: members with their
 /// decoded assignments, committed offsets with lag against the partitions' ends.
+/// In cluster mode it sees the groups this node coordinates.
 public struct CoordinatorGroupDirectory: GroupDirectory {
-    let coordinator: GroupCoordinator
+    let groups: GroupShards
     let broker: Broker
 
-    public init(coordinator: GroupCoordinator, broker: Broker) {
-        self.coordinator = coordinator
+    public init(groups: GroupShards, broker: Broker) {
+        self.groups = groups
         self.broker = broker
     }
 
     public func groupSummaries() -> [GroupSummary] {
-        coordinator.allGroups().sorted { $0.groupID < $1.groupID }.map { group in
-            GroupSummary(name: group.groupID, state: group.state.rawValue, members: group.members.count,
-                lag: describe(group).lag)
-        }
+        groups.active.flatMap { coordinator in
+            coordinator.allGroups().map { group in
+                GroupSummary(name: group.groupID, state: group.state.rawValue, members: group.members.count,
+                    lag: describe(group, offsets: coordinator.offsets).lag)
+            }
+        }.sorted { $0.name < $1.name }
     }
 
     public func describeGroup(_ name: String) -> GroupDescription? {
-        coordinator.describe(name).map(describe)
+        guard let coordinator = groups.coordinator(for: name) else { return nil }
+        return coordinator.describe(name).map { describe($0, offsets: coordinator.offsets) }
     }
 
     public func commitOffsets(group: String, topic: String, offsets: [Int: Int64]) async throws(BrokerError) {
         guard !group.isEmpty else { throw BrokerError(.invalidRequest, "group name is empty") }
+        guard let coordinator = groups.coordinator(for: group) else { throw Self.notHere(group) }
         var commits: [(TopicPartition, OffsetStore.Committed)] = []
         for (partition, offset) in offsets.sorted(by: { $0.key < $1.key }) {
             guard offset >= 0 else { throw BrokerError(.invalidRequest, "offset \(offset) of partition \(partition) is negative") }
@@ -45,13 +50,18 @@ public struct CoordinatorGroupDirectory: GroupDirectory {
 
     public func committedOffsets(group: String, topic: String) -> [Int: Int64] {
         var found: [Int: Int64] = [:]
-        for (partition, committed) in coordinator.offsets.offsets(group: group) where partition.topic == topic {
+        for (partition, committed) in groups.coordinator(for: group)?.offsets.offsets(group: group) ?? [:] where partition.topic == topic {
             found[partition.partition] = committed.offset
         }
         return found
     }
 
-    private func describe(_ group: GroupStateMachine) -> GroupDescription {
+    static func notHere(_ group: String) -> BrokerError {
+        BrokerError(.unavailable, "group '\(group)' is coordinated by another node of the cluster",
+            hint: "send the request to the node GET /v1/cluster names for it, or retry once it has moved")
+    }
+
+    private func describe(_ group: GroupStateMachine, offsets: OffsetStore) -> GroupDescription {
         var owners: [TopicPartition: String] = [:]
         let members = group.members.map { member -> GroupDescription.Member in
             var assignment: [String: [Int]] = [:]
@@ -66,7 +76,7 @@ public struct CoordinatorGroupDirectory: GroupDirectory {
                 memberID: member.id, instanceID: member.instanceID, clientID: member.clientID, clientHost: member.clientHost,
                 assignment: assignment)
         }
-        let committed = coordinator.offsets.offsets(group: group.groupID)
+        let committed = offsets.offsets(group: group.groupID)
         let offsets = committed.sorted { ($0.key.topic, $0.key.partition) < ($1.key.topic, $1.key.partition) }.map { partition, committed in
             let end = (try? broker.offsets(topic: partition.topic, partition: partition.partition).end) ?? committed.offset
             return GroupDescription.PartitionOffset(

@@ -39,6 +39,9 @@ public final class GroupCoordinator: Sendable {
         var waiters: [GroupStateMachine.Token: Waiter] = [:]
         var nextToken: GroupStateMachine.Token = 0
         var lastExpiryCheck: Int64
+        /// This node stopped coordinating these groups (cluster mode: another node owns
+        /// their offsets now): every request gets NOT_COORDINATOR.
+        var closed = false
     }
     private let state: Mutex<State>
     private let startedMilliseconds: Int64
@@ -76,6 +79,7 @@ public final class GroupCoordinator: Sendable {
     ) -> Outcome {
         let now = clock.nowMilliseconds()
         let (outcome, due): (Outcome, [(Waiter, GroupStateMachine.Reply)]) = state.withLock { state in
+            if state.closed { return (.refused(KafkaErrorCode.notCoordinator), []) }
             let existing = state.groups[groupID]
             guard let admit else {
                 if existing == nil { return (.unknownGroup, []) }
@@ -173,26 +177,32 @@ public final class GroupCoordinator: Sendable {
             let outcome = apply(groupID, register: .sync(continuation)) { machine, token, now in
                 machine.sync(token, memberID: memberID, instanceID: instanceID, generation: generation, assignments: assignments, now: now)
             }
-            if case .unknownGroup = outcome { continuation.resume(returning: GroupStateMachine.SyncReply(errorCode: KafkaErrorCode.unknownMemberID)) }
+            switch outcome {
+            case .ran: break
+            case .unknownGroup: continuation.resume(returning: GroupStateMachine.SyncReply(errorCode: KafkaErrorCode.unknownMemberID))
+            case .refused(let code): continuation.resume(returning: GroupStateMachine.SyncReply(errorCode: code))
+            }
         }
     }
 
     public func heartbeat(groupID: String, memberID: String, instanceID: String? = nil, generation: Int32) -> Int16 {
         var code = KafkaErrorCode.unknownMemberID
-        apply(groupID) { machine, _, now in
+        let outcome = apply(groupID) { machine, _, now in
             code = machine.heartbeat(memberID: memberID, instanceID: instanceID, generation: generation, now: now)
             return []
         }
+        if case .refused(let refusal) = outcome { return refusal }
         return code
     }
 
     public func leave(groupID: String, members: [(memberID: String, instanceID: String?)]) -> [Int16] {
         var codes = members.map { _ in KafkaErrorCode.unknownMemberID }
-        apply(groupID) { machine, _, now in
+        let outcome = apply(groupID) { machine, _, now in
             let (result, replies) = machine.leave(members, now: now)
             codes = result
             return replies
         }
+        if case .refused(let refusal) = outcome { return members.map { _ in refusal } }
         return codes
     }
 
@@ -215,6 +225,7 @@ public final class GroupCoordinator: Sendable {
             return (partition, committed)
         }
         let queued = state.withLock { state -> Queued in
+            if state.closed { return .refused(KafkaErrorCode.notCoordinator) }
             let code: Int16
             if let machine = state.groups[groupID] {
                 code = machine.commitError(memberID: memberID, instanceID: instanceID, generation: generation)
@@ -250,6 +261,7 @@ public final class GroupCoordinator: Sendable {
     /// Returns Kafka's error code (NON_EMPTY_GROUP while members remain).
     public func deleteGroup(_ groupID: String) async -> Int16 {
         let pending = state.withLock { state -> Queued in
+            if state.closed { return .refused(KafkaErrorCode.notCoordinator) }
             if state.groups[groupID] != nil { return .refused(KafkaErrorCode.nonEmptyGroup) }
             guard offsets.hasOffsets(groupID) else { return .refused(KafkaErrorCode.groupIDNotFound) }
             state.emptySince[groupID] = nil
@@ -268,6 +280,7 @@ public final class GroupCoordinator: Sendable {
     ) async -> (groupCode: Int16, partitions: [TopicPartition: Int16]) {
         if let code = groupIDError(groupID) { return (code, [:]) }
         let outcome = state.withLock { state -> (Int16, [TopicPartition: Int16], OffsetStore.PendingWrite?) in
+            if state.closed { return (KafkaErrorCode.notCoordinator, [:], nil) }
             var codes: [TopicPartition: Int16] = [:]
             var deletable = partitions
             if let machine = state.groups[groupID], !machine.members.isEmpty {
@@ -301,6 +314,26 @@ public final class GroupCoordinator: Sendable {
         return live + offsets.groups.subtracting(liveIDs).map { GroupStateMachine(groupID: $0, random: SplitMix64(seed: 0)) }
     }
 
+    /// Stops coordinating (cluster mode: the offsets' log moved to another node):
+    /// parked joins and syncs, and every later request, get NOT_COORDINATOR, so
+    /// clients look the coordinator up again and rejoin there. Members are forgotten;
+    /// committed offsets stay in the log for the next coordinator.
+    public func close() {
+        let parked: [Waiter] = state.withLock { state in
+            state.closed = true
+            state.groups = [:]
+            state.retainedBytes = 0
+            defer { state.waiters = [:] }
+            return Array(state.waiters.values)
+        }
+        for waiter in parked {
+            switch waiter {
+            case .join(let continuation): continuation.resume(returning: GroupStateMachine.JoinReply(errorCode: KafkaErrorCode.notCoordinator, memberID: ""))
+            case .sync(let continuation): continuation.resume(returning: GroupStateMachine.SyncReply(errorCode: KafkaErrorCode.notCoordinator))
+            }
+        }
+    }
+
     /// Groups with members now, and the bytes they keep.
     public var usage: (groups: Int, retainedBytes: Int) { state.withLock { ($0.groups.count, $0.retainedBytes) } }
 
@@ -317,6 +350,7 @@ public final class GroupCoordinator: Sendable {
     func tick() {
         let now = clock.nowMilliseconds()
         let due: [(Waiter, GroupStateMachine.Reply)] = state.withLock { state in
+            if state.closed { return [] }
             var due: [(Waiter, GroupStateMachine.Reply)] = []
             for (_, var machine) in state.groups {
                 let before = machine.retainedBytes

@@ -129,9 +129,17 @@ public final class OffsetStore: Sendable {
         self.logger = logger
     }
 
-    /// Opens (or creates) the offsets log and replays it.
-    /// `logName`: the internal log's name (cluster mode gives each node its own until
-    /// groups are coordinated cluster-wide).
+    /// The offsets log's configuration: no retention (the store compacts it itself).
+    public static var logConfiguration: LogConfiguration {
+        var configuration = LogConfiguration()
+        configuration.segmentBytes = 16 << 20
+        configuration.retentionMilliseconds = nil
+        configuration.retentionBytes = nil
+        return configuration
+    }
+
+    /// Opens (or creates) the offsets log and replays it (one node: one log holds
+    /// every group's offsets).
     public static func open(
         logs: LogStore, clock: any WallClock = SystemWallClock(), offsetsMax: Int = GroupLimits().offsetsMax, logName: String = OffsetStore.logName,
         logger: Logger
@@ -140,12 +148,16 @@ public final class OffsetStore: Sendable {
         if let existing = logs.allLogs.first(where: { $0.name == logName }) {
             log = existing
         } else {
-            var configuration = LogConfiguration()
-            configuration.segmentBytes = 16 << 20
-            configuration.retentionMilliseconds = nil
-            configuration.retentionBytes = nil
-            log = try await logs.createLog(name: logName, configuration: configuration)
+            log = try await logs.createLog(name: logName, configuration: logConfiguration)
         }
+        return try await open(log: log, clock: clock, offsetsMax: offsetsMax, logger: logger)
+    }
+
+    /// Opens the writer of an existing offsets log (on shared storage: claims it and
+    /// fences the previous writer) and replays it.
+    public static func open(
+        log: Log, clock: any WallClock = SystemWallClock(), offsetsMax: Int = GroupLimits().offsetsMax, logger: Logger
+    ) async throws -> OffsetStore {
         let store = OffsetStore(log: log, writer: try await log.openWriter(), clock: clock, offsetsMax: offsetsMax, logger: logger)
         try await store.replay()
         return store

@@ -261,7 +261,11 @@ extension KafkaRequestHandler {
     func offsetDelete(_ request: OffsetDeleteRequest) async -> OffsetDeleteResponse {
         var response = OffsetDeleteResponse()
         let partitions = request.topics.flatMap { topic in topic.partitions.map { TopicPartition(topic.name, Int($0.partitionIndex)) } }
-        let (groupCode, codes) = await groups.deleteOffsets(groupID: request.groupId, partitions: partitions) { group in
+        guard let coordinator = groups.coordinator(for: request.groupId) else {
+            response.errorCode = KafkaErrorCode.notCoordinator
+            return response
+        }
+        let (groupCode, codes) = await coordinator.deleteOffsets(groupID: request.groupId, partitions: partitions) { group in
             Self.subscribedTopics(of: group)
         }
         response.errorCode = groupCode

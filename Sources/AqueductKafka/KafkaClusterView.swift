@@ -6,6 +6,6 @@ public protocol KafkaClusterView: Sendable {
     func brokers() -> [(id: Int32, host: String, port: Int32)]
     /// The node writing the partition now; nil while it moves.
     func leader(topic: String, partition: Int) -> Int32?
-    /// The node coordinating consumer groups; nil when none does now.
-    func coordinator() -> Int32?
+    /// The node coordinating the consumer group; nil while its shard moves.
+    func coordinator(group: String) -> Int32?
 }

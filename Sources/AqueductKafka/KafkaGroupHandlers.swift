@@ -11,7 +11,11 @@ extension KafkaRequestHandler {
             response.errorCode = KafkaErrorCode.invalidGroupID
             return response
         }
-        let reply = await groups.join(groupID: request.groupId, GroupStateMachine.JoinRequest(
+        guard let coordinator = groups.coordinator(for: request.groupId) else {
+            response.errorCode = KafkaErrorCode.notCoordinator
+            return response
+        }
+        let reply = await coordinator.join(groupID: request.groupId, GroupStateMachine.JoinRequest(
             memberID: request.memberId, instanceID: request.groupInstanceId, clientID: session.clientID ?? "",
             clientHost: "/" + (session.peer.split(separator: ":").first.map(String.init) ?? session.peer), protocolType: request.protocolType,
             protocols: request.protocols.map { GroupStateMachine.SupportedProtocol(name: $0.name, metadata: $0.metadata) },
@@ -32,7 +36,12 @@ extension KafkaRequestHandler {
     }
 
     func syncGroup(_ request: SyncGroupRequest) async -> SyncGroupResponse {
-        let reply = await groups.sync(
+        guard let coordinator = groups.coordinator(for: request.groupId) else {
+            var response = SyncGroupResponse()
+            response.errorCode = KafkaErrorCode.notCoordinator
+            return response
+        }
+        let reply = await coordinator.sync(
             groupID: request.groupId, memberID: request.memberId, instanceID: request.groupInstanceId, generation: request.generationId,
             assignments: request.assignments.map { ($0.memberId, $0.assignment) })
         var response = SyncGroupResponse()
@@ -45,20 +54,24 @@ extension KafkaRequestHandler {
 
     func heartbeat(_ request: HeartbeatRequest) -> HeartbeatResponse {
         var response = HeartbeatResponse()
-        response.errorCode = groups.heartbeat(
-            groupID: request.groupId, memberID: request.memberId, instanceID: request.groupInstanceId, generation: request.generationId)
+        response.errorCode = groups.coordinator(for: request.groupId)?.heartbeat(
+            groupID: request.groupId, memberID: request.memberId, instanceID: request.groupInstanceId, generation: request.generationId) ?? KafkaErrorCode.notCoordinator
         return response
     }
 
     func leaveGroup(_ request: LeaveGroupRequest, version: Int16) -> LeaveGroupResponse {
         var response = LeaveGroupResponse()
+        guard let coordinator = groups.coordinator(for: request.groupId) else {
+            response.errorCode = KafkaErrorCode.notCoordinator
+            return response
+        }
         if version < 3 {
-            let codes = groups.leave(groupID: request.groupId, members: [(request.memberId, nil)])
+            let codes = coordinator.leave(groupID: request.groupId, members: [(request.memberId, nil)])
             response.errorCode = codes.first ?? KafkaErrorCode.unknownMemberID
             return response
         }
         let departing = request.members.map { ($0.memberId, $0.groupInstanceId) }
-        let codes = groups.leave(groupID: request.groupId, members: departing)
+        let codes = coordinator.leave(groupID: request.groupId, members: departing)
         response.members = zip(request.members, codes).map { member, code in
             LeaveGroupResponse.MemberResponse(memberId: member.memberId, groupInstanceId: member.groupInstanceId, errorCode: code)
         }
@@ -90,10 +103,12 @@ extension KafkaRequestHandler {
             }
             return true
         }
-        let code = known.isEmpty ? KafkaErrorCode.none : await groups.commit(
+        let coordinator = groups.coordinator(for: request.groupId)
+        let code = coordinator == nil ? KafkaErrorCode.notCoordinator : known.isEmpty ? KafkaErrorCode.none : await coordinator!.commit(
             groupID: request.groupId, memberID: request.memberId, instanceID: request.groupInstanceId,
             generation: request.generationIdOrMemberEpoch, known)
         for commit in known { codes[commit.0] = code }
+        if coordinator == nil { for commit in commits { codes[commit.0] = code } }
         var response = OffsetCommitResponse()
         response.topics = request.topics.map { topic in
             OffsetCommitResponse.OffsetCommitResponseTopic(name: topic.name, partitions: topic.partitions.map {
@@ -107,15 +122,17 @@ extension KafkaRequestHandler {
     func offsetFetch(_ request: OffsetFetchRequest, version: Int16) -> OffsetFetchResponse {
         var response = OffsetFetchResponse()
         // v8+ asks for several groups at once; earlier versions for one.
-        func lookUp(_ groupID: String, _ topics: [(name: String, partitions: [Int32])]?) -> [(String, [(Int32, OffsetStore.Committed?)])] {
+        // Nil: another node coordinates the group.
+        func lookUp(_ groupID: String, _ topics: [(name: String, partitions: [Int32])]?) -> [(String, [(Int32, OffsetStore.Committed?)])]? {
+            guard let offsets = groups.coordinator(for: groupID)?.offsets else { return nil }
             if let topics {
                 let wanted = topics.flatMap { topic in topic.partitions.map { TopicPartition(topic.name, Int($0)) } }
-                let found = groups.offsets.offsets(group: groupID, partitions: wanted)
+                let found = offsets.offsets(group: groupID, partitions: wanted)
                 return topics.map { topic in
                     (topic.name, topic.partitions.map { ($0, found[TopicPartition(topic.name, Int($0))]) })
                 }
             }
-            let all = groups.offsets.offsets(group: groupID)
+            let all = offsets.offsets(group: groupID)
             let byTopic = Dictionary(grouping: all, by: \.key.topic)
             return byTopic.keys.sorted().map { name in
                 (name, byTopic[name]!.sorted { $0.key.partition < $1.key.partition }.map { (Int32($0.key.partition), $0.value) })
@@ -123,7 +140,9 @@ extension KafkaRequestHandler {
         }
         if version >= 8 {
             response.groups = request.groups.map { group in
-                let results = lookUp(group.groupId, group.topics.map { $0.map { ($0.name, $0.partitionIndexes) } })
+                guard let results = lookUp(group.groupId, group.topics.map { $0.map { ($0.name, $0.partitionIndexes) } }) else {
+                    return OffsetFetchResponse.OffsetFetchResponseGroup(groupId: group.groupId, errorCode: KafkaErrorCode.notCoordinator)
+                }
                 return OffsetFetchResponse.OffsetFetchResponseGroup(groupId: group.groupId, topics: results.map { name, partitions in
                     OffsetFetchResponse.OffsetFetchResponseTopics(name: name, partitions: partitions.map { index, committed in
                         OffsetFetchResponse.OffsetFetchResponsePartitions(
@@ -134,7 +153,16 @@ extension KafkaRequestHandler {
             }
             return response
         }
-        let results = lookUp(request.groupId, request.topics.map { $0.map { ($0.name, $0.partitionIndexes) } })
+        guard let results = lookUp(request.groupId, request.topics.map { $0.map { ($0.name, $0.partitionIndexes) } }) else {
+            // v2+ has a response-wide code; v0-1 carry it per partition.
+            response.errorCode = KafkaErrorCode.notCoordinator
+            response.topics = (request.topics ?? []).map { topic in
+                OffsetFetchResponse.OffsetFetchResponseTopic(name: topic.name, partitions: topic.partitionIndexes.map {
+                    OffsetFetchResponse.OffsetFetchResponsePartition(partitionIndex: $0, committedOffset: -1, errorCode: KafkaErrorCode.notCoordinator)
+                })
+            }
+            return response
+        }
         response.topics = results.map { name, partitions in
             OffsetFetchResponse.OffsetFetchResponseTopic(name: name, partitions: partitions.map { index, committed in
                 OffsetFetchResponse.OffsetFetchResponsePartition(
@@ -149,7 +177,12 @@ extension KafkaRequestHandler {
         var response = DescribeGroupsResponse()
         for groupID in request.groups {
             var described = DescribeGroupsResponse.DescribedGroup(groupId: groupID)
-            guard let group = groups.describe(groupID) else {
+            guard let coordinator = groups.coordinator(for: groupID) else {
+                described.errorCode = KafkaErrorCode.notCoordinator
+                response.groups.append(described)
+                continue
+            }
+            guard let group = coordinator.describe(groupID) else {
                 described.groupState = GroupStateMachine.State.dead.rawValue
                 response.groups.append(described)
                 continue
@@ -181,7 +214,8 @@ extension KafkaRequestHandler {
     func deleteGroups(_ request: DeleteGroupsRequest) async -> DeleteGroupsResponse {
         var response = DeleteGroupsResponse()
         for groupID in request.groupsNames {
-            response.results.append(DeleteGroupsResponse.DeletableGroupResult(groupId: groupID, errorCode: await groups.deleteGroup(groupID)))
+            let code = await groups.coordinator(for: groupID)?.deleteGroup(groupID) ?? KafkaErrorCode.notCoordinator
+            response.results.append(DeleteGroupsResponse.DeletableGroupResult(groupId: groupID, errorCode: code))
         }
         return response
     }

@@ -57,7 +57,7 @@ public final class KafkaRequestHandler: Sendable {
     /// DescribeConfigs, applied by none, not kept across a restart.
     let brokerConfigs = Mutex<[String: String]>([:])
     let producers: ProducerStateTable
-    let groups: GroupCoordinator
+    let groups: GroupShards
     /// Bytes fetches may be reading (and encoding) at once (`kafka.fetchBytesInFlightMax`).
     let fetchReads: WeightedSemaphore
     /// Requests per API (made once: a metrics lookup per request would take the
@@ -71,7 +71,7 @@ public final class KafkaRequestHandler: Sendable {
     static let autoCreateRefusals = Counter(label: "aqueduct_kafka_topics_autocreate_refused_total")
 
     public init(
-        broker: Broker, groups: GroupCoordinator, listener: KafkaListenerConfiguration, clusterID: String,
+        broker: Broker, groups: GroupShards, listener: KafkaListenerConfiguration, clusterID: String,
         producerStatesMax: Int = 200_000, producerIDExpirationMilliseconds: Int64 = 86_400_000, cluster: (any KafkaClusterView)? = nil,
         logger: Logger
     ) {
@@ -356,7 +356,7 @@ public final class KafkaRequestHandler: Sendable {
     func findCoordinator(_ request: FindCoordinatorRequest) -> FindCoordinatorResponse {
         var response = FindCoordinatorResponse()
         if let cluster {
-            guard let coordinator = cluster.coordinator(), let node = cluster.brokers().first(where: { $0.id == coordinator }) else {
+            guard let coordinator = cluster.coordinator(group: request.key), let node = cluster.brokers().first(where: { $0.id == coordinator }) else {
                 response.errorCode = KafkaErrorCode.coordinatorNotAvailable
                 return response
             }

@@ -1,7 +1,8 @@
 /// Closing a segment whose writer may still be alive (BookKeeper's open-for-recovery), as a
 /// pure state machine: fence every node of the last fragment until no write set could
 /// still acknowledge an entry of the old writer, read forward from the highest
-/// last-add-confirmed, write every entry found back to its whole write set, and end the
+/// last-add-confirmed, write every entry found back to its write set (an ack quorum of
+/// it must take it, as for the writer), and end the
 /// segment before the first entry proven missing. The caller claims the new epoch in
 /// metadata (compare-and-set) before it starts, and records `seal` the same way after.
 public struct SegmentRecovery: Sendable {
@@ -48,6 +49,8 @@ public struct SegmentRecovery: Sendable {
     private var end: Int64?
     /// Entries being written back: positions that have the copy durably.
     private var writeBacks: [Int64: Set<Int>] = [:]
+    /// Positions whose write-back failed, per entry.
+    private var writeBackFailures: [Int64: Set<Int>] = [:]
 
     public init(shape: QuorumShape, fragments: [Fragment]) {
         precondition(!fragments.isEmpty && fragments.allSatisfy { $0.ensemble.count == shape.ensembleSize })
@@ -109,9 +112,17 @@ public struct SegmentRecovery: Sendable {
         return sealIfDone()
     }
 
+    /// A node of the entry's write set did not take its copy. Recovery goes on while
+    /// the others can still make an ack quorum (a node of a 3/3/2 ensemble may be the
+    /// one that died), as the writer's own acknowledgement rule does.
     public mutating func writeBackFailed(_ entry: Int64, at node: NodeID) -> [Action] {
-        guard !isFinished, writeBacks[entry] != nil else { return [] }
-        return finish(.failed("writing entry \(entry) back to node \(node) failed"))
+        guard !isFinished, writeBacks[entry] != nil, let position = ensemble.firstIndex(of: node),
+              shape.isInWriteSet(position, of: entry)
+        else { return [] }
+        writeBackFailures[entry, default: []].insert(position)
+        let failures = writeBackFailures[entry]!.subtracting(writeBacks[entry] ?? [])
+        guard shape.writeQuorumSize - failures.count < shape.ackQuorumSize else { return [] }
+        return finish(.failed("writing entry \(entry) back failed on \(failures.count) of \(shape.writeQuorumSize) nodes (node \(node) last)"))
     }
 
     private mutating func readEntry(_ entry: Int64) -> [Action] {

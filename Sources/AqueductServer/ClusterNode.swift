@@ -2,6 +2,7 @@ import AqueductAPI
 import AqueductBroker
 import AqueductCluster
 import AqueductEtcd
+import AqueductGroups
 import AqueductKafka
 import AqueductLog
 import AqueductMetadata
@@ -30,6 +31,8 @@ final class ClusterNode: Sendable {
     let live: LiveNodes
     let logger: Logger
     let running = Mutex<(membership: ClusterMembership, agent: OwnershipAgent, tasks: [Task<Void, Never>])?>(nil)
+    /// Consumer groups: their shards, and the offsets log of each (owned like partitions).
+    let groups = Mutex<(shards: GroupShards, logIDs: [UInt64], logs: LogStore)?>(nil)
 
     /// The live storage nodes, as membership last saw them.
     final class LiveNodes: Sendable {
@@ -85,6 +88,82 @@ final class ClusterNode: Sendable {
             storageAddress: "\(settings.storageHost):\(bound)", pool: pool, segments: segments, live: live, logger: logger)
     }
 
+    static let offsetsLogsKey = "/cluster/offsets-logs"
+
+    /// The cluster's consumer-group shards: one offsets log each, created once for the
+    /// whole cluster (the first node to start creates them; the count is fixed then).
+    /// None is coordinated here until this node owns its log.
+    func openGroups(logs: LogStore, limits: GroupLimits) async throws -> GroupShards {
+        var ids: [UInt64]
+        if let stored = try await etcd.getJSON([UInt64].self, Self.offsetsLogsKey) {
+            ids = stored.value
+        } else {
+            ids = try await logs.allocateIDs(settings.groupShards)
+            var operations = try ids.enumerated().map { shard, id in
+                try logs.newLogRecordOperation(id: id, name: "\(OffsetStore.logName)-\(shard)", configuration: OffsetStore.logConfiguration)
+            }
+            operations.append(.put(key: Self.offsetsLogsKey, value: try EmbeddedMetadataStore.encodeJSON(ids), expect: .absent))
+            do {
+                _ = try await etcd.commit(operations)
+                logger.info("consumer group shards created", metadata: ["shards": "\(ids.count)"])
+            } catch MetadataError.conflict(let key, let expected, let actual) {
+                // Another node created them first.
+                guard let stored = try await etcd.getJSON([UInt64].self, Self.offsetsLogsKey) else {
+                    throw MetadataError.conflict(key: key, expected: expected, actualVersion: actual)
+                }
+                ids = stored.value
+            }
+        }
+        if ids.count != settings.groupShards {
+            logger.notice("the cluster keeps the consumer group shard count it was created with", metadata: [
+                "shards": "\(ids.count)", "configured": "\(settings.groupShards)",
+            ])
+        }
+        _ = try await logs.adopt(ids: ids.filter { logs.log($0) == nil })
+        let shards = GroupShards(count: ids.count, limits: limits)
+        groups.withLock { $0 = (shards, ids, logs) }
+        return shards
+    }
+
+    /// This node owns a log now: a partition's (the broker writes it) or a group
+    /// shard's offsets log (this node coordinates the shard's groups).
+    private func acquire(_ logID: UInt64, broker: Broker) async -> Bool {
+        // A new cluster's first node must not make its first segments on fewer nodes
+        // than the ensemble (degraded from the start) while the others are starting.
+        await storageNodesAtStart()
+        do {
+            if let (shards, ids, logs) = groups.withLock({ $0 }), let shard = ids.firstIndex(of: logID) {
+                guard let log = logs.log(logID) else { return false }
+                let store = try await OffsetStore.open(log: log, offsetsMax: shards.limits.offsetsMax, logger: logger)
+                shards.activate(shard, GroupCoordinator(offsets: store, limits: shards.limits, logger: logger))
+                logger.info("now coordinating consumer groups", metadata: ["shard": "\(shard)", "groups": "\(store.groups.count)"])
+                return true
+            }
+            try await broker.acquire(logID: logID)
+            return true
+        } catch {
+            logger.warning("cannot open the writer of an owned log", metadata: ["log": "\(logID)", "error": "\(error)"])
+            return false
+        }
+    }
+
+    private func release(_ logID: UInt64, broker: Broker) {
+        if let (shards, ids, _) = groups.withLock({ $0 }), let shard = ids.firstIndex(of: logID) {
+            shards.deactivate(shard)
+            logger.info("no longer coordinating consumer groups", metadata: ["shard": "\(shard)"])
+            return
+        }
+        broker.release(logID: logID)
+    }
+
+    /// The node coordinating a group now (the owner of its shard's log).
+    func coordinator(group: String) -> NodeID? {
+        guard let (shards, ids, _) = groups.withLock({ $0 }) else { return nil }
+        let shard = shards.shard(of: group)
+        if shards.isActive(shard) { return nodeID }
+        return running.withLock { $0?.agent }?.owners[ids[shard]]
+    }
+
     /// Joins: registers (storage address first; `publish` adds the Kafka and HTTP
     /// listeners once bound), follows members (their storage addresses feed the
     /// connection pool), and starts owning logs.
@@ -105,19 +184,11 @@ final class ClusterNode: Sendable {
                 pool.setAddress(StorageAddress(host: String(member.storage[..<colon]), port: port), of: id)
             }
         }
-        let logger = logger
+        let groupLogs = groups.withLock { $0?.logIDs ?? [] }
         let agent = OwnershipAgent(
-            membership: membership, etcd: etcd, logs: { broker.partitionLogIDs() }, logger: logger,
-            acquired: { log in
-                do {
-                    try await broker.acquire(logID: log)
-                    return true
-                } catch {
-                    logger.warning("cannot open the writer of an owned log", metadata: ["log": "\(log)", "error": "\(error)"])
-                    return false
-                }
-            },
-            released: { log in broker.release(logID: log) })
+            membership: membership, etcd: etcd, logs: { broker.partitionLogIDs() + groupLogs }, logger: logger,
+            acquired: { log in await self.acquire(log, broker: broker) },
+            released: { log in self.release(log, broker: broker) })
         broker.onPartitionsChanged { agent.poke() }
         try await membership.join()
         agent.start()
@@ -132,11 +203,22 @@ final class ClusterNode: Sendable {
         try await running.withLock { $0?.membership }?.update(kafka: kafka, http: http)
     }
 
-    /// Waits until the cluster has the storage nodes a segment needs (3 for 3/3/2):
-    /// nodes of a new cluster start one by one.
-    func waitForStorageNodes() async {
+    private let startGate = Mutex<Task<Void, Never>?>(nil)
+
+    /// Waits once, at start, for the storage nodes a segment needs (3 for 3/3/2):
+    /// nodes of a new cluster start one by one. Gives up after two lease periods: a
+    /// node restarting into a cluster that lost a node goes on with fewer.
+    func storageNodesAtStart() async {
+        let gate = startGate.withLock { gate in
+            if gate == nil { gate = Task { await self.waitForStorageNodes(seconds: 2 * self.settings.leaseSeconds) } }
+            return gate!
+        }
+        await gate.value
+    }
+
+    private func waitForStorageNodes(seconds: Int) async {
         var waited = 0
-        while live.current.count < settings.shape.ensembleSize {
+        while live.current.count < settings.shape.ensembleSize && waited < seconds * 2 {
             if waited % 10 == 0 {
                 logger.notice("waiting for storage nodes to join", metadata: ["live": "\(live.current.count)", "needed": "\(settings.shape.ensembleSize)"])
             }
@@ -220,8 +302,7 @@ final class ClusterNode: Sendable {
 }
 
 /// What Kafka clients learn of the cluster: live members' Kafka listeners and each
-/// partition's owner as its leader. Consumer groups in cluster mode are not served
-/// yet (FindCoordinator answers COORDINATOR_NOT_AVAILABLE).
+/// partition's owner as its leader; a group's coordinator is the owner of its shard.
 struct ClusterKafkaView: KafkaClusterView {
     let node: ClusterNode
     let broker: Broker
@@ -242,7 +323,7 @@ struct ClusterKafkaView: KafkaClusterView {
         return Int32(owner)
     }
 
-    func coordinator() -> Int32? { nil }
+    func coordinator(group: String) -> Int32? { node.coordinator(group: group).map(Int32.init) }
 }
 
 /// `GET /v1/cluster` in cluster mode.

@@ -125,17 +125,19 @@ public enum Server {
         let components = try await open(configuration, logger: logger)
         // Groups belong to the broker: HTTP clients and topology spouts commit offsets
         // whether or not the Kafka listener is on.
+        let groups: GroupShards
         if let cluster = components.cluster {
+            groups = try await cluster.openGroups(logs: components.logs, limits: configuration.groups)
             try await cluster.join(broker: components.broker)
-            await cluster.waitForStorageNodes()
+            await cluster.storageNodesAtStart()
+        } else {
+            let offsets = try await OffsetStore.open(logs: components.logs, offsetsMax: configuration.groups.offsetsMax, logger: logger)
+            groups = GroupShards(single: GroupCoordinator(offsets: offsets, limits: configuration.groups, logger: logger))
         }
-        let offsetsLog = components.cluster.map { "\(OffsetStore.logName)-node-\($0.nodeID)" } ?? OffsetStore.logName
-        let offsets = try await OffsetStore.open(logs: components.logs, offsetsMax: configuration.groups.offsetsMax, logName: offsetsLog, logger: logger)
-        let groupCoordinator = GroupCoordinator(offsets: offsets, limits: configuration.groups, logger: logger)
         var kafkaServer: KafkaServer?
         if configuration.kafkaEnabled {
             let handler = KafkaRequestHandler(
-                broker: components.broker, groups: groupCoordinator, listener: configuration.kafka, clusterID: components.broker.clusterID,
+                broker: components.broker, groups: groups, listener: configuration.kafka, clusterID: components.broker.clusterID,
                 producerStatesMax: configuration.producerStatesMax, producerIDExpirationMilliseconds: configuration.producerIDExpirationMilliseconds,
                 cluster: components.cluster.map { ClusterKafkaView(node: $0, broker: components.broker) }, logger: logger)
             do {
@@ -147,7 +149,7 @@ public enum Server {
             }
         }
         let kafkaPort = kafkaServer?.boundPort
-        let directory = CoordinatorGroupDirectory(coordinator: groupCoordinator, broker: components.broker)
+        let directory = CoordinatorGroupDirectory(groups: groups, broker: components.broker)
         // With tokens, topology containers get one of their own (write: produce,
         // fetch, commit), made anew at each start.
         var access = configuration.httpAccess
@@ -205,7 +207,7 @@ public enum Server {
             configuration: .init(
                 services: [
                     .init(service: application),
-                    .init(service: GroupService(coordinator: groupCoordinator)),
+                    .init(service: GroupService(groups: groups)),
                 ] + (kafkaServer.map { [ServiceGroupConfiguration.ServiceConfiguration(service: KafkaService(server: $0))] } ?? []) + [
                     .init(service: retention),
                     .init(service: TopologyService(master: topologies)),
@@ -270,11 +272,11 @@ struct KafkaService: Service {
 
 /// Expires group sessions and ends rebalances on time until shutdown.
 struct GroupService: Service {
-    let coordinator: GroupCoordinator
+    let groups: GroupShards
 
     func run() async throws {
         await cancelWhenGracefulShutdown {
-            await coordinator.runTicker()
+            await groups.runTicker()
         }
     }
 }

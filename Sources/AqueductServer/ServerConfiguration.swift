@@ -199,6 +199,7 @@ extension ServerConfiguration {
                 throw ConfigurationError(message: "cluster.namespace must start and end with '/', not '\(cluster.namespace)'")
             }
             cluster.leaseSeconds = try integer("cluster.leaseSeconds", cluster.leaseSeconds, range: 2...300)
+            cluster.groupShards = try integer("cluster.groupShards", cluster.groupShards, range: 1...256)
             let ensemble = try integer("replication.ensemble", 3, range: 1...16)
             let write = try integer("replication.write", min(3, ensemble), range: 1...16)
             let ack = try integer("replication.ack", min(2, write), range: 1...16)
@@ -287,6 +288,10 @@ public struct ClusterSettings: Sendable {
     public var namespace = "/aqueduct/"
     /// A node that stops renewing its lease this long is gone for the others.
     public var leaseSeconds = 10
+    /// Consumer groups are split over this many offsets logs (Kafka's
+    /// offsets.topic.num.partitions), each coordinated by the node owning it; fixed
+    /// when the cluster is created.
+    public var groupShards = 6
     /// Quorums of new segments: ensemble, write, ack (3/3/2 by default).
     public var shape = try! QuorumShape(ensemble: 3, write: 3, ack: 2)
 

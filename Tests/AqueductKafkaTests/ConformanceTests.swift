@@ -176,7 +176,7 @@ import Testing
         var subscribed = ConsumerProtocolSubscription()
         subscribed.topics = ["subscribed"]
         subscribed.encode(to: &subscription, version: 1)
-        let joined = await stack.handler.groups.join(groupID: "g", GroupStateMachine.JoinRequest(
+        let joined = await stack.handler.groups.coordinator(for: "g")!.join(groupID: "g", GroupStateMachine.JoinRequest(
             memberID: "", instanceID: "i", clientID: "c", clientHost: "/127.0.0.1", protocolType: "consumer",
             protocols: [.init(name: "range", metadata: Array(subscription.buffer.readableBytesView))],
             sessionTimeoutMilliseconds: 30_000, rebalanceTimeoutMilliseconds: 30_000, requiresKnownMemberID: false))
@@ -188,7 +188,7 @@ import Testing
         let response = try await stack.call(.offsetDelete, version: 0, request, as: OffsetDeleteResponse.self)
         #expect(response.errorCode == 0)
         #expect(response.topics.map { $0.partitions[0].errorCode } == [KafkaErrorCode.groupSubscribedToTopic, 0])
-        let left = stack.handler.groups.offsets.offsets(group: "g")
+        let left = stack.handler.groups.coordinator(for: "g")!.offsets.offsets(group: "g")
         #expect(left.keys.map(\.topic) == ["subscribed"])
         request.groupId = "nobody"
         #expect(try await stack.call(.offsetDelete, version: 0, request, as: OffsetDeleteResponse.self).errorCode == KafkaErrorCode.groupIDNotFound)
@@ -217,7 +217,7 @@ import Testing
     struct FixedCluster: KafkaClusterView {
         func brokers() -> [(id: Int32, host: String, port: Int32)] { [(1, "127.0.0.1", 19092), (2, "127.0.0.1", 29092), (3, "127.0.0.1", 39092)] }
         func leader(topic: String, partition: Int) -> Int32? { partition == 2 ? nil : Int32(partition + 1) }
-        func coordinator() -> Int32? { 3 }
+        func coordinator(group: String) -> Int32? { 3 }
     }
 
     @Test func inClusterModeMetadataNamesEveryNodeAndEachPartitionsOwner() async throws {

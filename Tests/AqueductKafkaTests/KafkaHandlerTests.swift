@@ -49,7 +49,7 @@ struct KafkaStack {
         logger.logLevel = .warning
         let offsets = try await OffsetStore.open(logs: logs, offsetsMax: groupLimits.offsetsMax, logger: logger)
         let groups = GroupCoordinator(offsets: offsets, limits: groupLimits, logger: logger)
-        let handler = KafkaRequestHandler(broker: broker, groups: groups, listener: listener, clusterID: broker.clusterID, cluster: cluster, logger: logger)
+        let handler = KafkaRequestHandler(broker: broker, groups: GroupShards(single: groups), listener: listener, clusterID: broker.clusterID, cluster: cluster, logger: logger)
         return KafkaStack(directory: directory, storage: storage, metadata: metadata, broker: broker, handler: handler)
     }
 

@@ -21,6 +21,26 @@ import Testing
         #expect(recovery.isFinished)
     }
 
+    @Test func aWriteBackThatFailsOnOneNodeStillSealsWhenTheOthersMakeAnAckQuorum() {
+        var recovery = SegmentRecovery(shape: shape, fragments: [Fragment(firstEntry: 0, ensemble: [1, 2, 3])])
+        _ = recovery.start()
+        _ = recovery.fenceAnswered(by: 1, .fenced(lastAddConfirmed: 0))
+        _ = recovery.fenceAnswered(by: 3, .fenced(lastAddConfirmed: 0))
+        _ = recovery.readAnswered(1, by: 1, .found)
+        _ = recovery.readAnswered(2, by: 1, .missing)
+        #expect(recovery.readAnswered(2, by: 3, .missing).isEmpty, "entry 1 is not written back yet")
+        #expect(recovery.writeBackFailed(1, at: 2).isEmpty, "node 2 is gone, 1 and 3 can still acknowledge")
+        #expect(recovery.writeBackAcknowledged(1, by: 1).isEmpty)
+        #expect(recovery.writeBackAcknowledged(1, by: 3) == [.seal(lastEntry: 1)])
+
+        // 2/2/2 on two nodes, one of them gone: no ack quorum is left.
+        var degraded = SegmentRecovery(shape: try! QuorumShape(ensemble: 2, write: 2, ack: 2), fragments: [Fragment(firstEntry: 0, ensemble: [1, 2])])
+        _ = degraded.start()
+        _ = degraded.fenceAnswered(by: 1, .fenced(lastAddConfirmed: -1))
+        _ = degraded.readAnswered(0, by: 1, .found)
+        guard case .failed = degraded.writeBackFailed(0, at: 2).first else { Issue.record("expected a failure"); return }
+    }
+
     @Test func aLastFragmentStartsTheReadsEvenWhenNodesKnowAnOlderConfirmedEntry() {
         var recovery = SegmentRecovery(shape: shape, fragments: [Fragment(firstEntry: 0, ensemble: [1, 2, 3]), Fragment(firstEntry: 10, ensemble: [1, 2, 4])])
         #expect(recovery.start() == [.fence(1), .fence(2), .fence(4)])

@@ -12,7 +12,11 @@
 # Mode drain: node 2 is drained over the HTTP API while records flow: its partitions
 # move to the others, nothing acknowledged is lost.
 #
-#   Tests/compat/cluster.sh [path/to/aqueduct] [kill|pause|etcd|drain]
+# Mode group: a consumer group consumes while records flow and the node coordinating
+# it is SIGKILLed (cluster_group.py): the group and the partitions move, the member
+# goes on consuming, its commits end at every partition's end.
+#
+#   Tests/compat/cluster.sh [path/to/aqueduct] [kill|pause|etcd|drain|group]
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -60,13 +64,20 @@ echo "== etcd on 127.0.0.1:$ETCD_PORT; nodes 1-3 on ${KAFKA[1]} ${KAFKA[2]} ${KA
 status=0
 VICTIM=${NODE_PID[2]}
 [ "$MODE" = drain ] && VICTIM=http://${HTTP[1]}
+if [ "$MODE" = group ]; then
+  "$VENV/bin/python" "$HERE/cluster_group.py" "${KAFKA[1]},${KAFKA[2]},${KAFKA[3]}" "1=${NODE_PID[1]},2=${NODE_PID[2]},3=${NODE_PID[3]}" grouped 2>&1 | grep --line-buffered -v '^%' || status=$?
+  if [ $status -ne 0 ]; then
+    for node in 1 2 3; do echo "--- node $node"; grep -vE "^\s*$" "$SCRATCH/node-$node.log" | tail -15; done
+  fi
+  exit $status
+fi
 if [ "$MODE" = etcd ]; then
   # On SIGUSR1 from the client: kill etcd, keep it down 5 s, start it again on its data.
   ( trap 'kill -9 $ETCD_PID; sleep 5; start_etcd 2; echo "etcd restarted" >&2' USR1; while true; do sleep 0.2; done ) &
   VICTIM=$!
   PIDS+=($VICTIM)
 fi
-"$VENV/bin/python" "$HERE/cluster_failover.py" "${KAFKA[1]},${KAFKA[3]}" "$VICTIM" "failover-$MODE" "$MODE" 2>&1 | grep -v '^%' || status=$?
+"$VENV/bin/python" "$HERE/cluster_failover.py" "${KAFKA[1]},${KAFKA[3]}" "$VICTIM" "failover-$MODE" "$MODE" 2>&1 | grep --line-buffered -v '^%' || status=$?
 if [ $status -ne 0 ]; then
   for node in 1 2 3; do echo "--- node $node"; grep -vE "^\s*$" "$SCRATCH/node-$node.log" | tail -15; done
 fi
