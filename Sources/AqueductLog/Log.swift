@@ -442,6 +442,26 @@ public final class Log: Sendable {
         try await commitRemoval(record, version: version, removed: removed)
     }
 
+    /// The segment appends go to now, when this process writes the log.
+    public var activeSegmentID: SegmentID? { state.withLock { $0.writerEpoch == nil ? nil : $0.active?.segment } }
+
+    /// Seals the active segment now and continues in a new one, when this process
+    /// writes the log and the segment holds records (cluster mode: a segment whose
+    /// replicas lost a node is sealed so it can be re-replicated, and the next one gets
+    /// live nodes). Returns whether it rolled.
+    @discardableResult
+    public func rollActiveSegment() async throws(LogError) -> Bool {
+        let due = state.withLock { state -> (SegmentID, UInt64)? in
+            guard let epoch = state.writerEpoch, let active = state.active, active.bytes > 0, !state.rolling else { return nil }
+            state.rolling = true
+            return (active.segment, epoch)
+        }
+        guard let (segment, epoch) = due else { return false }
+        try await roll(epoch: epoch)
+        logger.info("segment rolled early", metadata: ["segment": "\(segment)"])
+        return true
+    }
+
     /// Deletes sealed segments past the retention limits: newest record older than
     /// `retentionMilliseconds`, and oldest first while the log exceeds `retentionBytes`.
     /// An active segment whose records have all expired is rolled first, so an idle

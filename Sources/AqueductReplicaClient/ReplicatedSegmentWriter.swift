@@ -132,6 +132,17 @@ public final class ReplicatedSegmentWriter: @unchecked Sendable {
     }
 
     /// Nodes that may replace a failed one (the live members not in the ensemble).
+    /// The cluster's live storage nodes: the others become spares, and ensemble nodes
+    /// that are gone are replaced as if a write to them had failed.
+    public func liveNodesChanged(_ live: Set<NodeID>) {
+        loop.execute {
+            self.run(self.machine.spareNodesChanged(live.sorted()))
+            for node in self.machine.ensemble where !live.contains(node) {
+                self.writeFailed(at: node, "the node left the cluster")
+            }
+        }
+    }
+
     public func spareNodesChanged(_ nodes: [NodeID]) {
         loop.execute { self.run(self.machine.spareNodesChanged(nodes)) }
     }

@@ -83,6 +83,30 @@ public final class ReplicatedSegmentStorage: SegmentStorage {
         return id.logID << 32 | id.number
     }
 
+    // MARK: - Membership
+
+    /// The cluster's live storage nodes changed: open writers may take the new ones as
+    /// spares, and replace nodes of their ensembles that left (not only on a failed
+    /// write: an idle segment must not keep naming a node that is gone).
+    public func liveNodesChanged(_ live: Set<NodeID>) {
+        let writers = segments.withLock { $0.values.compactMap { $0.state.withLock { $0.writer } } }
+        for writer in writers { writer.liveNodesChanged(live) }
+    }
+
+    /// Whether the segment this process writes should be rolled so its copies can be
+    /// repaired: an earlier fragment names a node no longer live (only a sealed segment
+    /// is re-replicated), or it was made on fewer nodes than configured and enough are
+    /// live again.
+    public func shouldRoll(_ id: SegmentID, live: Set<NodeID>) async -> Bool {
+        guard let writer = segments.withLock({ $0[id] })?.state.withLock({ $0.writer }) else { return false }
+        let metadata = await writer.currentMetadata()
+        let lastAddConfirmed = await writer.lastAddConfirmed()
+        guard lastAddConfirmed >= 0, let last = metadata.fragments.last else { return false }
+        let earlierLost = metadata.fragments.dropLast().contains { fragment in fragment.ensemble.contains { !live.contains($0) } }
+        let degraded = last.ensemble.count < configuration.shape.ensembleSize && live.count >= configuration.shape.ensembleSize
+        return earlierLost || degraded
+    }
+
     // MARK: - Writing
 
     public func createSegment(_ id: SegmentID, baseOffset: Int64, epoch: UInt64) async throws(StorageError) {

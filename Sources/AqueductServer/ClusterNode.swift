@@ -177,8 +177,10 @@ final class ClusterNode: Sendable {
             configuration: membershipConfiguration, logger: logger)
         let pool = pool
         let live = live
+        let segments = segments
         membership.onChange { members in
             live.nodes.withLock { $0 = Set(members.keys) }
+            segments.liveNodesChanged(Set(members.keys))
             for (id, member) in members {
                 guard let colon = member.storage.lastIndex(of: ":"), let port = Int(member.storage[member.storage.index(after: colon)...]) else { continue }
                 pool.setAddress(StorageAddress(host: String(member.storage[..<colon]), port: port), of: id)
@@ -194,7 +196,7 @@ final class ClusterNode: Sendable {
         agent.start()
         let tasks = [
             Task { await self.followTopics(broker: broker, agent: agent) },
-            Task { await self.auditAndCollect(membership: membership) },
+            Task { await self.auditAndCollect(membership: membership, agent: agent) },
         ]
         running.withLock { $0 = (membership, agent, tasks) }
     }
@@ -257,13 +259,15 @@ final class ClusterNode: Sendable {
         }
     }
 
-    /// Every 30 s (or when a node is removed): the lowest live node re-replicates what
-    /// lost nodes held; every node drops the segments no metadata names any more.
-    private func auditAndCollect(membership: ClusterMembership) async {
+    /// Every `auditSeconds` (or when a node is removed): every node rolls the segments it
+    /// writes whose earlier fragments name a lost node; the lowest live node
+    /// re-replicates sealed segments that lost a copy; every node drops the segments no
+    /// metadata names any more.
+    private func auditAndCollect(membership: ClusterMembership, agent: OwnershipAgent) async {
         let auditor = ReplicationAuditor(transport: pool, metadataStore: SegmentMetadataStore(etcd), logger: logger)
         while !Task.isCancelled {
             let timer = Task {
-                try? await Task.sleep(for: .seconds(30))
+                try? await Task.sleep(for: .seconds(self.settings.auditSeconds))
                 self.auditNow()
             }
             await withCheckedContinuation { continuation in auditWake.withLock { $0 = continuation } }
@@ -273,6 +277,7 @@ final class ClusterNode: Sendable {
                 if let id = NodeID(removed.key.dropFirst(Self.removedPrefix.count)) { auditor.nodeRemoved(id) }
             }
             let liveNodes = membership.liveNodes
+            await rollSegmentsNamingLostNodes(owned: agent.ownedLogs, live: Set(liveNodes))
             if liveNodes.min() == nodeID {
                 let now = Int64(Date().timeIntervalSince1970 * 1_000)
                 if let report = try? await auditor.audit(liveNodes: liveNodes.sorted(), nowMilliseconds: now), report.underReplicated > 0 {
@@ -284,6 +289,20 @@ final class ClusterNode: Sendable {
             let store = replicaStore
             _ = try? await ReplicaGarbage.collect(nodeSegments: { store.segmentIDs }, metadataStore: SegmentMetadataStore(etcd)) {
                 try store.deleteSegments($0)
+            }
+        }
+    }
+
+    /// Rolls the active segment of every log this node writes when the segment should
+    /// be repaired (an earlier fragment names a lost node) or was made degraded.
+    private func rollSegmentsNamingLostNodes(owned: Set<UInt64>, live: Set<NodeID>) async {
+        guard let logs = groups.withLock({ $0?.logs }) else { return }
+        for logID in owned.sorted() {
+            guard let log = logs.log(logID), let active = log.activeSegmentID, await segments.shouldRoll(active, live: live) else { continue }
+            do {
+                try await log.rollActiveSegment()
+            } catch {
+                logger.warning("cannot roll a segment that lost a copy; retrying at the next audit", metadata: ["segment": "\(active)", "error": "\(error)"])
             }
         }
     }

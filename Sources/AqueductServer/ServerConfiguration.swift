@@ -200,6 +200,7 @@ extension ServerConfiguration {
             }
             cluster.leaseSeconds = try integer("cluster.leaseSeconds", cluster.leaseSeconds, range: 2...300)
             cluster.groupShards = try integer("cluster.groupShards", cluster.groupShards, range: 1...256)
+            cluster.auditSeconds = try integer("cluster.auditSeconds", cluster.auditSeconds, range: 1...3_600)
             let ensemble = try integer("replication.ensemble", 3, range: 1...16)
             let write = try integer("replication.write", min(3, ensemble), range: 1...16)
             let ack = try integer("replication.ack", min(2, write), range: 1...16)
@@ -292,6 +293,9 @@ public struct ClusterSettings: Sendable {
     /// offsets.topic.num.partitions), each coordinated by the node owning it; fixed
     /// when the cluster is created.
     public var groupShards = 6
+    /// How often each node rolls the segments it writes that name a lost node, and the
+    /// lowest live node re-replicates sealed segments that lost a copy.
+    public var auditSeconds = 30
     /// Quorums of new segments: ensemble, write, ack (3/3/2 by default).
     public var shape = try! QuorumShape(ensemble: 3, write: 3, ack: 2)
 

@@ -549,7 +549,10 @@ struct ClusterSimulation {
         clients[client]!.outstanding[id] = nil
         switch state.role {
         case .writing(let segment, var writer):
-            guard case .add(let entry, _) = outstanding.request else { return }
+            // A late answer to an earlier role's request (a write-back of the segment
+            // this client recovered) is not about this segment: the shells keep the
+            // recovery and the writer apart.
+            guard case .add(let entry, _) = outstanding.request, entry.segment == segment else { return }
             let actions: [SegmentWriter.Action]
             switch result {
             case .success(.added(.ok)): actions = writer.acknowledged(entry.entry, by: node)
@@ -560,6 +563,13 @@ struct ClusterSimulation {
             apply(client, segment, actions)
         case .recovering(let segment, var recovery, let version):
             let actions: [SegmentRecovery.Action]
+            let about: UInt64? = switch outstanding.request {
+            case .readLastAddConfirmed(let segment, _, _, _): segment
+            case .read(let segment, _, _): segment
+            case .add(let copy, _): copy.segment
+            default: nil
+            }
+            guard about == segment else { return }  // a late answer to an earlier role
             switch outstanding.request {
             case .readLastAddConfirmed:
                 let answer: SegmentRecovery.FenceAnswer = switch result {

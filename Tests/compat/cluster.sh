@@ -16,7 +16,11 @@
 # it is SIGKILLed (cluster_group.py): the group and the partitions move, the member
 # goes on consuming, its commits end at every partition's end.
 #
-#   Tests/compat/cluster.sh [path/to/aqueduct] [kill|pause|etcd|drain|group]
+# Mode remove: four nodes; node 2 is SIGKILLed for good while records flow, then removed
+# (POST /v1/cluster/nodes/2/remove): the under-replicated count rises, returns to zero,
+# and every acknowledged record is read back with node 2 gone (cluster_remove.py).
+#
+#   Tests/compat/cluster.sh [path/to/aqueduct] [kill|pause|etcd|drain|group|remove]
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -47,16 +51,18 @@ start_etcd() {
 }
 start_etcd 1
 declare -A NODE_PID KAFKA HTTP
-for node in 1 2 3; do
+NODES="1 2 3"
+[ "$MODE" = remove ] && NODES="1 2 3 4"
+for node in $NODES; do
   KAFKA[$node]=127.0.0.1:$(free_port)
   HTTP[$node]=127.0.0.1:$(free_port)
   # A short lease, so the killed node's partitions move within seconds.
-  AQUEDUCT_CLUSTER_LEASE_SECONDS=3 "$BIN" server --cluster "etcd://127.0.0.1:$ETCD_PORT" --node-id "$node" --data-dir "$SCRATCH/node-$node" \
+  AQUEDUCT_CLUSTER_LEASE_SECONDS=3 AQUEDUCT_CLUSTER_AUDIT_SECONDS=2 "$BIN" server --cluster "etcd://127.0.0.1:$ETCD_PORT" --node-id "$node" --data-dir "$SCRATCH/node-$node" \
     --kafka-listen "${KAFKA[$node]}" --http-listen "${HTTP[$node]}" --log-level info >"$SCRATCH/node-$node.log" 2>&1 &
   NODE_PID[$node]=$!
   PIDS+=($!)
 done
-for node in 1 2 3; do
+for node in $NODES; do
   for _ in $(seq 600); do grep -q "aqueduct is serving" "$SCRATCH/node-$node.log" 2>/dev/null && break; sleep 0.1; done
   grep -q "aqueduct is serving" "$SCRATCH/node-$node.log" || { echo "node $node did not start:"; tail -20 "$SCRATCH/node-$node.log"; exit 1; }
 done
@@ -64,6 +70,13 @@ echo "== etcd on 127.0.0.1:$ETCD_PORT; nodes 1-3 on ${KAFKA[1]} ${KAFKA[2]} ${KA
 status=0
 VICTIM=${NODE_PID[2]}
 [ "$MODE" = drain ] && VICTIM=http://${HTTP[1]}
+if [ "$MODE" = remove ]; then
+  "$VENV/bin/python" "$HERE/cluster_remove.py" "${KAFKA[1]},${KAFKA[3]}" "http://${HTTP[1]}" "${NODE_PID[2]}" removal 2>&1 | grep --line-buffered -v '^%' || status=$?
+  if [ $status -ne 0 ]; then
+    for node in $NODES; do echo "--- node $node"; grep -vE "^\s*$" "$SCRATCH/node-$node.log" | tail -15; done
+  fi
+  exit $status
+fi
 if [ "$MODE" = group ]; then
   "$VENV/bin/python" "$HERE/cluster_group.py" "${KAFKA[1]},${KAFKA[2]},${KAFKA[3]}" "1=${NODE_PID[1]},2=${NODE_PID[2]},3=${NODE_PID[3]}" grouped 2>&1 | grep --line-buffered -v '^%' || status=$?
   if [ $status -ne 0 ]; then

@@ -1,0 +1,79 @@
+"""A node removed for good: four nodes, 3/3/2. Produces 3000 keyed records (idempotent,
+acks=all) to a 3-partition topic, SIGKILLs node 2, produces 3000 more, waits until the
+cluster reports segments that lost their copy on node 2 (the under-replicated count
+rises), removes node 2 (POST /v1/cluster/nodes/2/remove), waits until the count is back
+to zero (copies re-made on the other nodes), then reads every partition from the start
+with node 2 gone: every acknowledged record exactly once, at its offset.
+
+    cluster_remove.py BOOTSTRAP HTTP_URL VICTIM_PID TOPIC"""
+import sys, time, os, signal, json, urllib.request
+from confluent_kafka import Producer, Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+bootstrap, http, victim_pid, topic = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+admin = AdminClient({"bootstrap.servers": bootstrap})
+for _, future in admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=-1)]).items():
+    future.result()
+
+def status():
+    with urllib.request.urlopen(http + "/v1/cluster", timeout=30) as response:
+        return json.load(response)
+
+def wait_for(what, condition, seconds):
+    deadline = time.time() + seconds
+    last = None
+    while time.time() < deadline:
+        try:
+            current = status()
+            last = current["underReplicatedSegments"]
+            if condition(current):
+                return current
+        except OSError:
+            pass
+        time.sleep(0.5)
+    print(f"gave up waiting for {what} after {seconds}s (under-replicated: {last})", flush=True)
+    sys.exit(1)
+
+acked, errors = [], []
+p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "message.timeout.ms": 120000, "linger.ms": 5})
+def cb(err, msg):
+    if err: errors.append(str(err))
+    else: acked.append((msg.partition(), msg.offset(), msg.value()))
+def produce(first, count):
+    for i in range(first, first + count):
+        while True:
+            try:
+                p.produce(topic, value=f"v{i}".encode(), key=f"k{i}".encode(), callback=cb); break
+            except BufferError:
+                p.poll(0.1)
+        p.poll(0)
+    p.flush(150)
+
+produce(0, 3000)
+print(f"acked {len(acked)}; SIGKILL node 2 (pid {victim_pid}) for good", flush=True)
+os.kill(victim_pid, signal.SIGKILL)
+produce(3000, 3000)
+print(f"acked {len(acked)} errors {len(errors)} {errors[:3]}", flush=True)
+risen = wait_for("node 2 to be reported gone with segments under-replicated",
+                 lambda s: s["underReplicatedSegments"] > 0 and not any(n["id"] == 2 and n["live"] for n in s["nodes"]), 60)
+print(f"under-replicated segments: {risen['underReplicatedSegments']}; removing node 2", flush=True)
+urllib.request.urlopen(urllib.request.Request(http + "/v1/cluster/nodes/2/remove", method="POST"), timeout=30).read()
+started = time.time()
+wait_for("the under-replicated count to return to zero", lambda s: s["underReplicatedSegments"] == 0, 240)
+print(f"under-replicated segments back to 0 in {time.time() - started:.1f}s", flush=True)
+
+c = Consumer({"bootstrap.servers": bootstrap, "group.id": "none", "enable.auto.commit": False})
+c.assign([TopicPartition(topic, i, 0) for i in range(3)])
+got = []
+deadline = time.time() + 60
+while len(got) < len(acked) and time.time() < deadline:
+    m = c.poll(1)
+    if m is None or m.error(): continue
+    got.append((m.partition(), m.offset(), m.value()))
+c.close()
+missing = set(acked) - set(got)
+duplicates = len(got) - len(set(got))
+print(f"read back {len(got)} of {len(acked)}: missing {len(missing)}, duplicates {duplicates}", flush=True)
+ok = not errors and not missing and duplicates == 0 and len(acked) == 6000
+print("OK" if ok else "FAILED", flush=True)
+sys.exit(0 if ok else 1)
