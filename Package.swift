@@ -207,6 +207,8 @@ let package = Package(
                 "AqueductAPI", "AqueductBroker", "AqueductGroups", "AqueductCommon",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Metrics", package: "swift-metrics"),
+                // Cluster mode forwards requests to the node that serves them.
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],
             swiftSettings: strict),
 

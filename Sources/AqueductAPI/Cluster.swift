@@ -55,4 +55,15 @@ public protocol ClusterDirectory: Sendable {
     func setDraining(_ node: Int, _ draining: Bool) async throws(BrokerError)
     /// `node` is gone for good: its copies are re-replicated now, without the grace period.
     func remove(_ node: Int) async throws(BrokerError)
+    /// The HTTP listener (`host:port`) of the node writing the partition, when it is
+    /// another node; nil when this node serves it (or nobody does now: then this node
+    /// answers, with an error if it must).
+    func httpAddress(topic: String, partition: Int) -> String?
+    /// The HTTP listener of the node coordinating the group, when it is another node.
+    func httpAddress(group: String) -> String?
+}
+
+extension ClusterDirectory {
+    public func httpAddress(topic: String, partition: Int) -> String? { nil }
+    public func httpAddress(group: String) -> String? { nil }
 }

@@ -89,6 +89,8 @@ public enum HTTPAPI {
         let router = Router()
         router.middlewares.add(ErrorTranslation())
         router.middlewares.add(AccessControl(access: access))
+        let forwarder = Forwarder(bodies: bodies)
+        if let cluster { router.middlewares.add(ClusterForwarding(cluster: cluster, forwarder: forwarder)) }
 
         router.get("/health") { _, _ in
             try json(["status": "ok"])
@@ -121,7 +123,8 @@ public enum HTTPAPI {
         }
 
         router.post("/v1/topics/:topic/records") { request, context in
-            try await produce(broker: broker, request: request, context: context, partition: nil, bodies: bodies)
+            try await produce(broker: broker, request: request, context: context, partition: nil, bodies: bodies,
+                              cluster: Forwarder.wasForwarded(request) ? nil : cluster.map { ($0, forwarder) })
         }
         router.post("/v1/topics/:topic/partitions/:partition/records") { request, context in
             try await produce(broker: broker, request: request, context: context, partition: try partitionParameter(context), bodies: bodies)
@@ -261,9 +264,15 @@ public enum HTTPAPI {
         }
     }
 
-    static func produce(broker: Broker, request: Request, context: BasicRequestContext, partition: Int?, bodies: BodyBudget) async throws -> Response {
+    static func produce(
+        broker: Broker, request: Request, context: BasicRequestContext, partition: Int?, bodies: BodyBudget,
+        cluster: (directory: any ClusterDirectory, forwarder: Forwarder)? = nil
+    ) async throws -> Response {
         let topic = try topicParameter(context)
         let body: ProduceRequest = try await decodeBody(request, context: context, bodies: bodies)
+        if let cluster, partition == nil {
+            return try await produceAcrossNodes(broker: broker, topic: topic, body: body, headers: request.headers, cluster: cluster)
+        }
         let encoding = body.encoding ?? .utf8
         var records: [ProduceRecord] = []
         records.reserveCapacity(body.records.count)
@@ -282,6 +291,70 @@ public enum HTTPAPI {
         }
         let produced = try await broker.produce(topic: topic, records: records)
         return try json(ProduceResponse(offsets: produced))
+    }
+
+    /// Cluster mode: records for partitions other nodes write are sent on to them, one
+    /// request per partition, the rest appended here; offsets come back in request
+    /// order. Records without key or partition go to a partition this node writes
+    /// when it writes one. Partitions succeed or fail on their own (as in Kafka): an
+    /// error names the first that failed; others may have been appended.
+    static func produceAcrossNodes(
+        broker: Broker, topic: String, body: ProduceRequest, headers: HTTPFields, cluster: (directory: any ClusterDirectory, forwarder: Forwarder)
+    ) async throws -> Response {
+        let partitions = try broker.partitionCount(topic)
+        let encoding = body.encoding ?? .utf8
+        let local = (0..<partitions).filter { cluster.directory.httpAddress(topic: topic, partition: $0) == nil }
+        let unkeyed = local.isEmpty ? Int.random(in: 0..<partitions) : local[Int.random(in: 0..<local.count)]
+        var byPartition: [Int: [Int]] = [:]
+        for (index, record) in body.records.enumerated() {
+            let target: Int
+            if let explicit = record.partition {
+                guard explicit >= 0, explicit < partitions else {
+                    throw BrokerError(.partitionNotFound, "topic '\(topic)' has partitions 0 to \(partitions - 1), not \(explicit)")
+                }
+                target = explicit
+            } else if let key = try encoding.decode(record.key, field: "records[\(index)].key") {
+                target = Partitioner.partition(forKey: key, partitions: partitions)
+            } else {
+                target = unkeyed
+            }
+            byPartition[target, default: []].append(index)
+        }
+        var produced = [ProducedRecord?](repeating: nil, count: body.records.count)
+        for (target, indexes) in byPartition.sorted(by: { $0.key < $1.key }) {
+            var part = ProduceRequest(records: indexes.map { body.records[$0] }, encoding: body.encoding)
+            for index in part.records.indices { part.records[index].partition = nil }
+            let offsets: [ProducedRecord]
+            let path = "/v1/topics/\(topic.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? topic)/partitions/\(target)/records"
+            if let address = cluster.directory.httpAddress(topic: topic, partition: target) {
+                var fields = headers
+                fields[.contentType] = "application/json"
+                let answer = try await cluster.forwarder.send(
+                    method: "POST", pathAndQuery: path, headers: fields, body: ByteBuffer(bytes: try JSONEncoder().encode(part)), to: address)
+                guard answer.status / 100 == 2 else {
+                    var fields = HTTPFields()
+                    if let type = answer.contentType { fields[.contentType] = type }
+                    return Response(status: .init(code: answer.status), headers: fields, body: ResponseBody(byteBuffer: answer.body))
+                }
+                offsets = try JSONDecoder().decode(ProduceResponse.self, from: Data(answer.body.readableBytesView)).offsets
+            } else {
+                var records: [ProduceRecord] = []
+                for (index, record) in zip(indexes, part.records) {
+                    var recordHeaders: [RecordHeader] = []
+                    for header in record.headers ?? [] {
+                        recordHeaders.append(RecordHeader(key: header.key, value: try encoding.decode(header.value, field: "records[\(index)].headers.\(header.key)")))
+                    }
+                    records.append(ProduceRecord(
+                        key: try encoding.decode(record.key, field: "records[\(index)].key"),
+                        value: try encoding.decode(record.value, field: "records[\(index)].value"),
+                        headers: recordHeaders, timestamp: record.timestamp, partition: target))
+                }
+                offsets = try await broker.produce(topic: topic, records: records)
+            }
+            guard offsets.count == indexes.count else { throw BrokerError(.unavailable, "partition \(target) answered \(offsets.count) offsets for \(indexes.count) records") }
+            for (index, offset) in zip(indexes, offsets) { produced[index] = offset }
+        }
+        return try json(ProduceResponse(offsets: produced.compactMap { $0 }))
     }
 
     static func fetch(broker: Broker, request: Request, context: BasicRequestContext) async throws -> Response {

@@ -350,6 +350,21 @@ struct ClusterStatusSource: ClusterDirectory {
     let node: ClusterNode
     let broker: Broker
 
+    func httpAddress(topic: String, partition: Int) -> String? {
+        if broker.owns(topic: topic, partition: partition) { return nil }
+        guard let (membership, agent, _) = node.running.withLock({ $0 }), let log = broker.logID(topic: topic, partition: partition),
+              let owner = agent.owners[log], owner != node.nodeID
+        else { return nil }
+        return membership.members[owner]?.http
+    }
+
+    func httpAddress(group: String) -> String? {
+        guard let coordinator = node.coordinator(group: group), coordinator != node.nodeID,
+              let membership = node.running.withLock({ $0?.membership })
+        else { return nil }
+        return membership.members[coordinator]?.http
+    }
+
     func setDraining(_ id: Int, _ draining: Bool) async throws(BrokerError) {
         do {
             try await OwnershipAgent.setDraining(id, draining, etcd: node.etcd)

@@ -66,7 +66,7 @@ for node in $NODES; do
   for _ in $(seq 600); do grep -q "aqueduct is serving" "$SCRATCH/node-$node.log" 2>/dev/null && break; sleep 0.1; done
   grep -q "aqueduct is serving" "$SCRATCH/node-$node.log" || { echo "node $node did not start:"; tail -20 "$SCRATCH/node-$node.log"; exit 1; }
 done
-echo "== etcd on 127.0.0.1:$ETCD_PORT; nodes 1-3 on ${KAFKA[1]} ${KAFKA[2]} ${KAFKA[3]}"
+echo "== etcd on 127.0.0.1:$ETCD_PORT; nodes $NODES on Kafka ${KAFKA[*]}"
 status=0
 VICTIM=${NODE_PID[2]}
 [ "$MODE" = drain ] && VICTIM=http://${HTTP[1]}

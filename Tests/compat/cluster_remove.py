@@ -34,6 +34,36 @@ def wait_for(what, condition, seconds):
     print(f"gave up waiting for {what} after {seconds}s (under-replicated: {last})", flush=True)
     sys.exit(1)
 
+def call(url, method="GET", body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.load(response)
+
+# The HTTP API answers on any node: records for partitions other nodes write, their
+# reads, and a group coordinated elsewhere are forwarded to the node that serves them.
+for _, future in admin.create_topics([NewTopic("viahttp", num_partitions=3, replication_factor=-1)]).items():
+    future.result()
+wait_for("every partition of viahttp to have an owner",
+         lambda s: sum(1 for p in s["partitions"] if p["topic"] == "viahttp" and p.get("owner") is not None) == 3, 60)
+owners = {p["partition"]: p.get("owner") for p in status()["partitions"] if p["topic"] == "viahttp"}
+records = [{"key": f"h{i}", "value": f"via-http-{i}"} for i in range(30)]
+produced = call(http + "/v1/topics/viahttp/records", "POST", {"records": records})["offsets"]
+assert len(produced) == 30, produced
+read = {}
+for partition in range(3):
+    for record in call(f"{http}/v1/topics/viahttp/partitions/{partition}/records?offset=earliest&maxWaitMs=1000")["records"]:
+        read[record["value"]] = (record["partition"], record["offset"])
+expected = {r["value"]: (o["partition"], o["offset"]) for r, o in zip(records, produced)}
+assert read == expected, (read, expected)
+elsewhere = sorted({p for p, owner in owners.items() if owner != 1})
+call(http + "/v1/groups/http-group/offsets", "POST", {"topic": "viahttp", "offsets": [{"partition": 0, "offset": 7}]})
+other = status()["nodes"][-1]["http"]
+committed = call(f"http://{other}/v1/groups/http-group/offsets?topic=viahttp")["offsets"]
+assert committed == [{"partition": 0, "offset": 7}], committed
+print(f"HTTP on node 1: 30 records produced and read back over partitions owned by {owners} "
+      f"(forwarded for partitions {elsewhere}); a group's offsets committed on node 1 read on {other}", flush=True)
+
 acked, errors = [], []
 p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "message.timeout.ms": 120000, "linger.ms": 5})
 def cb(err, msg):
