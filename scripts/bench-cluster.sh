@@ -3,7 +3,9 @@
 # kafka-go-bench: acks=all, 1 KiB, 3 partitions) against one node (1/1/1, today's
 # path) and against three nodes with etcd (3/3/2), all on 127.0.0.1; prints throughput,
 # ack latency and the brokers' CPU per million messages summed over nodes, and the
-# ratios. Release build; everything stopped by PID.
+# ratios; then NATS JetStream with three clustered servers and an R3 stream fsyncing
+# every write (scripts/bench-nats-r3.sh; AQUEDUCT_BENCH_NATS=0 skips it). Release
+# build; everything stopped by PID.
 # Usage: scripts/bench-cluster.sh [MESSAGES=200000] [SIZE=1024]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,9 +79,25 @@ done
 for node in 1 2 3; do wait_serving "$SCRATCH/node-$node.log"; done
 run_load "$BOOT" "cluster" "${NODES[@]}"
 echo "   etcd CPU (not counted above): $(cpu_seconds "$ETCD") s"
+for pid in "${NODES[@]}" "$ETCD"; do kill "$pid" 2>/dev/null || true; done
+wait "${NODES[@]}" "$ETCD" 2>/dev/null || true
+
+if [ "${AQUEDUCT_BENCH_NATS:-1}" = 1 ]; then
+  NATS_OUT=$(AQUEDUCT_NATS_WINDOW=20000 scripts/bench-nats-r3.sh "$N" "$SIZE" always 2>&1)
+  echo "$NATS_OUT"
+  NATS_RATE=$(echo "$NATS_OUT" | sed -nE 's/^NATS PUB [0-9]+ B x [0-9]+, R3: ([0-9]+) msg\/s.*/\1/p')
+  NATS_PACED_P99=$(echo "$NATS_OUT" | sed -nE 's/^NATS PUB at 5,000.*p99 ([0-9.]+) ms.*/\1/p')
+  NATS_CPU=$(echo "$NATS_OUT" | sed -nE 's/^NATS PUB [0-9]+ B x.*\(([0-9.]+) s per million\).*/\1/p')
+fi
 
 echo "== ratios (cluster / single)"
 echo "throughput: $RATE / $SINGLE_RATE msg/s = $(echo "scale=2; $RATE / $SINGLE_RATE" | bc)x (target >= 0.4x)"
 echo "ack p99 at full load: $P99 ms vs $SINGLE_P99 ms = $(echo "scale=2; $P99 / $SINGLE_P99" | bc)x"
 echo "ack p99 at 5,000 msg/s: $PACED_P99 ms vs $SINGLE_PACED_P99 ms = $(echo "scale=2; $PACED_P99 / $SINGLE_PACED_P99" | bc)x (target <= 2x)"
 echo "broker CPU per million messages: $CPU s (three nodes) vs $SINGLE_CPU s (one) = $(echo "scale=2; $CPU / $SINGLE_CPU" | bc)x"
+if [ -n "${NATS_RATE:-}" ]; then
+  echo "== ratios (Aqueduct three nodes 3/3/2 / NATS JetStream three servers R3, both fsync every write)"
+  echo "throughput: $RATE / $NATS_RATE msg/s = $(echo "scale=2; $RATE / $NATS_RATE" | bc)x (target >= 2x)"
+  echo "ack p99 at 5,000 msg/s: $PACED_P99 ms vs $NATS_PACED_P99 ms"
+  echo "server CPU per million messages: $CPU s vs $NATS_CPU s = $(echo "scale=2; $CPU / $NATS_CPU" | bc)x"
+fi
