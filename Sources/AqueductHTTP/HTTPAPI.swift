@@ -160,8 +160,20 @@ public enum HTTPAPI {
             try await cluster.remove(node)
             return try json(try await cluster.status())
         }
-        router.get("/v1/groups") { _, _ in
-            try json(GroupList(groups: groups?.groupSummaries() ?? []))
+        router.get("/v1/groups") { request, _ in
+            var summaries = groups?.groupSummaries() ?? []
+            // Cluster mode: each node knows the groups it coordinates; ask the others.
+            if let cluster, !Forwarder.wasForwarded(request) {
+                for address in cluster.otherNodesHTTP() {
+                    let answer = try await forwarder.send(method: "GET", pathAndQuery: "/v1/groups", headers: request.headers, body: ByteBuffer(), to: address)
+                    guard answer.status == 200 else {
+                        throw BrokerError(.unavailable, "node at \(address) did not list its groups (HTTP \(answer.status))", hint: "retry")
+                    }
+                    summaries += try JSONDecoder().decode(GroupList.self, from: Data(answer.body.readableBytesView)).groups
+                }
+                summaries.sort { $0.name < $1.name }
+            }
+            return try json(GroupList(groups: summaries))
         }
         router.get("/v1/groups/:group") { _, context in
             let name = context.parameters.get("group") ?? ""
@@ -280,17 +292,23 @@ public enum HTTPAPI {
             if let partition, let own = record.partition, own != partition {
                 throw BrokerError(.invalidRequest, "record \(index) names partition \(own) but the URL names \(partition)")
             }
-            var headers: [RecordHeader] = []
-            for header in record.headers ?? [] {
-                headers.append(RecordHeader(key: header.key, value: try encoding.decode(header.value, field: "records[\(index)].headers.\(header.key)")))
-            }
-            records.append(ProduceRecord(
-                key: try encoding.decode(record.key, field: "records[\(index)].key"),
-                value: try encoding.decode(record.value, field: "records[\(index)].value"),
-                headers: headers, timestamp: record.timestamp, partition: partition ?? record.partition))
+            records.append(try produceRecord(record, index: index, encoding: encoding, partition: partition ?? record.partition))
         }
         let produced = try await broker.produce(topic: topic, records: records)
         return try json(ProduceResponse(offsets: produced))
+    }
+
+    /// A record of a produce request, its key, value and headers decoded; `index` names
+    /// it in errors.
+    static func produceRecord(_ record: ProduceRecordJSON, index: Int, encoding: PayloadEncoding, partition: Int?) throws -> ProduceRecord {
+        var headers: [RecordHeader] = []
+        for header in record.headers ?? [] {
+            headers.append(RecordHeader(key: header.key, value: try encoding.decode(header.value, field: "records[\(index)].headers.\(header.key)")))
+        }
+        return ProduceRecord(
+            key: try encoding.decode(record.key, field: "records[\(index)].key"),
+            value: try encoding.decode(record.value, field: "records[\(index)].value"),
+            headers: headers, timestamp: record.timestamp, partition: partition)
     }
 
     /// Cluster mode: records for partitions other nodes write are sent on to them, one
@@ -340,14 +358,7 @@ public enum HTTPAPI {
             } else {
                 var records: [ProduceRecord] = []
                 for (index, record) in zip(indexes, part.records) {
-                    var recordHeaders: [RecordHeader] = []
-                    for header in record.headers ?? [] {
-                        recordHeaders.append(RecordHeader(key: header.key, value: try encoding.decode(header.value, field: "records[\(index)].headers.\(header.key)")))
-                    }
-                    records.append(ProduceRecord(
-                        key: try encoding.decode(record.key, field: "records[\(index)].key"),
-                        value: try encoding.decode(record.value, field: "records[\(index)].value"),
-                        headers: recordHeaders, timestamp: record.timestamp, partition: target))
+                    records.append(try produceRecord(record, index: index, encoding: encoding, partition: target))
                 }
                 offsets = try await broker.produce(topic: topic, records: records)
             }

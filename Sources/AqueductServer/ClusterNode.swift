@@ -365,6 +365,11 @@ struct ClusterStatusSource: ClusterDirectory {
         return membership.members[coordinator]?.http
     }
 
+    func otherNodesHTTP() -> [String] {
+        guard let membership = node.running.withLock({ $0?.membership }) else { return [] }
+        return membership.members.values.filter { $0.id != node.nodeID }.sorted { $0.id < $1.id }.compactMap(\.http)
+    }
+
     func setDraining(_ id: Int, _ draining: Bool) async throws(BrokerError) {
         do {
             try await OwnershipAgent.setDraining(id, draining, etcd: node.etcd)

@@ -122,8 +122,9 @@ struct ClusterCoordinationTests {
         try await node.start()
         try await waitUntil { node.agent.ownedLogs == [10, 11] }
         let first = try #require(node.membership.lease)
-        // etcd drops the lease (as after a pause longer than its time to live).
-        try await etcd.revokeLease(first)
+        // etcd drops the lease (as after a pause longer than its time to live). On a
+        // loaded machine the lease may have expired already: the same loss.
+        do { try await etcd.revokeLease(first) } catch is EtcdLeaseExpired {}
         try await waitUntil("the loss noticed and both logs released") {
             node.events.withLock { $0.contains("-10") && $0.contains("-11") }
         }

@@ -5,27 +5,19 @@ that every acknowledged record is there exactly once, at its offset, offsets den
 Mode etcd: the victim is etcd, killed and restarted (by cluster.sh, on the signal file
 given as the victim) while records flow."""
 import sys, time, os, signal, json, urllib.request
-from confluent_kafka import Producer, Consumer, TopicPartition
+from cluster_common import KeyedProducer, read_back
 from confluent_kafka.admin import AdminClient, NewTopic
 bootstrap, victim, topic, mode = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 victim_pid = int(victim) if victim.isdigit() else 0
 admin = AdminClient({"bootstrap.servers": bootstrap})
 for t, f in admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=-1)]).items(): f.result()
 time.sleep(2)
-acked, errors = [], []
-p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "message.timeout.ms": 120000, "linger.ms": 5})
-def cb(err, msg):
-    if err: errors.append(str(err))
-    else: acked.append((msg.partition(), msg.offset(), msg.value()))
+p = KeyedProducer(bootstrap, topic)
+acked, errors = p.acked, p.errors
 N = 6000
 start = time.time()
 for i in range(N):
-    while True:
-        try:
-            p.produce(topic, value=f"v{i}".encode(), key=f"k{i}".encode(), callback=cb); break
-        except BufferError:
-            p.poll(0.1)
-    p.poll(0)
+    p.send(i)
     if i == N // 3:
         p.flush(30)
         if mode == "drain":
@@ -46,14 +38,7 @@ for i in range(N):
     time.sleep(0.001)
 left = p.flush(150)
 print(f"unflushed {left} acked {len(acked)} errors {len(errors)} {errors[:3]} in {time.time()-start:.1f}s", flush=True)
-c = Consumer({"bootstrap.servers": bootstrap, "group.id": "none", "enable.auto.commit": False})
-c.assign([TopicPartition(topic, i, 0) for i in range(3)])
-got = []
-deadline = time.time() + 60
-while len(got) < len(acked) and time.time() < deadline:
-    m = c.poll(1)
-    if m is None or m.error(): continue
-    got.append((m.partition(), m.offset(), m.value()))
+got = read_back(bootstrap, topic, 3, len(acked))
 ack_set = set(acked)
 dups = len(got) - len(set(got))
 missing = [a for a in acked if a not in set(got)]

@@ -9,7 +9,8 @@ stored by the new coordinator.
 
     cluster_group.py BOOTSTRAP NODE=PID,NODE=PID,... TOPIC"""
 import sys, threading, time, os, signal
-from confluent_kafka import Producer, Consumer, TopicPartition, KafkaException
+from confluent_kafka import Consumer, TopicPartition, KafkaException
+from cluster_common import KeyedProducer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 bootstrap, pid_list, topic = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -20,20 +21,12 @@ for _, future in admin.create_topics([NewTopic(topic, num_partitions=3, replicat
     future.result()
 
 N = 6000
-acked, errors = [], []
+p = KeyedProducer(bootstrap, topic)
+acked, errors = p.acked, p.errors
 produced_all = threading.Event()
 def produce():
-    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "message.timeout.ms": 120000, "linger.ms": 5})
-    def cb(err, msg):
-        if err: errors.append(str(err))
-        else: acked.append((msg.partition(), msg.offset(), msg.value()))
     for i in range(N):
-        while True:
-            try:
-                p.produce(topic, value=f"v{i}".encode(), key=f"k{i}".encode(), callback=cb); break
-            except BufferError:
-                p.poll(0.1)
-        p.poll(0)
+        p.send(i)
         time.sleep(0.002)
     p.flush(150)
     produced_all.set()

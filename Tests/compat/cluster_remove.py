@@ -7,7 +7,7 @@ with node 2 gone: every acknowledged record exactly once, at its offset.
 
     cluster_remove.py BOOTSTRAP HTTP_URL VICTIM_PID TOPIC"""
 import sys, time, os, signal, json, urllib.request
-from confluent_kafka import Producer, Consumer, TopicPartition
+from cluster_common import KeyedProducer, read_back
 from confluent_kafka.admin import AdminClient, NewTopic
 
 bootstrap, http, victim_pid, topic = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
@@ -61,22 +61,16 @@ call(http + "/v1/groups/http-group/offsets", "POST", {"topic": "viahttp", "offse
 other = status()["nodes"][-1]["http"]
 committed = call(f"http://{other}/v1/groups/http-group/offsets?topic=viahttp")["offsets"]
 assert committed == [{"partition": 0, "offset": 7}], committed
+listed = [g["name"] for g in call(f"http://{other}/v1/groups")["groups"]]
+assert "http-group" in listed, listed
 print(f"HTTP on node 1: 30 records produced and read back over partitions owned by {owners} "
-      f"(forwarded for partitions {elsewhere}); a group's offsets committed on node 1 read on {other}", flush=True)
+      f"(forwarded for partitions {elsewhere}); a group's offsets committed on node 1 read and listed on {other}", flush=True)
 
-acked, errors = [], []
-p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "message.timeout.ms": 120000, "linger.ms": 5})
-def cb(err, msg):
-    if err: errors.append(str(err))
-    else: acked.append((msg.partition(), msg.offset(), msg.value()))
+p = KeyedProducer(bootstrap, topic)
+acked, errors = p.acked, p.errors
 def produce(first, count):
     for i in range(first, first + count):
-        while True:
-            try:
-                p.produce(topic, value=f"v{i}".encode(), key=f"k{i}".encode(), callback=cb); break
-            except BufferError:
-                p.poll(0.1)
-        p.poll(0)
+        p.send(i)
     p.flush(150)
 
 produce(0, 3000)
@@ -92,15 +86,7 @@ started = time.time()
 wait_for("the under-replicated count to return to zero", lambda s: s["underReplicatedSegments"] == 0, 240)
 print(f"under-replicated segments back to 0 in {time.time() - started:.1f}s", flush=True)
 
-c = Consumer({"bootstrap.servers": bootstrap, "group.id": "none", "enable.auto.commit": False})
-c.assign([TopicPartition(topic, i, 0) for i in range(3)])
-got = []
-deadline = time.time() + 60
-while len(got) < len(acked) and time.time() < deadline:
-    m = c.poll(1)
-    if m is None or m.error(): continue
-    got.append((m.partition(), m.offset(), m.value()))
-c.close()
+got = read_back(bootstrap, topic, 3, len(acked))
 missing = set(acked) - set(got)
 duplicates = len(got) - len(set(got))
 print(f"read back {len(got)} of {len(acked)}: missing {len(missing)}, duplicates {duplicates}", flush=True)
