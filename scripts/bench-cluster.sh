@@ -41,7 +41,13 @@ run_load() {  # brokers, label, pids...
   echo "$label: broker CPU $(echo "$after - $before" | bc) s for $N messages"
   # Latency without queueing: a fixed 5,000 msg/s.
   local paced
+  [ -n "${STAGE_URLS:-}" ] && python3 scripts/stage-latency.py snapshot "$SCRATCH/stages-before.json" $STAGE_URLS
   paced=$(timeout 300 "$SCRATCH/gobench" -brokers "$brokers" -n 30000 -size "$SIZE" -acks all -partitions 3 -rate 5000 -consume=false 2>&1 | grep "GO PUB")
+  if [ -n "${STAGE_URLS:-}" ]; then
+    python3 scripts/stage-latency.py snapshot "$SCRATCH/stages-after.json" $STAGE_URLS
+    echo "$label at 5,000 msg/s, by stage (summed over nodes):"
+    python3 scripts/stage-latency.py report "$SCRATCH/stages-before.json" "$SCRATCH/stages-after.json"
+  fi
   echo "$label at 5,000 msg/s: $(echo "$paced" | grep -oE 'ack latency [^|]+')"
   PACED_P99=$(echo "$paced" | sed -nE 's/.*p99 ([0-9.]+) ms.*/\1/p' | head -1)
   RATE=$(echo "$out" | sed -E 's/.*= ([0-9]+) msg\/s.*/\1/')
@@ -72,9 +78,11 @@ for node in 1 2 3; do
   # AQUEDUCT_BENCH_SPREAD_DISKS=1: node 3 keeps its data in /dev/shm, so two replica
   # syncs, not three, queue on the one disk; every ack still includes a real sync.
   if [ "${AQUEDUCT_BENCH_SPREAD_DISKS:-0}" = 1 ] && [ $node -eq 3 ]; then data=$(mktemp -d /dev/shm/aqueduct-bench.XXXXXX); fi
+  H=$(free_port)
   "$BIN" server --cluster "etcd://127.0.0.1:$EP" --node-id $node --data-dir "$data" --kafka-listen "127.0.0.1:$K" \
-    --http-listen "127.0.0.1:$(free_port)" >"$SCRATCH/node-$node.log" 2>&1 &
+    --http-listen "127.0.0.1:$H" >"$SCRATCH/node-$node.log" 2>&1 &
   NODES+=($!); PIDS+=($!); BOOT="$BOOT${BOOT:+,}127.0.0.1:$K"
+  STAGE_URLS="${STAGE_URLS:-}${STAGE_URLS:+ }http://127.0.0.1:$H"
 done
 for node in 1 2 3; do wait_serving "$SCRATCH/node-$node.log"; done
 run_load "$BOOT" "cluster" "${NODES[@]}"

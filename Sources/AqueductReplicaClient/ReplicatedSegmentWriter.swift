@@ -1,4 +1,5 @@
 import AqueductReplication
+import Dispatch
 import DequeModule
 import Logging
 import Metrics
@@ -56,7 +57,8 @@ public final class ReplicatedSegmentWriter: @unchecked Sendable {
             }
         }
     }
-    private var waiting: Deque<(entry: Int64, waiter: Waiter)> = []
+    /// Entries not yet confirmed, with when they were submitted (uptime nanoseconds).
+    private var waiting: Deque<(entry: Int64, waiter: Waiter, submittedNanoseconds: UInt64)> = []
     private var closing: [CheckedContinuation<Int64, any Error>] = []
     private var failure: ReplicationError?
     private var sealedAt: Int64?
@@ -68,6 +70,10 @@ public final class ReplicatedSegmentWriter: @unchecked Sendable {
 
     private let confirmedEntries = Counter(label: "aqueduct_replica_writer_entries_confirmed_total")
     private let ensembleChanges = Counter(label: "aqueduct_replica_writer_ensemble_changes_total")
+    /// Latency by stage: submit → on the writer's loop (the hand-over), and on the loop
+    /// → confirmed (sends, replicas' syncs, answers).
+    private let handOverTimer = Metrics.Timer(label: "aqueduct_replica_writer_handover_seconds")
+    private let confirmTimer = Metrics.Timer(label: "aqueduct_replica_writer_confirm_seconds")
 
     /// A writer for a segment whose metadata (open, naming this writer) is at `version`.
     public init(
@@ -107,7 +113,8 @@ public final class ReplicatedSegmentWriter: @unchecked Sendable {
     /// in the order they reach the writer's loop.
     public func append(_ payload: ByteBuffer) async throws -> Int64 {
         try await withCheckedThrowingContinuation { continuation in
-            loop.execute { self.startAppend(payload, .continuation(continuation)) }
+            let submitted = DispatchTime.now().uptimeNanoseconds
+            loop.execute { self.startAppend(payload, .continuation(continuation), submitted: submitted) }
         }
     }
 
@@ -115,7 +122,8 @@ public final class ReplicatedSegmentWriter: @unchecked Sendable {
     /// from one thread (or under one lock), and `completion` runs on the writer's loop
     /// with the entry id once it is confirmed, in entry order.
     public func submit(_ payload: ByteBuffer, completion: @escaping @Sendable (Result<Int64, ReplicationError>) -> Void) {
-        loop.execute { self.startAppend(payload, .callback(completion)) }
+        let submitted = DispatchTime.now().uptimeNanoseconds
+        loop.execute { self.startAppend(payload, .callback(completion), submitted: submitted) }
     }
 
     /// Stops appends, waits for every entry to be confirmed, seals the segment in
@@ -158,7 +166,9 @@ public final class ReplicatedSegmentWriter: @unchecked Sendable {
 
     // MARK: - On the loop
 
-    private func startAppend(_ payload: ByteBuffer, _ waiter: Waiter) {
+    private func startAppend(_ payload: ByteBuffer, _ waiter: Waiter, submitted: UInt64) {
+        let started = DispatchTime.now().uptimeNanoseconds
+        handOverTimer.recordNanoseconds(Int64(started &- submitted))
         if let failure { return waiter.resume(.failure(failure)) }
         let pendingEntries = machine.pendingCount
         guard pendingEntries < configuration.pendingEntriesMax, pendingBytes + payload.readableBytes <= configuration.pendingBytesMax else {
@@ -170,7 +180,7 @@ public final class ReplicatedSegmentWriter: @unchecked Sendable {
         assert(entry == firstKept + Int64(payloads.count))
         payloads.append(payload)
         pendingBytes += payload.readableBytes
-        waiting.append((entry, waiter))
+        waiting.append((entry, waiter, started))
         run(actions)
     }
 
@@ -235,8 +245,10 @@ public final class ReplicatedSegmentWriter: @unchecked Sendable {
 
     private func confirm(upTo: Int64) {
         var count = 0
+        let now = DispatchTime.now().uptimeNanoseconds
         while let first = waiting.first, first.entry <= upTo {
             waiting.removeFirst()
+            confirmTimer.recordNanoseconds(Int64(now &- first.submittedNanoseconds))
             first.waiter.resume(.success(first.entry))
             count += 1
         }

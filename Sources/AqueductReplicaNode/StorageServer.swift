@@ -1,4 +1,5 @@
 import AqueductReplication
+import Dispatch
 import Logging
 import Metrics
 import NIOCore
@@ -35,6 +36,8 @@ public final class StorageServer: Sendable {
     /// Open connections, to close them when the node stops.
     let children = Mutex<[ObjectIdentifier: any Channel]>([:])
     let framesRefused = Counter(label: "aqueduct_replica_frames_refused_total")
+    /// An add from its arrival to its answer (durable, or refused).
+    let addTimer = Metrics.Timer(label: "aqueduct_replica_add_seconds")
 
     public init(store: ReplicaStore, configuration: StorageListenerConfiguration, logger: Logger = Logger(label: "aqueduct.replica.listener")) {
         self.store = store
@@ -163,7 +166,12 @@ final class StorageConnectionHandler: ChannelDuplexHandler, @unchecked Sendable 
         }
         switch request {
         case .add(let entry, let isRecovery):
-            store.add(entry, isRecovery: isRecovery) { answer(.added($0)) }
+            let received = DispatchTime.now().uptimeNanoseconds
+            let timer = server.addTimer
+            store.add(entry, isRecovery: isRecovery) { status in
+                timer.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds &- received))
+                answer(.added(status))
+            }
         case .read(let segment, let entry, let fence):
             store.read(segment: segment, entry: entry, fence: fence) { answer(.read($0, $1)) }
         case .readLastAddConfirmed(let segment, let fence, let after, let wait):

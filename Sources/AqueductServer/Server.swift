@@ -37,6 +37,11 @@ public enum Server {
                 .milliseconds(2), .milliseconds(4), .milliseconds(8), .milliseconds(16), .milliseconds(32),
                 .milliseconds(64), .milliseconds(128), .milliseconds(256), .seconds(1),
             ]
+            // Replication's stages (issue #12's latency target), with the same buckets.
+            for name in ["aqueduct_replica_writer_handover_seconds", "aqueduct_replica_writer_confirm_seconds", "aqueduct_replica_add_seconds",
+                         "aqueduct_replica_log_fsync_seconds"] {
+                factory.durationHistogramBuckets[name] = factory.durationHistogramBuckets["aqueduct_journal_fsync_seconds"]
+            }
             factory.valueHistogramBuckets["aqueduct_journal_block_bytes"] = [
                 1_024, 4_096, 16_384, 65_536, 262_144, 1_048_576, 4_194_304,
             ]
