@@ -156,6 +156,13 @@ final class ClusterNode: Sendable {
         broker.release(logID: logID)
     }
 
+    /// The node writing a partition now; nil while it moves.
+    func owner(topic: String, partition: Int, broker: Broker) -> NodeID? {
+        if broker.owns(topic: topic, partition: partition) { return nodeID }
+        guard let log = broker.logID(topic: topic, partition: partition) else { return nil }
+        return running.withLock { $0?.agent }?.owners[log]
+    }
+
     /// The node coordinating a group now (the owner of its shard's log).
     func coordinator(group: String) -> NodeID? {
         guard let (shards, ids, _) = groups.withLock({ $0 }) else { return nil }
@@ -335,11 +342,7 @@ struct ClusterKafkaView: KafkaClusterView {
     }
 
     func leader(topic: String, partition: Int) -> Int32? {
-        if broker.owns(topic: topic, partition: partition) { return Int32(node.nodeID) }
-        guard let agent = node.running.withLock({ $0?.agent }), let log = broker.logID(topic: topic, partition: partition),
-              let owner = agent.owners[log]
-        else { return nil }
-        return Int32(owner)
+        node.owner(topic: topic, partition: partition, broker: broker).map(Int32.init)
     }
 
     func coordinator(group: String) -> Int32? { node.coordinator(group: group).map(Int32.init) }
@@ -351,18 +354,17 @@ struct ClusterStatusSource: ClusterDirectory {
     let broker: Broker
 
     func httpAddress(topic: String, partition: Int) -> String? {
-        if broker.owns(topic: topic, partition: partition) { return nil }
-        guard let (membership, agent, _) = node.running.withLock({ $0 }), let log = broker.logID(topic: topic, partition: partition),
-              let owner = agent.owners[log], owner != node.nodeID
-        else { return nil }
-        return membership.members[owner]?.http
+        httpAddress(of: node.owner(topic: topic, partition: partition, broker: broker))
     }
 
     func httpAddress(group: String) -> String? {
-        guard let coordinator = node.coordinator(group: group), coordinator != node.nodeID,
-              let membership = node.running.withLock({ $0?.membership })
-        else { return nil }
-        return membership.members[coordinator]?.http
+        httpAddress(of: node.coordinator(group: group))
+    }
+
+    /// Another live node's HTTP listener; nil for this node or an unknown one.
+    private func httpAddress(of id: NodeID?) -> String? {
+        guard let id, id != node.nodeID, let membership = node.running.withLock({ $0?.membership }) else { return nil }
+        return membership.members[id]?.http
     }
 
     func otherNodesHTTP() -> [String] {
@@ -392,18 +394,15 @@ struct ClusterStatusSource: ClusterDirectory {
     }
 
     func status() async throws(BrokerError) -> ClusterStatusJSON {
-        guard let (membership, agent, _) = node.running.withLock({ $0 }) else {
+        guard let membership = node.running.withLock({ $0?.membership }) else {
             throw BrokerError(.unavailable, "this node has not joined the cluster yet", hint: "retry in a moment")
         }
         let members = membership.members
-        let owners = agent.owners
         let live = Set(members.keys)
         var partitions: [ClusterStatusJSON.Partition] = []
         for topic in broker.topicNames() {
             for partition in 0..<((try? broker.partitionCount(topic)) ?? 0) {
-                let owner = broker.owns(topic: topic, partition: partition)
-                    ? node.nodeID : broker.logID(topic: topic, partition: partition).flatMap { owners[$0] }
-                partitions.append(.init(topic: topic, partition: partition, owner: owner))
+                partitions.append(.init(topic: topic, partition: partition, owner: node.owner(topic: topic, partition: partition, broker: broker)))
             }
         }
         // Segments naming a node that is not live now (re-replicated once it has been
