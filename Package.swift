@@ -322,7 +322,7 @@ let package = Package(
         .testTarget(
             name: "AqueductHTTPTests",
             dependencies: [
-                "AqueductHTTP", "AqueductServer", "AqueductTestSupport",
+                "AqueductHTTP", "AqueductServer", "AqueductTestSupport", "AqueductTopologyService",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ],

@@ -47,12 +47,13 @@ swift test --skip-build "$@"
 echo "== Kafka client compatibility"
 Tests/compat/run.sh .build/debug/aqueduct
 
-echo "== cluster mode: three nodes and etcd; a node SIGKILLed, one SIGSTOPped past its lease, etcd killed and restarted, a node drained, a consumer group's coordinator SIGKILLed, a node removed for good (four nodes, HTTP on any node)"
+echo "== cluster mode: three nodes and etcd; a node SIGKILLed, one SIGSTOPped past its lease, etcd killed and restarted, a node drained, a consumer group's coordinator SIGKILLed, a node removed for good (four nodes, HTTP on any node), a topology's node SIGKILLed"
 Tests/compat/cluster.sh .build/debug/aqueduct kill
 Tests/compat/cluster.sh .build/debug/aqueduct pause
 Tests/compat/cluster.sh .build/debug/aqueduct etcd
 Tests/compat/cluster.sh .build/debug/aqueduct drain
 Tests/compat/cluster.sh .build/debug/aqueduct group
 Tests/compat/cluster.sh .build/debug/aqueduct remove
+Tests/compat/cluster.sh .build/debug/aqueduct topology
 
 echo "== all tests passed in $(( $(date +%s) - started )) s"

@@ -302,15 +302,18 @@ public struct TopologyStatusJSON: Codable, Sendable, Equatable {
     }
 
     public var name: String
-    /// running, deactivated or killing.
+    /// running, deactivated or killing; in cluster mode also scheduled (waiting for a
+    /// node to start it).
     public var state: String
     public var executable: String
     public var arguments: [String]
     public var generation: Int
     public var containers: [Container]
     public var components: [Component]
+    /// Cluster mode: the node running it (nil while it is scheduled or moves).
+    public var node: Int?
 
-    public init(name: String, state: String, executable: String, arguments: [String], generation: Int, containers: [Container], components: [Component]) {
+    public init(name: String, state: String, executable: String, arguments: [String], generation: Int, containers: [Container], components: [Component], node: Int? = nil) {
         self.name = name
         self.state = state
         self.executable = executable
@@ -318,10 +321,22 @@ public struct TopologyStatusJSON: Codable, Sendable, Equatable {
         self.generation = generation
         self.containers = containers
         self.components = components
+        self.node = node
     }
 }
 
 public struct TopologyList: Codable, Sendable {
     public var topologies: [TopologyStatusJSON]
     public init(topologies: [TopologyStatusJSON]) { self.topologies = topologies }
+
+    /// Lists of several cluster nodes as one, by name: the node running a topology
+    /// speaks for it over nodes that only know it is scheduled (to it or to nobody yet).
+    public static func merged(_ listed: [TopologyStatusJSON]) -> [TopologyStatusJSON] {
+        var byName: [String: TopologyStatusJSON] = [:]
+        for topology in listed {
+            if let seen = byName[topology.name], seen.state != "scheduled", topology.state == "scheduled" { continue }
+            byName[topology.name] = topology
+        }
+        return byName.values.sorted { $0.name < $1.name }
+    }
 }

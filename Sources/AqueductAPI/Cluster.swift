@@ -61,6 +61,8 @@ public protocol ClusterDirectory: Sendable {
     func httpAddress(topic: String, partition: Int) -> String?
     /// The HTTP listener of the node coordinating the group, when it is another node.
     func httpAddress(group: String) -> String?
+    /// The HTTP listener of the node running the topology, when it is another node.
+    func httpAddress(topology: String) -> String?
     /// The HTTP listeners of the other live nodes.
     func otherNodesHTTP() -> [String]
 }
@@ -68,5 +70,6 @@ public protocol ClusterDirectory: Sendable {
 extension ClusterDirectory {
     public func httpAddress(topic: String, partition: Int) -> String? { nil }
     public func httpAddress(group: String) -> String? { nil }
+    public func httpAddress(topology: String) -> String? { nil }
     public func otherNodesHTTP() -> [String] { [] }
 }

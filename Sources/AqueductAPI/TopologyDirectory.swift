@@ -14,7 +14,7 @@ public protocol TopologyDirectory: Sendable {
     var programBytesMax: Int { get }
     /// Makes a file uploaded into `programsDirectory` the program `name` (executable,
     /// replacing an earlier one of that name).
-    func installProgram(name: String, uploadedFile: String) throws(BrokerError) -> ProgramJSON
+    func installProgram(name: String, uploadedFile: String) async throws(BrokerError) -> ProgramJSON
     func listPrograms() -> [ProgramJSON]
 }
 

@@ -32,6 +32,7 @@ public final class OwnershipAgent: Sendable {
     let membership: ClusterMembership
     let etcd: EtcdMetadataStore
     let logs: @Sendable () async throws -> [UInt64]
+    let workloads: (@Sendable () async throws -> [UInt64])?
     let acquired: AcquireHandler
     let released: Handler
     /// Who owned what at the last pass (for clients: partition leaders).
@@ -42,15 +43,19 @@ public final class OwnershipAgent: Sendable {
     let wake = Mutex<CheckedContinuation<Void, Never>?>(nil)
     let task = Mutex<Task<Void, Never>?>(nil)
 
-    /// `logs`: the ids of every log that exists (the partitions to own).
+    /// `logs`: the ids of every log that exists (the partitions to own). `workloads`:
+    /// other things owned the same way (topologies), with ids from the same allocator,
+    /// spread over the nodes on their own (a node's share of logs does not count).
     public init(
         membership: ClusterMembership, etcd: EtcdMetadataStore, logs: @escaping @Sendable () async throws -> [UInt64],
+        workloads: (@Sendable () async throws -> [UInt64])? = nil,
         configuration: Configuration = .init(), logger: Logger = Logger(label: "aqueduct.ownership"),
         acquired: @escaping AcquireHandler, released: @escaping Handler
     ) {
         self.membership = membership
         self.etcd = etcd
         self.logs = logs
+        self.workloads = workloads
         self.configuration = configuration
         self.logger = logger
         self.acquired = acquired
@@ -122,7 +127,9 @@ public final class OwnershipAgent: Sendable {
             owners[log] = (node, value.version)
         }
         let draining = Set(try await etcd.list(prefix: Self.drainingPrefix).compactMap { NodeID($0.key.dropFirst(Self.drainingPrefix.count)) })
-        let plan = OwnershipPlan.assign(logs: logIDs, liveNodes: membership.liveNodes.union([me]), draining: draining, owners: owners.mapValues(\.node))
+        var kinds = [logIDs]
+        if let workloads { kinds.append(try await workloads()) }
+        let plan = OwnershipPlan.assign(kinds: kinds, liveNodes: membership.liveNodes.union([me]), draining: draining, owners: owners.mapValues(\.node))
         let steps = OwnershipPlan.steps(for: me, plan: plan, owners: owners.mapValues(\.node))
         // Logs we run whose key no longer names us (it expired with a lease): stop.
         for log in ownedLogs where owners[log]?.node != me {

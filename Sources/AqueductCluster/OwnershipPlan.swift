@@ -46,6 +46,19 @@ public enum OwnershipPlan {
         return plan
     }
 
+    /// Plans several kinds of owned things at once (partitions' logs, topologies), each
+    /// kind spread over the nodes on its own: a node with many partitions still gets
+    /// its share of topologies. Ids are unique across kinds.
+    public static func assign(
+        kinds: [[UInt64]], liveNodes: Set<NodeID>, draining: Set<NodeID>, owners: [UInt64: NodeID]
+    ) -> [UInt64: NodeID] {
+        var plan: [UInt64: NodeID] = [:]
+        for ids in kinds {
+            plan.merge(assign(logs: ids, liveNodes: liveNodes, draining: draining, owners: owners)) { first, _ in first }
+        }
+        return plan
+    }
+
     /// What `node` must do to follow `plan`, given who owns what now.
     public struct Steps: Equatable, Sendable {
         /// Logs to claim (no owner now; the plan gives them to this node).

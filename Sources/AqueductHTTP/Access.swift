@@ -93,6 +93,8 @@ public struct HTTPAccess: Sendable {
     /// The role a request needs; nil for the public ones.
     public static func required(method: HTTPRequest.Method, path: String) -> Role? {
         if method == .get || method == .head {
+            // A program's bytes are as sensitive as uploading one.
+            if path.hasPrefix("/v1/programs/") { return .admin }
             return path == "/health" ? nil : .read
         }
         if path.hasPrefix("/v1/topologies") || path.hasPrefix("/v1/programs") || path.hasPrefix("/v1/cluster") { return .admin }

@@ -8,8 +8,8 @@ import NIOCore
 import NIOHTTP1
 
 /// Cluster mode: any node answers any request. A request about a partition another
-/// node writes (its records, offsets, or records sent to it) or about a group another
-/// node coordinates is sent on to that node and its answer returned as it is. The
+/// node writes (its records, offsets, or records sent to it), a group another node
+/// coordinates or a topology another node runs is sent on to that node and its answer returned as it is. The
 /// forwarded request carries a header, so it is never forwarded twice (a partition
 /// that moved meanwhile gets the owner's error, and the client retries).
 struct ClusterForwarding: RouterMiddleware {
@@ -34,6 +34,10 @@ struct ClusterForwarding: RouterMiddleware {
         // /v1/groups/{group}[/...]
         if parts.count >= 3, parts[0] == "v1", parts[1] == "groups" {
             return cluster.httpAddress(group: decoded(parts[2]))
+        }
+        // /v1/topologies/{name}[/...]
+        if parts.count >= 3, parts[0] == "v1", parts[1] == "topologies" {
+            return cluster.httpAddress(topology: decoded(parts[2]))
         }
         return nil
     }

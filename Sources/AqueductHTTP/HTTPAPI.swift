@@ -191,8 +191,19 @@ public enum HTTPAPI {
             let body: TopologySubmitRequest = try await decodeBody(request, context: context, bodies: bodies)
             return try json(try await master().submit(body), status: .created)
         }
-        router.get("/v1/topologies") { _, _ in
-            try json(TopologyList(topologies: topologies?.list() ?? []))
+        router.get("/v1/topologies") { request, _ in
+            var listed = topologies?.list() ?? []
+            // Cluster mode: each node reports the topologies it runs; ask the others.
+            if let cluster, !Forwarder.wasForwarded(request) {
+                for address in cluster.otherNodesHTTP() {
+                    let answer = try await forwarder.send(method: "GET", pathAndQuery: "/v1/topologies", headers: request.headers, body: ByteBuffer(), to: address)
+                    guard answer.status == 200 else {
+                        throw BrokerError(.unavailable, "node at \(address) did not list its topologies (HTTP \(answer.status))", hint: "retry")
+                    }
+                    listed += try JSONDecoder().decode(TopologyList.self, from: Data(answer.body.readableBytesView)).topologies
+                }
+            }
+            return try json(TopologyList(topologies: TopologyList.merged(listed)))
         }
         router.get("/v1/topologies/:name") { _, context in
             try json(try master().status(context.parameters.get("name") ?? ""))
@@ -218,6 +229,9 @@ public enum HTTPAPI {
         router.get("/v1/programs") { _, _ in
             try json(ProgramList(programs: try master().listPrograms()))
         }
+        router.get("/v1/programs/:program") { _, context in
+            try downloadProgram(try master(), name: context.parameters.get("program") ?? "")
+        }
         router.put("/v1/programs/:program") { request, context in
             try await uploadProgram(try master(), name: context.parameters.get("program") ?? "", request: request)
         }
@@ -240,6 +254,31 @@ public enum HTTPAPI {
         }
         return router
     }
+
+    /// Streams a program's bytes (cluster nodes copy uploaded programs from each other).
+    static func downloadProgram(_ master: any TopologyDirectory, name: String) throws -> Response {
+        try TopologyNames.validate(name, what: "program")
+        let path = master.programsDirectory + "/" + name
+        guard let size = (try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int else {
+            throw BrokerError(.invalidRequest, "no program named \(name) on this node", hint: "list programs with `aqueduct topology programs`")
+        }
+        var headers = HTTPFields()
+        headers[.contentType] = "application/octet-stream"
+        let body = ResponseBody(contentLength: size) { writer in
+            guard let handle = FileHandle(forReadingAtPath: path) else { throw BrokerError(.storageError, "cannot read the program \(name)") }
+            defer { try? handle.close() }
+            while true {
+                let chunk = try handle.read(upToCount: programChunkBytes) ?? Data()
+                if chunk.isEmpty { break }
+                try await writer.write(ByteBuffer(bytes: chunk))
+            }
+            try await writer.finish(nil)
+        }
+        return Response(status: .ok, headers: headers, body: body)
+    }
+
+    /// Bytes read from a program file per write when serving it.
+    public static let programChunkBytes = 1 << 20
 
     /// Streams an uploaded program into the programs directory (never all in memory),
     /// up to the configured size, then installs it under `name`.
@@ -269,7 +308,7 @@ public enum HTTPAPI {
             throw BrokerError(.invalidRequest, "the upload is empty; send the program's bytes as the request body")
         }
         do {
-            return try json(try master.installProgram(name: name, uploadedFile: temporary), status: .created)
+            return try json(try await master.installProgram(name: name, uploadedFile: temporary), status: .created)
         } catch {
             try? FileManager.default.removeItem(atPath: temporary)
             throw error

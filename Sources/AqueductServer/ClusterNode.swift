@@ -10,6 +10,7 @@ import AqueductReplicaClient
 import AqueductReplicaNode
 import AqueductReplicatedLog
 import AqueductReplication
+import AqueductTopologyService
 import Foundation
 import Logging
 import NIOCore
@@ -33,6 +34,10 @@ final class ClusterNode: Sendable {
     let running = Mutex<(membership: ClusterMembership, agent: OwnershipAgent, tasks: [Task<Void, Never>])?>(nil)
     /// Consumer groups: their shards, and the offsets log of each (owned like partitions).
     let groups = Mutex<(shards: GroupShards, logIDs: [UInt64], logs: LogStore)?>(nil)
+    /// Topologies, owned like logs once the HTTP listener runs (containers call it).
+    let topologies = Mutex<ClusterTopologies?>(nil)
+    /// Tasks started with the topologies (program copies, following records).
+    let topologyTasks = Mutex<[Task<Void, Never>]>([])
 
     /// The live storage nodes, as membership last saw them.
     final class LiveNodes: Sendable {
@@ -139,6 +144,9 @@ final class ClusterNode: Sendable {
                 logger.info("now coordinating consumer groups", metadata: ["shard": "\(shard)", "groups": "\(store.groups.count)"])
                 return true
             }
+            if let topologies = topologies.withLock({ $0 }), topologies.isTopology(logID) {
+                return await topologies.acquire(logID)
+            }
             try await broker.acquire(logID: logID)
             return true
         } catch {
@@ -151,6 +159,10 @@ final class ClusterNode: Sendable {
         if let (shards, ids, _) = groups.withLock({ $0 }), let shard = ids.firstIndex(of: logID) {
             shards.deactivate(shard)
             logger.info("no longer coordinating consumer groups", metadata: ["shard": "\(shard)"])
+            return
+        }
+        if let topologies = topologies.withLock({ $0 }), topologies.isTopology(logID) {
+            topologies.release(logID)
             return
         }
         broker.release(logID: logID)
@@ -195,7 +207,8 @@ final class ClusterNode: Sendable {
         }
         let groupLogs = groups.withLock { $0?.logIDs ?? [] }
         let agent = OwnershipAgent(
-            membership: membership, etcd: etcd, logs: { broker.partitionLogIDs() + groupLogs }, logger: logger,
+            membership: membership, etcd: etcd, logs: { broker.partitionLogIDs() + groupLogs },
+            workloads: { try await self.topologies.withLock({ $0 })?.ids() ?? [] }, logger: logger,
             acquired: { log in await self.acquire(log, broker: broker) },
             released: { log in self.release(log, broker: broker) })
         broker.onPartitionsChanged { agent.poke() }
@@ -206,6 +219,61 @@ final class ClusterNode: Sendable {
             Task { await self.auditAndCollect(membership: membership, agent: agent) },
         ]
         running.withLock { $0 = (membership, agent, tasks) }
+    }
+
+    /// Topologies in the cluster: this node starts those it comes to own, copies
+    /// uploaded programs, and hears of new topologies at once (not at the next pass).
+    func makeTopologies(master: TopologyMaster, token: String?, logs: LogStore) -> ClusterTopologies {
+        let programs = ProgramCopies(
+            directory: master.programsDirectory, bytesMax: master.programBytesMax, etcd: etcd, nodeID: nodeID, token: token,
+            addresses: { [weak self] in self?.httpAddresses() ?? [:] },
+            install: { name, file in _ = try master.installProgram(name: name, uploadedFile: file) }, logger: logger)
+        return ClusterTopologies(
+            master: master, programs: programs, etcd: etcd, nodeID: nodeID, allocateID: { try await logs.allocateIDs(1)[0] },
+            owners: { [weak self] in self?.running.withLock { $0?.agent }?.owners ?? [:] },
+            poke: { [weak self] in self?.running.withLock { $0?.agent }?.poke() }, logger: logger)
+    }
+
+    /// Starts owning topologies (once containers can reach this node's HTTP listener).
+    func attach(_ clusterTopologies: ClusterTopologies) {
+        topologies.withLock { $0 = clusterTopologies }
+        let follow = Task {
+            while !Task.isCancelled {
+                do {
+                    let revision = try await etcd.currentRevision()
+                    clusterTopologies.poke()
+                    for try await _ in etcd.watch(prefix: MetadataTopologyRegistry.prefix, afterRevision: revision) { clusterTopologies.poke() }
+                } catch {
+                    logger.debug("following topologies: retrying", metadata: ["error": "\(error)"])
+                }
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
+        topologyTasks.withLock { $0 = [follow, Task { await clusterTopologies.programs.run() }] }
+    }
+
+    /// Live nodes' HTTP listeners.
+    func httpAddresses() -> [NodeID: String] {
+        guard let membership = running.withLock({ $0?.membership }) else { return [:] }
+        return membership.members.compactMapValues(\.http)
+    }
+
+    static let httpTokenKey = "/cluster/http-token"
+
+    /// The token nodes present to each other over HTTP when the API needs tokens (to
+    /// copy programs), made once for the cluster; whoever can read etcd can act as a
+    /// node anyway.
+    func clusterHTTPToken() async throws -> String {
+        if let stored = try await etcd.get(Self.httpTokenKey) { return String(decoding: stored.value, as: UTF8.self) }
+        var random = SystemRandomNumberGenerator()
+        let token = (0..<4).map { _ in String(random.next() as UInt64, radix: 16) }.joined()
+        do {
+            try await etcd.put(Self.httpTokenKey, Array(token.utf8), expect: .absent)
+            return token
+        } catch MetadataError.conflict {
+            guard let stored = try await etcd.get(Self.httpTokenKey) else { throw MetadataError.conflict(key: Self.httpTokenKey, expected: .absent, actualVersion: nil) }
+            return String(decoding: stored.value, as: UTF8.self)
+        }
     }
 
     func publish(kafka: String?, http: String?) async throws {
@@ -315,6 +383,7 @@ final class ClusterNode: Sendable {
     }
 
     func stop() async {
+        for task in topologyTasks.withLock({ $0 }) { task.cancel() }
         if let running = running.withLock({ $0 }) {
             for task in running.tasks { task.cancel() }
             auditNow()
@@ -359,6 +428,10 @@ struct ClusterStatusSource: ClusterDirectory {
 
     func httpAddress(group: String) -> String? {
         httpAddress(of: node.coordinator(group: group))
+    }
+
+    func httpAddress(topology: String) -> String? {
+        httpAddress(of: node.topologies.withLock { $0 }?.owner(of: topology))
     }
 
     /// Another live node's HTTP listener; nil for this node or an unknown one.

@@ -159,18 +159,26 @@ public enum Server {
         // fetch, commit), made anew at each start.
         var access = configuration.httpAccess
         var containerToken: String?
+        var nodeToken: String?
         if !access.isOpen {
             var random = SystemRandomNumberGenerator()
             let token = (0..<4).map { _ in String(random.next() as UInt64, radix: 16) }.joined()
             access.add(token: token, role: .write)
             containerToken = token
+            if let cluster = components.cluster {
+                nodeToken = try await cluster.clusterHTTPToken()
+                access.add(token: nodeToken!, role: .admin)
+            }
         }
+        // Topology records live where every node reads them: etcd in a cluster.
         let topologies = TopologyMaster(
             runDirectory: configuration.dataDirectory + "/topologies", programsDirectory: configuration.programsDirectory,
             programBytesMax: configuration.programBytesMax, containerToken: containerToken,
-            store: MetadataTopologyRegistry(metadata: components.localMetadata, logger: logger), logger: logger)
+            store: MetadataTopologyRegistry(metadata: components.cluster.map { $0.etcd } ?? components.localMetadata, logger: logger),
+            nodeID: components.cluster?.nodeID, logger: logger)
+        let clusterTopologies = components.cluster.map { $0.makeTopologies(master: topologies, token: nodeToken, logs: components.logs) }
         let router = HTTPAPI.router(
-            broker: components.broker, groups: directory, topologies: topologies,
+            broker: components.broker, groups: directory, topologies: clusterTopologies ?? topologies,
             cluster: components.cluster.map { ClusterStatusSource(node: $0, broker: components.broker) }, access: access,
             limits: configuration.httpLimits, metricsText: {
             Self.recordGroupMetrics(directory)
@@ -198,7 +206,11 @@ public enum Server {
                     }
                 }
                 topologies.setServerURL("http://\(configuration.httpHost == "0.0.0.0" ? "127.0.0.1" : configuration.httpHost):\(port)")
-                Task { await topologies.resume() }
+                if let cluster = components.cluster, let clusterTopologies {
+                    cluster.attach(clusterTopologies)  // the cluster says which to run here
+                } else {
+                    Task { await topologies.resume() }
+                }
                 logger.info("aqueduct is serving", metadata: [
                     "http": "\(configuration.httpHost):\(port)",
                     "kafka": "\(kafkaPort.map { "\(configuration.kafka.host):\($0)" } ?? "off")",
@@ -282,37 +294,6 @@ struct GroupService: Service {
     func run() async throws {
         await cancelWhenGracefulShutdown {
             await groups.runTicker()
-        }
-    }
-}
-
-/// Topology records under `/topologies/<name>` in the metadata store.
-struct MetadataTopologyRegistry: TopologyRegistryStore {
-    let metadata: EmbeddedMetadataStore
-    let logger: Logger
-    static let prefix = "/topologies/"
-
-    func save(_ record: TopologyRecord) async {
-        guard let name = record.name else { return }
-        do { _ = try await metadata.putJSON(Self.prefix + name, record) } catch {
-            logger.error("cannot store topology record", metadata: ["topology": "\(name)", "error": "\(error)"])
-        }
-    }
-
-    func delete(_ name: String) async {
-        do { _ = try await metadata.delete(Self.prefix + name) } catch {
-            logger.error("cannot delete topology record", metadata: ["topology": "\(name)", "error": "\(error)"])
-        }
-    }
-
-    func loadAll() async -> [TopologyRecord] {
-        do {
-            return try await metadata.list(prefix: Self.prefix).compactMap { entry in
-                try? JSONDecoder().decode(TopologyRecord.self, from: Data(entry.value.value))
-            }
-        } catch {
-            logger.error("cannot read topology records", metadata: ["error": "\(error)"])
-            return []
         }
     }
 }

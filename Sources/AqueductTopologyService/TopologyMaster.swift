@@ -23,6 +23,8 @@ public final class TopologyMaster: TopologyDirectory, @unchecked Sendable {
         var parallelism: [String: Int] = [:]
         var ports: [Int]
         var processes: [Int: Process] = [:]
+        /// Cluster mode: the id the topology is owned under.
+        var id: UInt64?
     }
 
     private struct State {
@@ -38,6 +40,8 @@ public final class TopologyMaster: TopologyDirectory, @unchecked Sendable {
     /// Given to containers (AQUEDUCT_TOKEN) when the server wants tokens.
     private let containerToken: String?
     private let store: (any TopologyRegistryStore)?
+    /// Cluster mode: this node's id, shown in status.
+    public let nodeID: Int?
     private let serverURL = Mutex("http://127.0.0.1:8080")
     private let logger: Logger
     /// How long `--describe` may take.
@@ -47,8 +51,9 @@ public final class TopologyMaster: TopologyDirectory, @unchecked Sendable {
 
     public init(
         runDirectory: String, programsDirectory: String? = nil, programBytesMax: Int = 512 << 20, containerToken: String? = nil,
-        store: (any TopologyRegistryStore)? = nil, logger: Logger
+        store: (any TopologyRegistryStore)? = nil, nodeID: Int? = nil, logger: Logger
     ) {
+        self.nodeID = nodeID
         self.runDirectory = runDirectory
         self.programsDirectory = Self.canonical(programsDirectory ?? runDirectory + "/programs")
         self.programBytesMax = programBytesMax
@@ -145,7 +150,7 @@ public final class TopologyMaster: TopologyDirectory, @unchecked Sendable {
                 let actions = try state.supervisor.submit(description, now: Self.nowMilliseconds(), active: record.active)
                 state.registrations[description.name] = Registration(
                     executable: executable, arguments: record.arguments, parallelism: record.parallelism,
-                    ports: (0..<description.containers).map { _ in Self.freeLoopbackPort() })
+                    ports: (0..<description.containers).map { _ in Self.freeLoopbackPort() }, id: record.id)
                 return actions
             } catch {
                 throw BrokerError(.invalidRequest, "\(error)", hint: "aqueduct topology kill \(description.name)")
@@ -161,7 +166,46 @@ public final class TopologyMaster: TopologyDirectory, @unchecked Sendable {
             state.registrations[name].flatMap { registration in state.supervisor.topologies[name].map { (registration, $0.state == .running) } }
         }) else { return }
         await store.save(TopologyRecord(name: name, executable: registration.executable, arguments: registration.arguments,
-                                        parallelism: registration.parallelism, active: active))
+                                        parallelism: registration.parallelism, active: active, id: registration.id))
+    }
+
+    // MARK: Cluster mode (the cluster decides where a topology runs)
+
+    /// The name a submission would run under, after checking that its program is allowed
+    /// and describes itself (what `submit` checks before starting anything).
+    public func validate(_ request: TopologySubmitRequest) async throws(BrokerError) -> String {
+        if let name = request.name { try TopologyNames.validate(name, what: "topology") }
+        let executable = try resolveProgram(request.executable)
+        let description = try await describe(executable: executable, arguments: request.arguments, name: request.name, parallelism: [:])
+        try TopologyNames.validate(description.name, what: "topology")
+        return description.name
+    }
+
+    /// Starts a topology this node now owns; its record stays where the cluster keeps it.
+    public func start(_ record: TopologyRecord) async throws(BrokerError) -> String {
+        try await launch(record)
+    }
+
+    /// Stops a topology's containers here without forgetting its record (it moves to
+    /// another node). False if it was not running here.
+    @discardableResult
+    public func stop(_ name: String) -> Bool {
+        let actions = state.withLock { state -> [ContainerSupervisor.Action]? in
+            guard state.supervisor.topologies[name]?.state != .killing else { return nil }
+            return try? state.supervisor.kill(name)
+        }
+        guard let actions else { return false }
+        logger.info("topology stopped here (it moves)", metadata: ["topology": "\(name)"])
+        perform(actions)
+        return true
+    }
+
+    /// Whether the topology has containers here (running, deactivated or stopping).
+    public func runsHere(_ name: String) -> Bool { state.withLock { $0.supervisor.topologies[name] != nil } }
+
+    /// The local topology owned under `id`.
+    public func name(ofID id: UInt64) -> String? {
+        state.withLock { $0.registrations.first { $0.value.id == id }?.key }
     }
 
     public func list() -> [TopologyStatusJSON] {
@@ -198,7 +242,7 @@ public final class TopologyMaster: TopologyDirectory, @unchecked Sendable {
             containers: topology.containers.map {
                 TopologyStatusJSON.Container(index: $0.index, pid: $0.pid, restarts: $0.restarts, lastExitStatus: $0.lastExitStatus, log: logPath(name, $0.index))
             },
-            components: components)
+            components: components, node: nodeID)
     }
 
     public func kill(_ name: String) throws(BrokerError) {
@@ -236,6 +280,7 @@ public final class TopologyMaster: TopologyDirectory, @unchecked Sendable {
             }
         }
         perform(actions)
+        await remember(name)
         return try status(name)
     }
 
@@ -334,6 +379,9 @@ public final class TopologyMaster: TopologyDirectory, @unchecked Sendable {
         environment["AQUEDUCT_METRICS_FILE"] = metricsPath(name, container)
         environment["AQUEDUCT_START_INACTIVE"] = active ? "0" : "1"
         environment["AQUEDUCT_TOKEN"] = containerToken
+        // The container stops when this server is gone (SIGKILL leaves it orphaned): in
+        // a cluster the topology restarts on another node, and must not run twice.
+        environment["AQUEDUCT_SERVER_PID"] = String(getpid())
         if !registration.parallelism.isEmpty {
             environment["AQUEDUCT_PARALLELISM"] = registration.parallelism.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
         }

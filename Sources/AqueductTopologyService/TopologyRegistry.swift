@@ -6,8 +6,11 @@ public struct TopologyRecord: Codable, Sendable, Equatable {
     public var arguments: [String]
     public var parallelism: [String: Int]
     public var active: Bool
+    /// Cluster mode: the id it is owned under (`cluster/owners/<id>`, shared with logs).
+    public var id: UInt64?
 
-    public init(name: String?, executable: String, arguments: [String], parallelism: [String: Int], active: Bool) {
+    public init(name: String?, executable: String, arguments: [String], parallelism: [String: Int], active: Bool, id: UInt64? = nil) {
+        self.id = id
         self.name = name
         self.executable = executable
         self.arguments = arguments

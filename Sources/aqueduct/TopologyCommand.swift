@@ -38,7 +38,13 @@ struct TopologyCommand: AsyncParsableCommand {
                     program = try await upload(executable, as: nil, client: client).name
                 }
                 let status = try await client.submitTopology(TopologySubmitRequest(executable: program, arguments: arguments, name: name))
-                print("topology \(status.name) submitted: \(status.containers.count) container(s); `aqueduct topology status \(status.name)` shows it")
+                if status.state == "scheduled" {
+                    let placed = status.node.map { "node \($0) is starting it" } ?? "waiting for a node to start it"
+                    print("topology \(status.name) submitted to the cluster: \(placed); `aqueduct topology status \(status.name)` shows it")
+                } else {
+                    let placed = status.node.map { " on node \($0)" } ?? ""
+                    print("topology \(status.name) submitted: \(status.containers.count) container(s)\(placed); `aqueduct topology status \(status.name)` shows it")
+                }
             }
         }
     }
@@ -87,11 +93,14 @@ struct TopologyCommand: AsyncParsableCommand {
                     return
                 }
                 let width = max(8, topologies.map(\.name.count).max() ?? 8)
-                print(row(["TOPOLOGY", "STATE", "CONTAINERS", "RESTARTS"], widths: [width, 11, 10]))
+                // Cluster mode: which node runs each.
+                let clustered = topologies.contains { $0.node != nil }
+                print(row(["TOPOLOGY", "STATE", "CONTAINERS", "RESTARTS"] + (clustered ? ["NODE"] : []), widths: [width, 11, 10, 8]))
                 for topology in topologies {
                     let live = topology.containers.filter { $0.pid != nil }.count
-                    print(row([topology.name, topology.state, "\(live)/\(topology.containers.count)", String(topology.containers.reduce(0) { $0 + $1.restarts })],
-                              widths: [width, 11, 10]))
+                    let restarts = String(topology.containers.reduce(0) { $0 + $1.restarts })
+                    print(row([topology.name, topology.state, "\(live)/\(topology.containers.count)", restarts]
+                              + (clustered ? [topology.node.map(String.init) ?? "-"] : []), widths: [width, 11, 10, 8]))
                 }
             }
         }
@@ -112,7 +121,8 @@ struct TopologyCommand: AsyncParsableCommand {
                     print(String(decoding: try encoder.encode(status), as: UTF8.self))
                     return
                 }
-                print("\(status.name): \(status.state), plan generation \(status.generation), \(status.executable) \(status.arguments.joined(separator: " "))")
+                print("\(status.name): \(status.state)" + (status.node.map { " on node \($0)" } ?? "")
+                    + ", plan generation \(status.generation), \(status.executable) \(status.arguments.joined(separator: " "))")
                 for container in status.containers {
                     print("  container \(container.index): " + (container.pid.map { "pid \($0)" } ?? "down")
                         + ", restarts \(container.restarts)" + (container.lastExitStatus.map { ", last exit \($0)" } ?? "") + ", log \(container.log)")

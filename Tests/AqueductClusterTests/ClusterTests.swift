@@ -37,6 +37,25 @@ import Testing
         #expect(third.filter { plan[$0.key] != $0.value }.count == 2, "only the joining node's share moves")
     }
 
+    /// Topologies are spread on their own: the node owning most partitions still runs
+    /// its share of them, and they move off a dead node like logs do.
+    @Test func eachKindIsSpreadOnItsOwn() {
+        let partitions: [UInt64] = Array(1...7)
+        let topologies: [UInt64] = [20, 21, 22]
+        // Node 1 owns five partitions, node 2 two, node 3 none.
+        let owners: [UInt64: NodeID] = [1: 1, 2: 1, 3: 1, 4: 1, 5: 1, 6: 2, 7: 2]
+        let plan = OwnershipPlan.assign(kinds: [partitions, topologies], liveNodes: [1, 2, 3], draining: [], owners: owners)
+        #expect(Set(topologies.compactMap { plan[$0] }) == [1, 2, 3], "one topology per node, whatever their partitions")
+        let mixed = OwnershipPlan.assign(logs: partitions + topologies, liveNodes: [1, 2, 3], draining: [], owners: owners)
+        #expect(topologies.compactMap { mixed[$0] }.filter { $0 == 1 }.isEmpty, "planned with the partitions, node 1 would get none")
+        // The node running topology 21 dies: 21 goes to a live node, the others stay.
+        let dead = plan[21]!
+        let after = OwnershipPlan.assign(kinds: [partitions, topologies], liveNodes: Set([1, 2, 3]).subtracting([dead]), draining: [],
+                                         owners: plan.filter { $0.value != dead })
+        #expect(after[21] != nil && after[21] != dead)
+        #expect(after[20] == plan[20] || plan[20] == dead)
+    }
+
     @Test func withoutEligibleNodesNothingIsAssignedAndDeletedLogsAreReleased() {
         #expect(OwnershipPlan.assign(logs: [1, 2], liveNodes: [1], draining: [1], owners: [:]).isEmpty)
         let steps = OwnershipPlan.steps(for: 1, plan: [:], owners: [7: 1])

@@ -63,6 +63,9 @@ import Testing
             try await client.execute(uri: "/v1/programs/x", method: .put, headers: headers(Self.writer), body: ByteBuffer(string: "#!/bin/sh")) {
                 #expect($0.status == .forbidden)
             }
+            // A program's bytes are the admin's too (cluster nodes copy programs with one).
+            try await client.execute(uri: "/v1/programs/x", method: .get, headers: headers(Self.reader)) { #expect($0.status == .forbidden) }
+            try await client.execute(uri: "/v1/programs", method: .get, headers: headers(Self.reader)) { #expect($0.status != .forbidden) }
             try await client.execute(uri: "/v1/topics/t", method: .delete, headers: headers(Self.admin)) { #expect($0.status == .noContent) }
         }
     }

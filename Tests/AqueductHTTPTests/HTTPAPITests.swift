@@ -6,6 +6,7 @@ import AqueductLog
 import AqueductStorage
 import AqueductServer
 import AqueductTestSupport
+import AqueductTopologyService
 import Foundation
 import Hummingbird
 import HummingbirdTesting
@@ -214,6 +215,46 @@ func errorCode(_ response: TestResponse) throws -> String {
                 }
             }
         }
+    }
+
+    /// Uploaded programs are served back whole (cluster nodes copy them this way), and
+    /// only under a valid name.
+    @Test func anUploadedProgramIsServedBackWhole() async throws {
+        let directory = temporaryDirectory(#function)
+        var configuration = ServerConfiguration()
+        configuration.dataDirectory = directory
+        let components = try await Server.open(configuration, logger: Logger(label: "test"))
+        let master = TopologyMaster(runDirectory: directory + "/topologies", logger: Logger(label: "test"))
+        let router = HTTPAPI.router(broker: components.broker, topologies: master, metricsText: { "" })
+        // More than one read of the file, so chunks are joined in order.
+        var random = SplitMix64(seed: 7)
+        let program = (0..<(HTTPAPI.programChunkBytes + 12_345)).map { _ in UInt8.random(in: 0...255, using: &random) }
+        try await Application(router: router).test(.router) { client in
+            try await client.execute(uri: "/v1/programs/prog", method: .put, body: ByteBuffer(bytes: program)) { #expect($0.status == .created) }
+            try await client.execute(uri: "/v1/programs/prog", method: .get) { response in
+                #expect(response.status == .ok)
+                #expect(Array(response.body.readableBytesView) == program)
+            }
+            try await client.execute(uri: "/v1/programs/missing", method: .get) { response throws in
+                #expect(try errorCode(response) == "INVALID_REQUEST")
+            }
+            try await client.execute(uri: "/v1/programs/..%2Fetc", method: .get) { response throws in
+                #expect(response.status == .badRequest)
+            }
+        }
+        await components.close()
+    }
+
+    /// Several nodes' topology lists merge into one: the node running a topology speaks
+    /// for it over those that only know it is scheduled.
+    @Test func clusterTopologyListsMergeByName() {
+        func entry(_ name: String, _ state: String, _ node: Int?) -> TopologyStatusJSON {
+            TopologyStatusJSON(name: name, state: state, executable: "p", arguments: [], generation: 1, containers: [], components: [], node: node)
+        }
+        let merged = TopologyList.merged([
+            entry("b", "scheduled", 2), entry("a", "running", 1), entry("b", "running", 2), entry("a", "scheduled", 1), entry("c", "scheduled", nil),
+        ])
+        #expect(merged == [entry("a", "running", 1), entry("b", "running", 2), entry("c", "scheduled", nil)])
     }
 
     @Test func healthAndMetricsAreServed() async throws {

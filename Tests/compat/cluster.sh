@@ -20,7 +20,12 @@
 # (POST /v1/cluster/nodes/2/remove): the under-replicated count rises, returns to zero,
 # and every acknowledged record is read back with node 2 gone (cluster_remove.py).
 #
-#   Tests/compat/cluster.sh [path/to/aqueduct] [kill|pause|etcd|drain|group|remove]
+# Mode topology: the word-count example program is uploaded to one node, submitted on
+# another, runs where the cluster puts it; that node is SIGKILLed: its containers stop
+# by themselves, another node runs the topology, later sentences are counted too
+# (cluster_topology.py).
+#
+#   Tests/compat/cluster.sh [path/to/aqueduct] [kill|pause|etcd|drain|group|remove|topology]
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -81,6 +86,18 @@ if [ "$MODE" = group ]; then
   "$VENV/bin/python" "$HERE/cluster_group.py" "${KAFKA[1]},${KAFKA[2]},${KAFKA[3]}" "1=${NODE_PID[1]},2=${NODE_PID[2]},3=${NODE_PID[3]}" grouped 2>&1 | grep --line-buffered -v '^%' || status=$?
   if [ $status -ne 0 ]; then
     for node in 1 2 3; do echo "--- node $node"; grep -vE "^\s*$" "$SCRATCH/node-$node.log" | tail -15; done
+  fi
+  exit $status
+fi
+if [ "$MODE" = topology ]; then
+  BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+  EXAMPLES=${AQUEDUCT_EXAMPLES_BINARY:-$(dirname "$BIN")/aqueduct-examples}
+  [ -x "$EXAMPLES" ] || { echo "no aqueduct-examples next to $BIN (swift build --product aqueduct-examples)"; exit 1; }
+  (cd "$HERE" && "$VENV/bin/python" "$HERE/cluster_topology.py" "$BIN" "$EXAMPLES" "${KAFKA[1]},${KAFKA[2]},${KAFKA[3]}" \
+    "1=${HTTP[1]}=${NODE_PID[1]},2=${HTTP[2]}=${NODE_PID[2]},3=${HTTP[3]}=${NODE_PID[3]}") 2>&1 | grep --line-buffered -v '^%' || status=$?
+  if [ $status -ne 0 ]; then
+    for node in 1 2 3; do echo "--- node $node"; grep -vE "^\s*$" "$SCRATCH/node-$node.log" | tail -20; done
+    for log in "$SCRATCH"/node-*/topologies/*.log; do [ -f "$log" ] && { echo "--- $log"; tail -5 "$log"; }; done
   fi
   exit $status
 fi

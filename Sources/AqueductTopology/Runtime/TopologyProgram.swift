@@ -133,15 +133,24 @@ public enum TopologyProgram {
         manager.setPeers(peers)
         if environment["AQUEDUCT_START_INACTIVE"] == "1" { running.deactivate() }
         running.startTasks()
-        let status = supervise(containers: [running], metricsFile: environment["AQUEDUCT_METRICS_FILE"])
+        let status = supervise(
+            containers: [running], metricsFile: environment["AQUEDUCT_METRICS_FILE"],
+            serverPID: environment["AQUEDUCT_SERVER_PID"].flatMap { pid_t($0) })
         manager.stop()
         return status
     }
 
-    /// Waits for a signal or a failure of user code, writing metrics now and then.
-    private static func supervise(containers: [RunningTopology], metricsFile: String?) -> Int32 {
+    /// Waits for a signal or a failure of user code, writing metrics now and then. A
+    /// container whose server is gone (killed: nobody is left to stop it) stops itself,
+    /// so it never runs next to the copy another node starts.
+    private static func supervise(containers: [RunningTopology], metricsFile: String?, serverPID: pid_t? = nil) -> Int32 {
         var lastMetrics = Date.distantPast
         while true {
+            if let serverPID, getppid() != serverPID {
+                FileHandle.standardError.write(Data("aqueduct topology: the server that started this container (pid \(serverPID)) is gone; stopping\n".utf8))
+                for running in containers { running.kill() }
+                return 3
+            }
             switch receivedSignal.exchange(0, ordering: .relaxed) {
             case SIGTERM, SIGINT:
                 for running in containers { running.kill() }
