@@ -8,13 +8,25 @@ public struct TopicSettings: Codable, Equatable, Sendable {
     public var segmentBytes: Int64?
     public var segmentMs: Int64?
     public var maxMessageBytes: Int?
+    /// Cluster mode: copies per segment (E), per record (Qw), and acknowledgements a
+    /// record waits for (Qa); unset ones follow the cluster's (write and ack capped by
+    /// the ensemble).
+    public var replicationEnsemble: Int?
+    public var replicationWrite: Int?
+    public var replicationAck: Int?
 
-    public init(retentionMs: Int64? = nil, retentionBytes: Int64? = nil, segmentBytes: Int64? = nil, segmentMs: Int64? = nil, maxMessageBytes: Int? = nil) {
+    public init(
+        retentionMs: Int64? = nil, retentionBytes: Int64? = nil, segmentBytes: Int64? = nil, segmentMs: Int64? = nil, maxMessageBytes: Int? = nil,
+        replicationEnsemble: Int? = nil, replicationWrite: Int? = nil, replicationAck: Int? = nil
+    ) {
         self.retentionMs = retentionMs
         self.retentionBytes = retentionBytes
         self.segmentBytes = segmentBytes
         self.segmentMs = segmentMs
         self.maxMessageBytes = maxMessageBytes
+        self.replicationEnsemble = replicationEnsemble
+        self.replicationWrite = replicationWrite
+        self.replicationAck = replicationAck
     }
 }
 
@@ -30,13 +42,24 @@ public struct TopicConfiguration: Codable, Equatable, Sendable {
     public var retentionBytes: Int64?
     /// Largest record batch accepted (Kafka's max.message.bytes).
     public var batchBytesMax: Int
+    /// Cluster mode: copies of each segment, of each record, and acknowledgements a
+    /// record waits for (nil on one node).
+    public var replicationEnsemble: Int?
+    public var replicationWrite: Int?
+    public var replicationAck: Int?
 
-    public init(segmentBytes: Int64, segmentMilliseconds: Int64, retentionMilliseconds: Int64?, retentionBytes: Int64?, batchBytesMax: Int) {
+    public init(
+        segmentBytes: Int64, segmentMilliseconds: Int64, retentionMilliseconds: Int64?, retentionBytes: Int64?, batchBytesMax: Int,
+        replicationEnsemble: Int? = nil, replicationWrite: Int? = nil, replicationAck: Int? = nil
+    ) {
         self.segmentBytes = segmentBytes
         self.segmentMilliseconds = segmentMilliseconds
         self.retentionMilliseconds = retentionMilliseconds
         self.retentionBytes = retentionBytes
         self.batchBytesMax = batchBytesMax
+        self.replicationEnsemble = replicationEnsemble
+        self.replicationWrite = replicationWrite
+        self.replicationAck = replicationAck
     }
 }
 

@@ -34,6 +34,17 @@ extension TopicSettings {
         if let segmentBytes { configuration.segmentBytes = segmentBytes }
         if let segmentMs { configuration.segmentMilliseconds = segmentMs }
         if let maxMessageBytes { configuration.batchBytesMax = maxMessageBytes }
+        // A smaller ensemble than the default's write quorum caps it, and the write
+        // quorum caps the ack quorum, unless they are set too.
+        if let replicationEnsemble {
+            configuration.replicationEnsemble = replicationEnsemble
+            if replicationWrite == nil, let write = configuration.replicationWrite { configuration.replicationWrite = min(write, replicationEnsemble) }
+        }
+        if let replicationWrite { configuration.replicationWrite = replicationWrite }
+        if replicationEnsemble != nil || replicationWrite != nil, replicationAck == nil, let ack = configuration.replicationAck, let write = configuration.replicationWrite {
+            configuration.replicationAck = min(ack, write)
+        }
+        if let replicationAck { configuration.replicationAck = replicationAck }
         return configuration
     }
 }
@@ -43,7 +54,8 @@ extension TopicConfiguration {
     public init(_ log: LogConfiguration) {
         self.init(
             segmentBytes: log.segmentBytes, segmentMilliseconds: log.segmentMilliseconds, retentionMilliseconds: log.retentionMilliseconds,
-            retentionBytes: log.retentionBytes, batchBytesMax: log.batchBytesMax)
+            retentionBytes: log.retentionBytes, batchBytesMax: log.batchBytesMax,
+            replicationEnsemble: log.replicationEnsemble, replicationWrite: log.replicationWrite, replicationAck: log.replicationAck)
     }
 }
 

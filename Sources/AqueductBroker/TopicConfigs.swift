@@ -43,6 +43,10 @@ public enum TopicConfigs {
         "min.compaction.lag.ms": Definition(defaultValue: "0", kind: .long(0...Int64.max)),
         "min.insync.replicas": Definition(defaultValue: "1", kind: .long(1...Int64(Int32.max))),
         "preallocate": Definition(defaultValue: "false", kind: .boolean),
+        // Aqueduct's own (cluster mode): BookKeeper's ensemble, write and ack quorum.
+        "replication.ack": Definition(defaultValue: "1", kind: .long(1...Int64(LogConfiguration.replicationEnsembleMax))),
+        "replication.ensemble": Definition(defaultValue: "1", kind: .long(1...Int64(LogConfiguration.replicationEnsembleMax))),
+        "replication.write": Definition(defaultValue: "1", kind: .long(1...Int64(LogConfiguration.replicationEnsembleMax))),
         "retention.bytes": Definition(defaultValue: "-1", kind: .long(-1...Int64.max)),
         "retention.ms": Definition(defaultValue: "604800000", kind: .long(-1...Int64.max)),
         "segment.bytes": Definition(defaultValue: "1073741824", kind: .long(14...Int64(Int32.max))),
@@ -53,7 +57,10 @@ public enum TopicConfigs {
     ]
 
     /// The configs Aqueduct applies; the others are kept and reported only.
-    public static let applied: Set<String> = ["retention.ms", "retention.bytes", "segment.bytes", "segment.ms", "max.message.bytes"]
+    public static let applied: Set<String> = [
+        "retention.ms", "retention.bytes", "segment.bytes", "segment.ms", "max.message.bytes",
+        "replication.ensemble", "replication.write", "replication.ack",
+    ]
 
     /// Every name, sorted.
     public static var names: [String] { definitions.keys.sorted() }
@@ -93,6 +100,9 @@ public enum TopicConfigs {
             case "segment.bytes": settings.segmentBytes = Int64(value)
             case "segment.ms": settings.segmentMs = Int64(value)
             case "max.message.bytes": settings.maxMessageBytes = Int(value)
+            case "replication.ensemble": settings.replicationEnsemble = Int(value)
+            case "replication.write": settings.replicationWrite = Int(value)
+            case "replication.ack": settings.replicationAck = Int(value)
             default: break
             }
         }
@@ -103,13 +113,16 @@ public enum TopicConfigs {
     /// it was set on the topic (else Kafka's default, or the server's for the applied
     /// ones).
     public static func describe(overrides: [String: String], configuration: LogConfiguration) -> [(name: String, value: String, isSet: Bool)] {
-        let effective: [String: String] = [
+        var effective: [String: String] = [
             "retention.ms": String(configuration.retentionMilliseconds ?? -1),
             "retention.bytes": String(configuration.retentionBytes ?? -1),
             "segment.bytes": String(configuration.segmentBytes),
             "segment.ms": String(configuration.segmentMilliseconds),
             "max.message.bytes": String(configuration.batchBytesMax),
         ]
+        effective["replication.ensemble"] = configuration.replicationEnsemble.map(String.init)
+        effective["replication.write"] = configuration.replicationWrite.map(String.init)
+        effective["replication.ack"] = configuration.replicationAck.map(String.init)
         return names.map { name in
             (name, overrides[name] ?? effective[name] ?? definitions[name]!.defaultValue, overrides[name] != nil)
         }

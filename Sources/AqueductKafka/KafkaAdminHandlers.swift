@@ -27,6 +27,11 @@ extension KafkaRequestHandler {
                     guard let value = config.value else { continue }  // null: the default
                     configs[config.name] = value
                 }
+                // Cluster mode: a replication factor is the topic's ensemble (copies of
+                // each segment); write and ack quorums follow the cluster's, capped by it.
+                if cluster != nil, topic.replicationFactor > 0, configs["replication.ensemble"] == nil {
+                    configs["replication.ensemble"] = String(topic.replicationFactor)
+                }
                 let settings = try TopicConfigs.settings(from: configs)
                 if request.validateOnly {
                     try await broker.validateNewTopic(topic.name, partitions: partitions, settings: settings)
@@ -36,7 +41,7 @@ extension KafkaRequestHandler {
                     result.topicId = KafkaUUID(uuidString: created.id) ?? .zero
                     result.numPartitions = Int32(clamping: created.partitions.count)
                 }
-                result.replicationFactor = 1
+                result.replicationFactor = cluster == nil ? 1 : Int16(clamping: settings.applied(to: broker.defaults).replicationEnsemble ?? 1)
             } catch {
                 result.errorCode = KafkaErrorCode.from(error)
                 result.errorMessage = Self.shortened(error.message)
@@ -50,8 +55,12 @@ extension KafkaRequestHandler {
     /// name this node only (one replica per partition, partitions 0…n-1).
     private func partitionCount(of topic: CreateTopicsRequest.CreatableTopic) throws(BrokerError) -> Int {
         if topic.assignments.isEmpty {
-            guard topic.replicationFactor == -1 || topic.replicationFactor == 1 else {
-                throw BrokerError(.invalidReplicationFactor, "this server keeps one replica; use replication factor 1 or -1")
+            if cluster == nil {
+                guard topic.replicationFactor == -1 || topic.replicationFactor == 1 else {
+                    throw BrokerError(.invalidReplicationFactor, "this server keeps one replica; use replication factor 1 or -1")
+                }
+            } else if topic.replicationFactor == 0 || topic.replicationFactor < -1 || Int(topic.replicationFactor) > LogConfiguration.replicationEnsembleMax {
+                throw BrokerError(.invalidReplicationFactor, "a replication factor is 1 to \(LogConfiguration.replicationEnsembleMax), or -1 for the cluster's")
             }
             return topic.numPartitions == -1 ? max(1, listener.autoCreatePartitions) : Int(topic.numPartitions)
         }

@@ -15,8 +15,16 @@ public struct LogConfiguration: Codable, Equatable, Sendable {
     public var retentionBytes: Int64?
     /// Largest record batch accepted (Kafka's message.max.bytes).
     public var batchBytesMax = 1_048_588
+    /// Cluster mode: ensemble, write and ack quorum of the log's new segments (BookKeeper's
+    /// E/Qw/Qa); nil: the cluster's. One node keeps one copy whatever these say.
+    public var replicationEnsemble: Int?
+    public var replicationWrite: Int?
+    public var replicationAck: Int?
 
     public init() {}
+
+    /// Most copies of a segment a log may ask for.
+    public static let replicationEnsembleMax = 16
 
     /// Checks the bounds; returns what is wrong, or nil.
     public func problem() -> String? {
@@ -28,6 +36,15 @@ public struct LogConfiguration: Codable, Equatable, Sendable {
         if let retention = retentionBytes, retention < 0 { return "retentionBytes must not be negative" }
         if batchBytesMax < RecordBatchHeader.size || batchBytesMax > 64 << 20 {
             return "batchBytesMax must be between \(RecordBatchHeader.size) and \(64 << 20)"
+        }
+        for (name, value) in [("replication.ensemble", replicationEnsemble), ("replication.write", replicationWrite), ("replication.ack", replicationAck)] {
+            if let value, value < 1 || value > Self.replicationEnsembleMax { return "\(name) must be between 1 and \(Self.replicationEnsembleMax)" }
+        }
+        if let write = replicationWrite, let ensemble = replicationEnsemble, write > ensemble {
+            return "replication.write (\(write)) must not exceed replication.ensemble (\(ensemble))"
+        }
+        if let ack = replicationAck, let write = replicationWrite, ack > write {
+            return "replication.ack (\(ack)) must not exceed replication.write (\(write))"
         }
         return nil
     }

@@ -58,6 +58,8 @@ public final class ReplicatedSegmentStorage: SegmentStorage {
     let logger: Logger
     let segments = Mutex<[SegmentID: ReplicatedSegment]>([:])
     let degradedSegments = Counter(label: "aqueduct_replica_segments_created_degraded_total")
+    /// A log's own shape (a topic's replication settings); nil: `configuration.shape`.
+    let shapeOfLog = Mutex<(@Sendable (UInt64) -> QuorumShape?)?>(nil)
 
     /// `liveNodes`: the storage nodes new ensembles and replacements are chosen from.
     public init(
@@ -83,6 +85,17 @@ public final class ReplicatedSegmentStorage: SegmentStorage {
         return id.logID << 32 | id.number
     }
 
+    /// Where each log's shape comes from (its configuration); the default shape for logs
+    /// it answers nil for.
+    public func setShapeProvider(_ provider: @escaping @Sendable (UInt64) -> QuorumShape?) {
+        shapeOfLog.withLock { $0 = provider }
+    }
+
+    /// The shape new segments of a log get.
+    public func shape(ofLog logID: UInt64) -> QuorumShape {
+        shapeOfLog.withLock { $0 }?(logID) ?? configuration.shape
+    }
+
     // MARK: - Membership
 
     /// The cluster's live storage nodes changed: open writers may take the new ones as
@@ -103,14 +116,16 @@ public final class ReplicatedSegmentStorage: SegmentStorage {
         let lastAddConfirmed = await writer.lastAddConfirmed()
         guard lastAddConfirmed >= 0, let last = metadata.fragments.last else { return false }
         let earlierLost = metadata.fragments.dropLast().contains { fragment in fragment.ensemble.contains { !live.contains($0) } }
-        let degraded = last.ensemble.count < configuration.shape.ensembleSize && live.count >= configuration.shape.ensembleSize
+        let configured = shape(ofLog: id.logID)
+        let degraded = last.ensemble.count < configured.ensembleSize && live.count >= configured.ensembleSize
         return earlierLost || degraded
     }
 
     // MARK: - Writing
 
     public func createSegment(_ id: SegmentID, baseOffset: Int64, epoch: UInt64) async throws(StorageError) {
-        var shape = configuration.shape
+        let configured = shape(ofLog: id.logID)
+        var shape = configured
         let members = Array(Set(liveNodes())).sorted()
         guard members.count >= shape.ackQuorumSize else {
             throw .replicasUnavailable("\(members.count) storage nodes are live; segments of \(shape) need at least \(shape.ackQuorumSize)")
@@ -124,7 +139,7 @@ public final class ReplicatedSegmentStorage: SegmentStorage {
             shape = (try? QuorumShape(ensemble: ensemble, write: min(shape.writeQuorumSize, ensemble), ack: shape.ackQuorumSize)) ?? shape
             degradedSegments.increment()
             logger.warning("creating a segment on fewer storage nodes than configured", metadata: [
-                "segment": "\(id)", "shape": "\(shape)", "configured": "\(configuration.shape)",
+                "segment": "\(id)", "shape": "\(shape)", "configured": "\(configured)",
             ])
         }
         let replicaID = Self.replicaID(id)

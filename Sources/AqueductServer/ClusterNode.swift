@@ -125,9 +125,21 @@ final class ClusterNode: Sendable {
             ])
         }
         _ = try await logs.adopt(ids: ids.filter { logs.log($0) == nil })
+        let defaultShape = settings.shape
+        segments.setShapeProvider { logID in logs.log(logID).flatMap { Self.shape(of: $0.configuration, default: defaultShape) } }
         let shards = GroupShards(count: ids.count, limits: limits)
         groups.withLock { $0 = (shards, ids, logs) }
         return shards
+    }
+
+    /// The shape a log's configuration asks for (a topic's `replication.*`), the unset
+    /// parts from the cluster's; nil when it asks for nothing of its own.
+    static func shape(of configuration: LogConfiguration, default shape: QuorumShape) -> QuorumShape? {
+        guard configuration.replicationEnsemble != nil || configuration.replicationWrite != nil || configuration.replicationAck != nil else { return nil }
+        let ensemble = configuration.replicationEnsemble ?? shape.ensembleSize
+        let write = configuration.replicationWrite ?? min(shape.writeQuorumSize, ensemble)
+        let ack = configuration.replicationAck ?? min(shape.ackQuorumSize, write)
+        return try? QuorumShape(ensemble: ensemble, write: write, ack: ack)
     }
 
     /// This node owns a log now: a partition's (the broker writes it) or a group

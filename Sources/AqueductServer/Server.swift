@@ -101,8 +101,14 @@ public enum Server {
             let local = try EmbeddedMetadataStore(directory: configuration.metadataDirectory, logger: logger)
             let logs = LogStore(storage: node.segments, metadata: node.etcd, logger: logger)
             try await logs.open()
+            // New topics record the cluster's replication shape as theirs (DescribeConfigs
+            // shows it; changing the cluster's later leaves existing topics as they are).
+            var topicDefaults = configuration.topicDefaults
+            topicDefaults.replicationEnsemble = settings.shape.ensembleSize
+            topicDefaults.replicationWrite = settings.shape.writeQuorumSize
+            topicDefaults.replicationAck = settings.shape.ackQuorumSize
             let broker = Broker(
-                logs: logs, defaults: configuration.topicDefaults, partitionsMax: configuration.partitionsMax, writers: .owned, logger: logger)
+                logs: logs, defaults: topicDefaults, partitionsMax: configuration.partitionsMax, writers: .owned, logger: logger)
             try await broker.start()
             logger.info("cluster mode", metadata: [
                 "etcd": "\(settings.etcdEndpoint)", "node": "\(configuration.kafka.nodeID)", "storage": "\(node.storageAddress)",

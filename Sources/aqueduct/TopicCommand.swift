@@ -19,11 +19,15 @@ struct TopicCommand: AsyncParsableCommand {
         @Option(name: .long, help: "Keep each partition under this many bytes (-1: no limit).") var retentionBytes: Int64?
         @Option(name: .long, help: "Roll segments at this size in bytes.") var segmentBytes: Int64?
         @Option(name: .long, help: "Largest record batch accepted, in bytes.") var maxMessageBytes: Int?
+        @Option(name: .long, help: "Cluster mode: copies of each segment (default: the cluster's, 3).") var replicationEnsemble: Int?
+        @Option(name: .long, help: "Cluster mode: copies of each record (default: the cluster's, at most the ensemble).") var replicationWrite: Int?
+        @Option(name: .long, help: "Cluster mode: copies a record waits for before it is acknowledged (default: the cluster's, 2).") var replicationAck: Int?
 
         func run() async throws {
             try await reportingErrors {
                 let settings = TopicSettings(
-                    retentionMs: retentionMs, retentionBytes: retentionBytes, segmentBytes: segmentBytes, maxMessageBytes: maxMessageBytes)
+                    retentionMs: retentionMs, retentionBytes: retentionBytes, segmentBytes: segmentBytes, maxMessageBytes: maxMessageBytes,
+                    replicationEnsemble: replicationEnsemble, replicationWrite: replicationWrite, replicationAck: replicationAck)
                 let created = try await address.client.createTopic(name, partitions: partitions, settings: settings)
                 print("created topic \(created.name) with \(created.partitions.count) partition\(created.partitions.count == 1 ? "" : "s")")
             }
@@ -63,6 +67,9 @@ struct TopicCommand: AsyncParsableCommand {
                 print("  retention: \(configuration.retentionMilliseconds.map { "\($0) ms" } ?? "forever"), "
                     + "\(configuration.retentionBytes.map { "\($0) bytes" } ?? "no size limit"); "
                     + "segments of \(configuration.segmentBytes) bytes; batches up to \(configuration.batchBytesMax) bytes")
+                if let ensemble = configuration.replicationEnsemble, let write = configuration.replicationWrite, let ack = configuration.replicationAck {
+                    print("  replication: \(ensemble)/\(write)/\(ack) (copies per segment / per record / acknowledgements awaited)")
+                }
                 let widths = [9, 12, 10, 10]
                 print("  " + row(["PARTITION", "START OFFSET", "END OFFSET", "BYTES", "SEGMENTS"], widths: widths))
                 for partition in topic.partitions {

@@ -238,6 +238,27 @@ import Testing
         #expect(coordinator.nodeId == 3 && coordinator.port == 39092)
         try await stack.close()
     }
+
+    /// In cluster mode a replication factor is the topic's ensemble; `replication.*`
+    /// configs set the quorums, and contradicting ones are refused.
+    @Test func inClusterModeAReplicationFactorIsTheTopicsEnsemble() async throws {
+        var listener = KafkaListenerConfiguration()
+        listener.nodeID = 1
+        let stack = try await KafkaStack.open(temporaryDirectory(), listener: listener, cluster: FixedCluster())
+        let two = CreateTopicsRequest.CreatableTopic(name: "two", numPartitions: 1, replicationFactor: 2)
+        var quorums = CreateTopicsRequest.CreatableTopic(name: "quorums", numPartitions: 1, replicationFactor: -1)
+        quorums.configs = [.init(name: "replication.ensemble", value: "4"), .init(name: "replication.write", value: "3"), .init(name: "replication.ack", value: "2")]
+        var contradiction = CreateTopicsRequest.CreatableTopic(name: "contradiction", numPartitions: 1, replicationFactor: -1)
+        contradiction.configs = [.init(name: "replication.write", value: "2"), .init(name: "replication.ack", value: "3")]
+        let zero = CreateTopicsRequest.CreatableTopic(name: "zero", numPartitions: 1, replicationFactor: 0)
+        let results = try await createTopics(stack, [two, quorums, contradiction, zero])
+        #expect(results.map(\.errorCode) == [0, 0, KafkaErrorCode.invalidConfig, KafkaErrorCode.invalidReplicationFactor])
+        #expect(results[0].replicationFactor == 2 && results[1].replicationFactor == 4)
+        let configuration = try stack.broker.describeTopic("quorums").configuration
+        #expect(configuration.replicationEnsemble == 4 && configuration.replicationWrite == 3 && configuration.replicationAck == 2)
+        #expect(try stack.broker.describeTopic("two").configuration.replicationEnsemble == 2)
+        try await stack.close()
+    }
 }
 
 extension KafkaStack {

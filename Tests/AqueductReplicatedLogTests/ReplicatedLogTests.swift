@@ -45,13 +45,16 @@ import Testing
         }
 
         /// A server's view: its own connections and segment storage, logs over them.
-        func server(_ name: String, shape: QuorumShape, tailCacheBytes: Int = 2_048) async throws -> (logs: LogStore, pool: StorageNodePool) {
+        func server(
+            _ name: String, shape: QuorumShape, tailCacheBytes: Int = 2_048, shapeOfLog: (@Sendable (UInt64) -> QuorumShape?)? = nil
+        ) async throws -> (logs: LogStore, pool: StorageNodePool) {
             let pool = StorageNodePool(addresses: running.withLock { $0.mapValues(\.address) }, connectTimeoutMilliseconds: 1_000)
             var configuration = ReplicatedStorageConfiguration(shape: shape, owner: name)
             configuration.tailCacheBytesPerSegment = tailCacheBytes
             let storage = ReplicatedSegmentStorage(
                 configuration: configuration, transport: pool, metadataStore: SegmentMetadataStore(metadata),
                 liveNodes: { [self] in live })
+            if let shapeOfLog { storage.setShapeProvider(shapeOfLog) }
             let logs = LogStore(storage: storage, metadata: metadata)
             try await logs.open()
             return (logs, pool)
@@ -112,6 +115,30 @@ import Testing
         for start in stride(from: 0, to: expected.count, by: 7) {
             let read = try await readValues(log, from: Int64(start))
             #expect(read.first?.0 == Int64(start) && read.count == expected.count - start)
+        }
+        await pool.close()
+        await nodes.shutdown()
+    }
+
+    /// A log with a shape of its own (a topic's replication settings) gets segments of
+    /// that shape; the others keep the storage's.
+    @Test func aLogsOwnShapeDecidesItsSegmentsCopies() async throws {
+        let nodes = try await Nodes([1, 2, 3])
+        let twoCopies = try QuorumShape(ensemble: 2, write: 2, ack: 1)
+        let special = Mutex<UInt64?>(nil)
+        let (logs, pool) = try await nodes.server("node-a", shape: Self.shape332, shapeOfLog: { id in special.withLock { $0 } == id ? twoCopies : nil })
+        let small = try await logs.createLog(name: "small-0", configuration: LogConfiguration())
+        special.withLock { $0 = small.id }
+        let usual = try await logs.createLog(name: "usual-0", configuration: LogConfiguration())
+        let segments = SegmentMetadataStore(nodes.metadata)
+        for (log, shape) in [(small, twoCopies), (usual, Self.shape332)] {
+            let writer = try await log.openWriter()
+            _ = try await writer.append(batch(["a", "b"]))
+            let active = try #require(log.activeSegmentID)
+            let stored = try await segments.load(ReplicatedSegmentStorage.replicaID(active)).metadata
+            #expect(stored.ensembleSize == shape.ensembleSize && stored.writeQuorumSize == shape.writeQuorumSize && stored.ackQuorumSize == shape.ackQuorumSize)
+            #expect(stored.fragments.last?.ensemble.count == shape.ensembleSize)
+            #expect(try await readValues(log, from: 0).map(\.1) == ["a", "b"])
         }
         await pool.close()
         await nodes.shutdown()

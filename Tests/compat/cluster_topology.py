@@ -5,13 +5,14 @@ example program is uploaded to node 1 and submitted on node 2 with the CLI
 are counted; then the node running the topology is SIGKILLed. Checks: its containers
 stop by themselves (nobody is left to stop them, and the topology must not run twice),
 another node starts the topology, and sentences v300..v599 are counted too (at least
-once: every sentence's word appears on the counts topic). Killing the topology through
-any node removes it everywhere.
+once: every sentence's word appears on the counts topic, which keeps two copies of
+each segment: replication factor 2). Killing the topology through any node removes it
+everywhere.
 
     cluster_topology.py AQUEDUCT_BINARY EXAMPLES_BINARY BOOTSTRAP NODE=HTTP=PID,..."""
 import json, os, signal, subprocess, sys, time, urllib.request
 from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from cluster_common import KeyedProducer
 
 binary, examples, bootstrap, node_list = sys.argv[1:5]
@@ -50,9 +51,14 @@ def alive(pid):
 
 
 admin = AdminClient({"bootstrap.servers": bootstrap})
+# counts keeps two copies of each segment (a replication factor is the topic's ensemble).
 for _, future in admin.create_topics([NewTopic("sentences", num_partitions=3, replication_factor=-1),
-                                      NewTopic("counts", num_partitions=1, replication_factor=-1)]).items():
+                                      NewTopic("counts", num_partitions=1, replication_factor=2)]).items():
     future.result()
+described = list(admin.describe_configs([ConfigResource("topic", "counts")]).values())[0].result()
+shape = "/".join(described[f"replication.{name}"].value for name in ("ensemble", "write", "ack"))
+if shape != "2/2/2": raise SystemExit(f"FAIL: counts has replication {shape}, not 2/2/2")
+print(f"counts: replication {shape}")
 
 producer = KeyedProducer(bootstrap, "sentences")
 def produce(numbers):
