@@ -27,8 +27,9 @@ public enum SegmentRecoverer {
     }
 
     /// Recovers and seals `segment` (returns at once when it is sealed already).
+    /// `spareNodes`: live nodes that may replace one failing a write-back.
     public static func recover(
-        segment: UInt64, owner: String, transport: any StorageTransport, metadataStore: SegmentMetadataStore,
+        segment: UInt64, owner: String, transport: any StorageTransport, metadataStore: SegmentMetadataStore, spareNodes: [NodeID] = [],
         configuration: Configuration = .init(), loop: any EventLoop = MultiThreadedEventLoopGroup.singleton.next(),
         logger: Logger = Logger(label: "aqueduct.replica.recovery")
     ) async throws(ReplicationError) -> Outcome {
@@ -55,14 +56,19 @@ public enum SegmentRecoverer {
 
         // 2. Fence, read forward, write back.
         let run = RecoveryRun(
-            segment: segment, machine: SegmentRecovery(shape: shape, fragments: claimed.metadata.fragments),
+            segment: segment, machine: SegmentRecovery(shape: shape, fragments: claimed.metadata.fragments, spareNodes: spareNodes),
             transport: transport, timeoutMilliseconds: configuration.requestTimeoutMilliseconds, loop: loop)
-        let lastEntry = try await run.run()
+        let (lastEntry, fragments) = try await run.run()
 
-        // 3. Seal on the claimed version: a later claimer makes this fail.
+        // 3. Seal on the claimed version (with the ensemble recovery changed, if it
+        // did): a later claimer makes this fail.
         var sealed = claimed.metadata
         sealed.state = .sealed
         sealed.lastEntry = lastEntry
+        if fragments != sealed.fragments {
+            logger.info("recovery changed the ensemble", metadata: ["segment": "\(segment)", "fragments": "\(fragments)"])
+            sealed.fragments = fragments
+        }
         let version = try await metadataStore.replace(segment, sealed, version: claimed.version)
         logger.info("sealed a recovered segment", metadata: ["segment": "\(segment)", "lastEntry": "\(lastEntry)"])
         return Outcome(lastEntry: lastEntry, metadata: sealed, version: version)
@@ -88,14 +94,16 @@ final class RecoveryRun: @unchecked Sendable {
         self.loop = loop
     }
 
-    func run() async throws(ReplicationError) -> Int64 {
+    /// The last entry and the fragments to seal with.
+    func run() async throws(ReplicationError) -> (Int64, [Fragment]) {
         do {
-            return try await withCheckedThrowingContinuation { continuation in
+            let lastEntry = try await withCheckedThrowingContinuation { continuation in
                 loop.execute {
                     self.continuation = continuation
                     self.perform(self.machine.start())
                 }
             }
+            return try await loop.submit { (lastEntry, self.machine.fragments) }.get()
         } catch let error as ReplicationError {
             throw error
         } catch {

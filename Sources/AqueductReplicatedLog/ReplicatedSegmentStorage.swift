@@ -269,7 +269,7 @@ public final class ReplicatedSegmentStorage: SegmentStorage {
         do throws(ReplicationError) {
             outcome = try await SegmentRecoverer.recover(
                 segment: replicaID, owner: "\(configuration.owner) epoch \(epoch)", transport: transport, metadataStore: metadataStore,
-                configuration: configuration.recovery)
+                spareNodes: Array(Set(liveNodes())).sorted().shuffled(), configuration: configuration.recovery)
         } catch .noSuchSegment {
             throw .segmentNotFound(id)
         } catch {

@@ -38,10 +38,23 @@ public struct SegmentRecovery: Sendable {
     }
 
     public let shape: QuorumShape
-    public let fragments: [Fragment]
+    /// The segment's fragments; when a write-back fails and a spare is left, recovery
+    /// changes the ensemble from the first entry not yet on an ack quorum (a fragment
+    /// more, recorded with the seal), as BookKeeper's recovery does.
+    public private(set) var fragments: [Fragment]
     public private(set) var isFinished = false
 
-    private var ensemble: [NodeID] { fragments[fragments.count - 1].ensemble }
+    /// The last fragment as the old writer left it: fences and reads go there.
+    private let ensemble: [NodeID]
+    /// Where write-backs of entries from `writeFrom` on go (the last fragment's
+    /// ensemble until a write-back fails).
+    private var writeEnsemble: [NodeID]
+    private var writeFrom: Int64
+    /// Nodes that may replace one that fails a write-back, in order of preference.
+    private var spareNodes: [NodeID]
+    /// The node each entry's copy was read from (write-backs to a replacement copy it).
+    private var sources: [Int64: NodeID] = [:]
+    private let originalFragments: Int
     private var fenceAnswers: [Int: FenceAnswer] = [:]
     private var reading: Int64?
     private var readAnswers: [Int: ReadAnswer] = [:]
@@ -52,10 +65,16 @@ public struct SegmentRecovery: Sendable {
     /// Positions whose write-back failed, per entry.
     private var writeBackFailures: [Int64: Set<Int>] = [:]
 
-    public init(shape: QuorumShape, fragments: [Fragment]) {
+    /// `spareNodes`: nodes outside the last fragment that may take a failed node's place.
+    public init(shape: QuorumShape, fragments: [Fragment], spareNodes: [NodeID] = []) {
         precondition(!fragments.isEmpty && fragments.allSatisfy { $0.ensemble.count == shape.ensembleSize })
         self.shape = shape
         self.fragments = fragments
+        ensemble = fragments[fragments.count - 1].ensemble
+        writeEnsemble = ensemble
+        writeFrom = fragments[fragments.count - 1].firstEntry
+        self.spareNodes = spareNodes.filter { !fragments[fragments.count - 1].ensemble.contains($0) }
+        originalFragments = fragments.count
     }
 
     /// Fences every node of the last fragment (earlier fragments are immutable: their
@@ -88,7 +107,8 @@ public struct SegmentRecovery: Sendable {
         switch answer {
         case .found:
             writeBacks[entry] = []
-            let actions: [Action] = shape.writeSet(of: entry).map { .writeBack(entry: entry, to: ensemble[$0], copyFrom: node) }
+            sources[entry] = node
+            let actions: [Action] = shape.writeSet(of: entry).map { .writeBack(entry: entry, to: writeEnsemble[$0], copyFrom: node) }
             return actions + readEntry(entry + 1)
         case .missing, .failed:
             let negative = Set(readAnswers.filter { $0.value == .missing }.keys)
@@ -104,25 +124,56 @@ public struct SegmentRecovery: Sendable {
         }
     }
 
+    /// The nodes an entry's write-back goes to.
+    private func writeBackEnsemble(of entry: Int64) -> [NodeID] { entry >= writeFrom ? writeEnsemble : ensemble }
+
     public mutating func writeBackAcknowledged(_ entry: Int64, by node: NodeID) -> [Action] {
-        guard !isFinished, let position = ensemble.firstIndex(of: node), writeBacks[entry] != nil,
+        guard !isFinished, let position = writeBackEnsemble(of: entry).firstIndex(of: node), writeBacks[entry] != nil,
               shape.isInWriteSet(position, of: entry)
         else { return [] }
         writeBacks[entry]?.insert(position)
         return sealIfDone()
     }
 
-    /// A node of the entry's write set did not take its copy. Recovery goes on while
-    /// the others can still make an ack quorum (a node of a 3/3/2 ensemble may be the
-    /// one that died), as the writer's own acknowledgement rule does.
+    /// A node of the entry's write set did not take its copy. With a spare left, it is
+    /// replaced from the first entry not yet on an ack quorum (the copies it took before
+    /// that stay where the metadata names them); without one, recovery goes on while
+    /// the others can still make an ack quorum, as the writer's own acknowledgement rule
+    /// does.
     public mutating func writeBackFailed(_ entry: Int64, at node: NodeID) -> [Action] {
-        guard !isFinished, writeBacks[entry] != nil, let position = ensemble.firstIndex(of: node),
-              shape.isInWriteSet(position, of: entry)
+        guard !isFinished, writeBacks[entry] != nil, let position = writeBackEnsemble(of: entry).firstIndex(of: node),
+              shape.isInWriteSet(position, of: entry), (writeBacks[entry]?.count ?? 0) < shape.ackQuorumSize
         else { return [] }
+        if !spareNodes.isEmpty { return replace(position) }
         writeBackFailures[entry, default: []].insert(position)
         let failures = writeBackFailures[entry]!.subtracting(writeBacks[entry] ?? [])
         guard shape.writeQuorumSize - failures.count < shape.ackQuorumSize else { return [] }
         return finish(.failed("writing entry \(entry) back failed on \(failures.count) of \(shape.writeQuorumSize) nodes (node \(node) last)"))
+    }
+
+    /// An ensemble change during recovery: `position` of the write ensemble becomes a
+    /// spare from the first entry not yet on an ack quorum on; every entry from there
+    /// whose write set has the position is written to the spare (what the old node took
+    /// of them no longer counts: the metadata will name the spare there).
+    private mutating func replace(_ position: Int) -> [Action] {
+        // Entries before it are on an ack quorum where the metadata names them now; all
+        // from it on were read back by this recovery (so each has a source).
+        guard let from = writeBacks.filter({ $0.value.count < shape.ackQuorumSize }).keys.min() else { return [] }
+        let spare = spareNodes.removeFirst()
+        writeEnsemble[position] = spare
+        writeFrom = from
+        if let last = fragments.last, last.firstEntry == from {
+            fragments[fragments.count - 1].ensemble = writeEnsemble
+        } else {
+            fragments.append(Fragment(firstEntry: from, ensemble: writeEnsemble))
+        }
+        var actions: [Action] = []
+        for entry in writeBacks.keys.sorted() where entry >= from && shape.isInWriteSet(position, of: entry) {
+            writeBacks[entry]?.remove(position)
+            writeBackFailures[entry]?.remove(position)
+            actions.append(.writeBack(entry: entry, to: spare, copyFrom: sources[entry]!))
+        }
+        return actions
     }
 
     private mutating func readEntry(_ entry: Int64) -> [Action] {
@@ -133,6 +184,8 @@ public struct SegmentRecovery: Sendable {
 
     private mutating func sealIfDone() -> [Action] {
         guard let end, writeBacks.values.allSatisfy({ $0.count >= shape.ackQuorumSize }) else { return [] }
+        // A fragment begun for entries that turned out missing holds nothing.
+        while fragments.count > originalFragments, let last = fragments.last, last.firstEntry > end - 1 { fragments.removeLast() }
         return finish(.seal(lastEntry: end - 1))
     }
 

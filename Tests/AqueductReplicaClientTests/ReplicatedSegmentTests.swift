@@ -225,6 +225,41 @@ import Testing
         await cluster.shutdown()
     }
 
+    /// A 2/2/2 segment (made while a node was down) loses one of its two nodes: recovery
+    /// writes the entries it reads back to a spare instead of failing until the node
+    /// returns, and the seal names the spare from there on.
+    @Test func recoveryMovesAFailedNodesPlaceToASpare() async throws {
+        let cluster = try await Cluster(nodes: [1, 2, 3])
+        var configuration = SegmentWriterConfiguration()
+        configuration.idleAdvertiseMilliseconds = 600_000  // node 1 never learns the last entries are confirmed
+        let pair = try QuorumShape(ensemble: 2, write: 2, ack: 2)
+        let writer = try await ReplicatedSegmentWriter.create(
+            segment: 14, shape: pair, ensemble: [1, 2], spareNodes: [], owner: "old-writer", transport: cluster.pool,
+            metadataStore: cluster.metadata, configuration: configuration)
+        // The second batch carries the first's confirmation: recovery reads from entry 10.
+        var confirmed = try await appendAll(writer, 0..<10)
+        confirmed.merge(try await appendAll(writer, 10..<20)) { a, _ in a }
+        await cluster.stop(2)
+        await #expect(throws: ReplicationError.self, "without a spare nothing can make 2/2/2's ack quorum") {
+            try await SegmentRecoverer.recover(segment: 14, owner: "no-spare", transport: cluster.pool, metadataStore: cluster.metadata)
+        }
+        let outcome = try await SegmentRecoverer.recover(
+            segment: 14, owner: "new-owner", transport: cluster.pool, metadataStore: cluster.metadata, spareNodes: [3])
+        #expect(outcome.lastEntry == 19)
+        #expect(outcome.metadata.fragments.count == 2 && outcome.metadata.fragments.last?.ensemble == [1, 3])
+        #expect(try await cluster.metadata.load(14).metadata.fragments == outcome.metadata.fragments, "sealed with the new fragment")
+        let reader = ReplicaReader(transport: cluster.pool)
+        for (i, id) in confirmed {
+            #expect(try await reader.read(segment: 14, entry: id, metadata: outcome.metadata).payload == payload(i))
+        }
+        // The entries from the new fragment on are on node 3 itself.
+        let first = try #require(outcome.metadata.fragments.last?.firstEntry)
+        for entry in first...19 {
+            guard case .read(.ok, _)? = await cluster.read(14, entry, from: 3) else { Issue.record("entry \(entry) is not on node 3"); continue }
+        }
+        await cluster.shutdown()
+    }
+
     @Test func recoveryOfASegmentNothingWasWrittenToSealsItEmpty() async throws {
         let cluster = try await Cluster(nodes: [1, 2, 3])
         _ = try await ReplicatedSegmentWriter.create(

@@ -109,7 +109,8 @@ struct ClusterSimulation {
 
     enum MetadataChange {
         case ensemble(segment: UInt64, [Fragment], expect: UInt64)
-        case seal(segment: UInt64, lastEntry: Int64, expect: UInt64)
+        /// Recovery seals with the fragments it ended with (it may change the ensemble).
+        case seal(segment: UInt64, lastEntry: Int64, expect: UInt64, fragments: [Fragment]? = nil)
         case claim(expectLog: UInt64)
         case newSegment(UInt64, ensemble: [NodeID], expectLog: UInt64)
     }
@@ -483,11 +484,12 @@ struct ClusterSimulation {
                 clients[client]!.role = .writing(segment: segment, writer)
                 apply(client, segment, actions)
             }
-        case .seal(let segment, let lastEntry, let expect):
+        case .seal(let segment, let lastEntry, let expect, let fragments):
             guard segments[segment]!.version == expect, segments[segment]!.sealedAt == nil else {
                 clients[client]!.role = .idle
                 return
             }
+            if let fragments { segments[segment]!.fragments = fragments }
             seal(segment, at: lastEntry)
             if case .recovering = state.role { stats["recoveries", default: 0] += 1 }
             if case .writing = state.role { startNewSegment(client) }
@@ -518,7 +520,9 @@ struct ClusterSimulation {
     }
 
     mutating func startRecovery(_ client: ClientID, _ segment: UInt64) {
-        var recovery = SegmentRecovery(shape: configuration.shape, fragments: segments[segment]!.fragments)
+        let ensemble = segments[segment]!.fragments.last!.ensemble
+        let spares = nodes.keys.sorted().filter { !ensemble.contains($0) }.shuffled(using: &random)
+        var recovery = SegmentRecovery(shape: configuration.shape, fragments: segments[segment]!.fragments, spareNodes: spares)
         let actions = recovery.start()
         clients[client]!.role = .recovering(segment: segment, recovery, segmentVersion: segments[segment]!.version)
         clients[client]!.copies = [:]
@@ -533,9 +537,10 @@ struct ClusterSimulation {
             case .writeBack(let entry, let node, _):
                 send(client, .add(clients[client]!.copies[entry]!, isRecovery: true), to: node)
             case .seal(let lastEntry):
-                guard case .recovering(_, _, let version) = clients[client]!.role else { return }
+                guard case .recovering(_, let recovery, let version) = clients[client]!.role else { return }
+                if recovery.fragments != segments[segment]!.fragments { stats["recovery ensemble changes", default: 0] += 1 }
                 schedule(now + delay(1, 20), .metadataChange(client, incarnation: clients[client]!.incarnation,
-                                                             .seal(segment: segment, lastEntry: lastEntry, expect: version)))
+                                                             .seal(segment: segment, lastEntry: lastEntry, expect: version, fragments: recovery.fragments)))
             case .failed:
                 // Too many nodes out of reach: try the whole takeover again later.
                 clients[client]!.role = .idle

@@ -41,6 +41,33 @@ import Testing
         guard case .failed = degraded.writeBackFailed(0, at: 2).first else { Issue.record("expected a failure"); return }
     }
 
+    /// BookKeeper's ensemble change during recovery: a 2/2/2 segment (made while a node
+    /// was down) loses one of its two nodes; a spare takes its place from the first
+    /// entry not on an ack quorum, and the seal carries the new fragment.
+    @Test func aFailedWriteBackMovesToASpareFromTheFirstUnsecuredEntry() {
+        let pair = try! QuorumShape(ensemble: 2, write: 2, ack: 2)
+        var recovery = SegmentRecovery(shape: pair, fragments: [Fragment(firstEntry: 0, ensemble: [1, 2])], spareNodes: [2, 3, 4])
+        _ = recovery.start()
+        _ = recovery.fenceAnswered(by: 2, .failed)
+        #expect(Set(recovery.fenceAnswered(by: 1, .fenced(lastAddConfirmed: 4))) == [.read(entry: 5, from: 1), .read(entry: 5, from: 2)])
+        #expect(Set(recovery.readAnswered(5, by: 1, .found)) == [
+            .writeBack(entry: 5, to: 1, copyFrom: 1), .writeBack(entry: 5, to: 2, copyFrom: 1), .read(entry: 6, from: 1), .read(entry: 6, from: 2),
+        ])
+        _ = recovery.readAnswered(6, by: 1, .found)
+        #expect(recovery.writeBackAcknowledged(5, by: 1).isEmpty)
+        // Node 2 fails entry 6's write-back: node 3 (not 2 again) takes position 1 from
+        // entry 5, the first entry without an ack quorum; entries 5 and 6 go to it.
+        #expect(Set(recovery.writeBackFailed(6, at: 2)) == [.writeBack(entry: 5, to: 3, copyFrom: 1), .writeBack(entry: 6, to: 3, copyFrom: 1)])
+        #expect(recovery.fragments == [Fragment(firstEntry: 0, ensemble: [1, 2]), Fragment(firstEntry: 5, ensemble: [1, 3])])
+        #expect(recovery.writeBackAcknowledged(5, by: 2).isEmpty && recovery.writeBackFailed(5, at: 2).isEmpty, "node 2 no longer counts from entry 5")
+        // Entry 7 is read from the old ensemble (where the old writer wrote it).
+        #expect(Set(recovery.readAnswered(7, by: 1, .missing)) == [])
+        _ = recovery.writeBackAcknowledged(6, by: 1)
+        _ = recovery.writeBackAcknowledged(5, by: 3)
+        #expect(recovery.writeBackAcknowledged(6, by: 3) == [.seal(lastEntry: 6)])
+        #expect(recovery.fragments.last == Fragment(firstEntry: 5, ensemble: [1, 3]))
+    }
+
     @Test func aLastFragmentStartsTheReadsEvenWhenNodesKnowAnOlderConfirmedEntry() {
         var recovery = SegmentRecovery(shape: shape, fragments: [Fragment(firstEntry: 0, ensemble: [1, 2, 3]), Fragment(firstEntry: 10, ensemble: [1, 2, 4])])
         #expect(recovery.start() == [.fence(1), .fence(2), .fence(4)])
