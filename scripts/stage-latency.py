@@ -9,6 +9,7 @@ import json, re, sys, urllib.request
 STAGES = [
     ("aqueduct_replica_writer_handover_seconds", "submit -> writer's loop"),
     ("aqueduct_replica_add_seconds", "replica: add received -> durable"),
+    ("aqueduct_replica_log_queue_seconds", "replica: queued -> taken by the log's thread"),
     ("aqueduct_replica_log_fsync_seconds", "replica: one sync"),
     ("aqueduct_replica_writer_confirm_seconds", "writer's loop -> confirmed"),
 ]

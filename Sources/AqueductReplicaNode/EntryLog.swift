@@ -48,6 +48,8 @@ final class EntryLog: @unchecked Sendable {
         var header: ByteBuffer
         var payload: ByteBuffer
         var segment: UInt64
+        /// When it was queued (monotonic nanoseconds), for the queue-wait metric.
+        var submittedAt: UInt64
         /// Runs on the log's thread, in submission order, once the record is durable.
         var completion: (Result<EntryLocation, EntryLogError>) -> Void
     }
@@ -77,6 +79,9 @@ final class EntryLog: @unchecked Sendable {
     let bytesWritten = Atomic<Int>(0)
     private let syncTimer = Metrics.Timer(label: "aqueduct_replica_log_fsync_seconds")
     private let batchRecords = Recorder(label: "aqueduct_replica_log_batch_records")
+    /// Submit → taken into a batch by the log's thread: the write in progress plus the
+    /// thread's wake-up (scheduling on a busy machine).
+    private let queueTimer = Metrics.Timer(label: "aqueduct_replica_log_queue_seconds")
 
     /// Opens the log to append after what `scan` found: a new file numbered after the
     /// last one (earlier files are never written again).
@@ -119,7 +124,7 @@ final class EntryLog: @unchecked Sendable {
         defer { condition.unlock() }
         if let failure { throw failure }
         if stopping { throw .closed }
-        pending.append(Pending(header: header, payload: entry.payload, segment: entry.segment, completion: completion))
+        pending.append(Pending(header: header, payload: entry.payload, segment: entry.segment, submittedAt: monotonicNanoseconds(), completion: completion))
         if pending.count == 1 { condition.signal() }
     }
 
@@ -167,6 +172,8 @@ final class EntryLog: @unchecked Sendable {
             }
             let failed = failure
             condition.unlock()
+            let taken = monotonicNanoseconds()
+            for item in batch { queueTimer.recordNanoseconds(Int64(taken &- item.submittedAt)) }
             if let failed {
                 for item in batch { item.completion(.failure(failed)) }
                 continue
