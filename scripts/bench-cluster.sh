@@ -42,7 +42,9 @@ run_load() {  # brokers, label, pids...
   # Latency without queueing: a fixed 5,000 msg/s.
   local paced
   [ -n "${STAGE_URLS:-}" ] && python3 scripts/stage-latency.py snapshot "$SCRATCH/stages-before.json" $STAGE_URLS
-  paced=$(timeout 300 "$SCRATCH/gobench" -brokers "$brokers" -n 30000 -size "$SIZE" -acks all -partitions 3 -rate 5000 -consume=false 2>&1 | grep "GO PUB")
+  # AQUEDUCT_BENCH_GENERATOR_NICE=N runs the paced generator at that niceness (the
+  # servers then win a contended core; an experiment on scheduling, not a setting).
+  paced=$(timeout 300 nice -n "${AQUEDUCT_BENCH_GENERATOR_NICE:-0}" "$SCRATCH/gobench" -brokers "$brokers" -n 30000 -size "$SIZE" -acks all -partitions 3 -rate 5000 -consume=false 2>&1 | grep "GO PUB")
   if [ -n "${STAGE_URLS:-}" ]; then
     python3 scripts/stage-latency.py snapshot "$SCRATCH/stages-after.json" $STAGE_URLS
     echo "$label at 5,000 msg/s, by stage (summed over nodes):"
@@ -56,11 +58,13 @@ run_load() {  # brokers, label, pids...
 }
 
 echo "== one node (1/1/1)"
-K=$(free_port)
-"$BIN" server --data-dir "$SCRATCH/single" --kafka-listen "127.0.0.1:$K" --http-listen "127.0.0.1:$(free_port)" >"$SCRATCH/single.log" 2>&1 &
+K=$(free_port); H=$(free_port)
+"$BIN" server --data-dir "$SCRATCH/single" --kafka-listen "127.0.0.1:$K" --http-listen "127.0.0.1:$H" >"$SCRATCH/single.log" 2>&1 &
 SINGLE=$!; PIDS+=($SINGLE)
 wait_serving "$SCRATCH/single.log"
+STAGE_URLS="http://127.0.0.1:$H"
 run_load "127.0.0.1:$K" "single" "$SINGLE"
+STAGE_URLS=""
 SINGLE_RATE=$RATE; SINGLE_P99=$P99; SINGLE_CPU=$CPU; SINGLE_PACED_P99=$PACED_P99
 kill "$SINGLE"; wait "$SINGLE" 2>/dev/null || true
 

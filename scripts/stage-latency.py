@@ -7,7 +7,9 @@
 import json, re, sys, urllib.request
 
 STAGES = [
+    ("aqueduct_kafka_produce_seconds", "Kafka produce request: decoded -> answered"),
     ("aqueduct_replica_writer_handover_seconds", "submit -> writer's loop"),
+    ("aqueduct_replica_add_round_trip_seconds", "writer: add sent -> answer read (network, both loops)"),
     ("aqueduct_replica_add_seconds", "replica: add received -> durable"),
     ("aqueduct_replica_log_queue_seconds", "replica: queued -> taken by the log's thread"),
     ("aqueduct_replica_log_fsync_seconds", "replica: one sync"),

@@ -46,6 +46,9 @@ final class BudgetHold: Sendable {
 /// Answers Kafka requests with the broker: decodes the header and body with the
 /// generated codecs, runs the API, and encodes the response at the request's version.
 public final class KafkaRequestHandler: Sendable {
+    /// A produce request from its decoding to its answer (appended and, with acks,
+    /// durable or replicated): the broker's share of a client's ack latency.
+    static let produceTimer = Metrics.Timer(label: "aqueduct_kafka_produce_seconds")
     let broker: Broker
     let listener: KafkaListenerConfiguration
     let clusterID: String
@@ -150,10 +153,15 @@ public final class KafkaRequestHandler: Sendable {
             case .metadata:
                 return respond(await metadata(try MetadataRequest(from: &reader, version: version), version: version))
             case .produce:
+                let received = monotonicNanoseconds()
                 let request = try ProduceRequest(from: &reader, version: version)
                 let queued = await queueProduce(request)
                 if request.acks == 0 { return .none }
-                return .deferred { [self] in later(await finishProduce(queued)) }
+                return .deferred { [self] in
+                    let response = await finishProduce(queued)
+                    Self.produceTimer.recordNanoseconds(Int64(monotonicNanoseconds() &- received))
+                    return later(response)
+                }
             case .fetch:
                 var request = try FetchRequest(from: &reader, version: version)
                 // Waits and sizes are clamped to the configured maxima (a client cannot

@@ -1,5 +1,7 @@
+import AqueductCommon
 import AqueductReplication
 import Logging
+import Metrics
 import NIOCore
 import NIOPosix
 import Synchronization
@@ -88,7 +90,14 @@ final class StorageClientHandler: ChannelInboundHandler, @unchecked Sendable {
     private struct Pending {
         var callback: StorageConnection.Callback
         var timeout: Scheduled<Void>?
+        /// Monotonic nanoseconds when it was written, for the round-trip metric.
+        var sentAt: UInt64 = 0
+        var isAdd = false
     }
+
+    /// An add from being written to this connection to its answer being read back:
+    /// the network and both ends' event loops, besides the node's own add time.
+    static let addRoundTrip = Metrics.Timer(label: "aqueduct_replica_add_round_trip_seconds")
 
     private let answerBytesMax: Int
     private var pending: [UInt64: Pending] = [:]
@@ -113,7 +122,9 @@ final class StorageClientHandler: ChannelInboundHandler, @unchecked Sendable {
                 request.callback(.failure(.timedOut(milliseconds: Int(timeoutMilliseconds))))
             }
         }
-        pending[id] = Pending(callback: callback, timeout: timeout)
+        var isAdd = false
+        if case .add = request { isAdd = true }
+        pending[id] = Pending(callback: callback, timeout: timeout, sentAt: monotonicNanoseconds(), isAdd: isAdd)
         var out = channel.allocator.buffer(capacity: 64)
         StorageProtocol.encode(request, id: id, into: &out)
         channel.writeAndFlush(out, promise: nil)
@@ -126,6 +137,7 @@ final class StorageClientHandler: ChannelInboundHandler, @unchecked Sendable {
             while let frame = try StorageProtocol.nextFrame(&buffered, frameBytesMax: answerBytesMax) {
                 let answer = try StorageProtocol.decodeAnswer(frame.kind, frame.body)
                 if let waiting = pending.removeValue(forKey: frame.id) {
+                    if waiting.isAdd { Self.addRoundTrip.recordNanoseconds(Int64(monotonicNanoseconds() &- waiting.sentAt)) }
                     waiting.timeout?.cancel()
                     waiting.callback(.success(answer))
                 }

@@ -39,7 +39,8 @@ public enum Server {
             ]
             // Replication's stages (issue #12's latency target), with the same buckets.
             for name in ["aqueduct_replica_writer_handover_seconds", "aqueduct_replica_writer_confirm_seconds", "aqueduct_replica_add_seconds",
-                         "aqueduct_replica_log_fsync_seconds"] {
+                         "aqueduct_replica_log_fsync_seconds", "aqueduct_replica_log_queue_seconds", "aqueduct_kafka_produce_seconds",
+                         "aqueduct_replica_add_round_trip_seconds"] {
                 factory.durationHistogramBuckets[name] = factory.durationHistogramBuckets["aqueduct_journal_fsync_seconds"]
             }
             factory.valueHistogramBuckets["aqueduct_journal_block_bytes"] = [
