@@ -72,6 +72,20 @@ struct Forwarder: Sendable {
         return Response(status: .init(code: answer.status), headers: fields, body: ResponseBody(byteBuffer: answer.body))
     }
 
+    /// Asks every other live node for `path` (a list each node knows its part of) with
+    /// the caller's token, and returns their answers.
+    func gather<T: Decodable>(_ type: T.Type, path: String, what: String, request: Request, from cluster: any ClusterDirectory) async throws -> [T] {
+        var answers: [T] = []
+        for address in cluster.otherNodesHTTP() {
+            let answer = try await send(method: "GET", pathAndQuery: path, headers: request.headers, body: ByteBuffer(), to: address)
+            guard answer.status == 200 else {
+                throw BrokerError(.unavailable, "node at \(address) did not list its \(what) (HTTP \(answer.status))", hint: "retry")
+            }
+            answers.append(try JSONDecoder().decode(T.self, from: Data(answer.body.readableBytesView)))
+        }
+        return answers
+    }
+
     struct Answer {
         var status: Int
         var contentType: String?

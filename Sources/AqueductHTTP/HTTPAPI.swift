@@ -164,13 +164,7 @@ public enum HTTPAPI {
             var summaries = groups?.groupSummaries() ?? []
             // Cluster mode: each node knows the groups it coordinates; ask the others.
             if let cluster, !Forwarder.wasForwarded(request) {
-                for address in cluster.otherNodesHTTP() {
-                    let answer = try await forwarder.send(method: "GET", pathAndQuery: "/v1/groups", headers: request.headers, body: ByteBuffer(), to: address)
-                    guard answer.status == 200 else {
-                        throw BrokerError(.unavailable, "node at \(address) did not list its groups (HTTP \(answer.status))", hint: "retry")
-                    }
-                    summaries += try JSONDecoder().decode(GroupList.self, from: Data(answer.body.readableBytesView)).groups
-                }
+                summaries += try await forwarder.gather(GroupList.self, path: "/v1/groups", what: "groups", request: request, from: cluster).flatMap(\.groups)
                 summaries.sort { $0.name < $1.name }
             }
             return try json(GroupList(groups: summaries))
@@ -195,13 +189,8 @@ public enum HTTPAPI {
             var listed = topologies?.list() ?? []
             // Cluster mode: each node reports the topologies it runs; ask the others.
             if let cluster, !Forwarder.wasForwarded(request) {
-                for address in cluster.otherNodesHTTP() {
-                    let answer = try await forwarder.send(method: "GET", pathAndQuery: "/v1/topologies", headers: request.headers, body: ByteBuffer(), to: address)
-                    guard answer.status == 200 else {
-                        throw BrokerError(.unavailable, "node at \(address) did not list its topologies (HTTP \(answer.status))", hint: "retry")
-                    }
-                    listed += try JSONDecoder().decode(TopologyList.self, from: Data(answer.body.readableBytesView)).topologies
-                }
+                listed += try await forwarder.gather(TopologyList.self, path: "/v1/topologies", what: "topologies", request: request, from: cluster)
+                    .flatMap(\.topologies)
             }
             return try json(TopologyList(topologies: TopologyList.merged(listed)))
         }

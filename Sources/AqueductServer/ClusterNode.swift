@@ -249,17 +249,10 @@ final class ClusterNode: Sendable {
     /// Starts owning topologies (once containers can reach this node's HTTP listener).
     func attach(_ clusterTopologies: ClusterTopologies) {
         topologies.withLock { $0 = clusterTopologies }
+        let etcd = etcd
+        let logger = logger
         let follow = Task {
-            while !Task.isCancelled {
-                do {
-                    let revision = try await etcd.currentRevision()
-                    clusterTopologies.poke()
-                    for try await _ in etcd.watch(prefix: MetadataTopologyRegistry.prefix, afterRevision: revision) { clusterTopologies.poke() }
-                } catch {
-                    logger.debug("following topologies: retrying", metadata: ["error": "\(error)"])
-                }
-                try? await Task.sleep(for: .seconds(1))
-            }
+            await etcd.follow(prefix: MetadataTopologyRegistry.prefix, what: "topologies", logger: logger) { clusterTopologies.poke() }
         }
         topologyTasks.withLock { $0 = [follow, Task { await clusterTopologies.programs.run() }] }
     }
@@ -319,19 +312,9 @@ final class ClusterNode: Sendable {
 
     /// Topics created, grown or deleted on other nodes.
     private func followTopics(broker: Broker, agent: OwnershipAgent) async {
-        while !Task.isCancelled {
-            do {
-                let revision = try await etcd.currentRevision()
-                try await broker.refreshTopics()
-                agent.poke()
-                for try await _ in etcd.watch(prefix: "/topics/", afterRevision: revision) {
-                    try await broker.refreshTopics()
-                    agent.poke()
-                }
-            } catch {
-                logger.debug("following topics: retrying", metadata: ["error": "\(error)"])
-                try? await Task.sleep(for: .seconds(1))
-            }
+        await etcd.follow(prefix: "/topics/", what: "topics", logger: logger) {
+            try await broker.refreshTopics()
+            agent.poke()
         }
     }
 
@@ -509,5 +492,23 @@ struct ClusterStatusSource: ClusterDirectory {
             nodes.append(.init(id: gone, storage: nil, kafka: nil, http: nil, live: false))
         }
         return ClusterStatusJSON(mode: "cluster", nodeID: node.nodeID, nodes: nodes, partitions: partitions, underReplicatedSegments: underReplicated)
+    }
+}
+
+extension MetadataStore {
+    /// Runs `changed` now and after every change under `prefix`, until cancelled: the
+    /// watch starts from a revision read before the first run, so no change in between
+    /// is missed; a failure (etcd away) is retried after a second.
+    func follow(prefix: String, what: String, logger: Logger, _ changed: @Sendable () async throws -> Void) async {
+        while !Task.isCancelled {
+            do {
+                let revision = try await currentRevision()
+                try await changed()
+                for try await _ in watch(prefix: prefix, afterRevision: revision) { try await changed() }
+            } catch {
+                logger.debug("following \(what): retrying", metadata: ["error": "\(error)"])
+            }
+            try? await Task.sleep(for: .seconds(1))
+        }
     }
 }

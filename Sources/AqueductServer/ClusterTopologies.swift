@@ -325,16 +325,7 @@ final class ProgramCopies: Sendable {
     /// Copies every recorded program this node lacks, now and after each change, until
     /// cancelled.
     func run() async {
-        while !Task.isCancelled {
-            do {
-                let revision = try await etcd.currentRevision()
-                await copyMissing()
-                for try await _ in etcd.watch(prefix: Self.prefix, afterRevision: revision) { await copyMissing() }
-            } catch {
-                logger.debug("following programs: retrying", metadata: ["error": "\(error)"])
-            }
-            try? await Task.sleep(for: .seconds(1))
-        }
+        await etcd.follow(prefix: Self.prefix, what: "programs", logger: logger) { await self.copyMissing() }
     }
 
     private func copyMissing() async {
